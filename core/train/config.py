@@ -29,6 +29,11 @@ class OptimConfig:
     betas: list[float] = option([0.9, 0.98], "AdamW betas")
     eps: float = option(1e-8, "AdamW epsilon")
     clip: float = option(5.0, "clip the global gradient norm to this (0: off)")
+    loss_reduction: str = option(
+        "mean_token", "loss the update differentiates: mean_token = mean NLL over the B x T window tokens (fairseq, "
+        "nanoGPT); sum_time = NLL summed over the T unrolled steps, averaged over the B sequences (Zaremba et al.'s "
+        "and the official IMM code): T times the gradient, so their lr and clip keep the paper's values. Logged "
+        "losses are per token either way", choices=("mean_token", "sum_time"))
     grad_accum: int = option(1, "accumulate gradients over this many batches per update")
 
 

@@ -21,6 +21,7 @@ from lmlab.core.config import to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.evaluate import evaluate_lm
+from lmlab.core.machine import load_average, machine_info
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import count_parameters
 from lmlab.core.reporting import Reporter
@@ -201,6 +202,8 @@ class LMTrainer:
                     f"non-finite loss ({loss.item()}) at update {self.step + 1}; stopped without saving. The last good "
                     f"checkpoint is {self.run.last} (try a lower optim.lr or optim.clip)")
             scaled = loss / cfg.optim.grad_accum
+            if cfg.optim.loss_reduction == "sum_time":  # sum over the unrolled steps / batch = T x the token mean
+                scaled = scaled * x.shape[1]
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             self.state = self.model.detach_state(self.state)
             for k, v in metrics.items():
@@ -282,6 +285,7 @@ class LMTrainer:
             self.reporter.log(f"training {cfg.model.kind} LM: {self.params['params_total']:,} parameters "
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
         self.reporter.start(self.total_updates, "train")
+        machine_at_start, wall_t0 = machine_info(), time.perf_counter()
         t0, tokens0 = time.perf_counter(), self.tokens_seen
         stop = StopFlag().install()
         stopped_by = None
@@ -310,7 +314,9 @@ class LMTrainer:
             self.reporter.finish()
         if stopped_by is None and self.dist.is_main:
             self._write_curves()
+        machine = {**machine_at_start, "load_avg_at_end": load_average()}
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid,
+                "wall_s": round(time.perf_counter() - wall_t0, 1), "machine": machine,
                 "best_valid_ppl": math.exp(min(self.best_valid, 700)), "stopped_by": stopped_by, **self.params}
 
     def _write_curves(self) -> None:

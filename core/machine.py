@@ -1,0 +1,37 @@
+"""What a result record says about the machine a run used: CPU model, cores, load, torch, GPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Static facts plus the load now (callers take it at start and at end of a run)."""
+    import torch
+
+    info: dict[str, Any] = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version(), "hostname": platform.node(),
+                            "load_avg_1_5_15": load_average(), "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
