@@ -24,8 +24,8 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn LmlabError (and common OS errors) into one stderr line and a non-zero exit; `--debug` or
-    LMLAB_DEBUG=1 shows the traceback instead."""
+    """Turn LmlabError (and common OS errors) into one stderr line and a non-zero exit; with LMLAB_DEBUG=1
+    the traceback is printed before it. Ctrl-C (KeyboardInterrupt) exits 130 with one line, no checkpoint."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -7,8 +7,10 @@ import sys
 import typer
 
 from lmlab import __version__
+from lmlab.cli.bleu import bleu
 from lmlab.cli.common import config_epilog, handle_errors
 from lmlab.cli.eval_ppl import eval_ppl
+from lmlab.cli.plot import plot
 from lmlab.cli.prep import prep
 from lmlab.cli.sample import sample
 from lmlab.cli.train_ebm import train_ebm
@@ -19,7 +21,7 @@ from lmlab.core.train.config import TrainConfig
 app = typer.Typer(
     name="lmlab",
     help="Language-model and energy-based-model research from the shell: "
-         "prep -> train-lm -> eval-ppl / sample; train-ebm; bleu. Every command takes --help.",
+         "prep -> train-lm -> eval-ppl / sample; train-ebm; bleu; plot. Every command takes --help.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,11 +34,8 @@ app.command("train-ebm")(train_ebm)
 app.command("sample")(sample)
 app.command("eval-ppl")(eval_ppl)
 
-try:  # written with the translation work; registered only when present so --help lists working commands
-    from lmlab.cli.bleu import bleu
-    app.command("bleu")(bleu)
-except ImportError:  # pragma: no cover
-    pass
+app.command("bleu")(bleu)
+app.command("plot")(plot)
 
 
 @app.command("presets")

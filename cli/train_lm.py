@@ -85,12 +85,10 @@ def _print_with_params(cfg, task: str) -> None:
         try:
             from lmlab.core.data import DataDir
             from lmlab.core.models.builders import build_language_model
-            from lmlab.core.models.lm import count_parameters
+            from lmlab.core.models.lm import parameter_counts
             vocab = DataDir(cfg.data.dir).vocab_size
             model = build_language_model(cfg.model, vocab)
-            record["derived"] = {"vocab_size": vocab, "params_total": count_parameters(model),
-                                 "params_embedding": count_parameters(model.embed),
-                                 "params_body": count_parameters(model.body), "params_output": count_parameters(model.output)}
+            record["derived"] = {"vocab_size": vocab, **parameter_counts(model)}
         except LmlabError as exc:
             record["derived"] = {"note": f"parameter counts need the data dir: {exc}"}
     print(json.dumps(record, indent=2))

@@ -7,7 +7,8 @@ import threading
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1/SIGINT-once; the training loop polls `requested` between steps."""
+    """Set by SIGTERM/SIGUSR1; the training loop polls `requested` between steps. SIGINT (Ctrl-C) is not
+    caught: it interrupts at once (exit 130) and the last checkpoint written stands."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 

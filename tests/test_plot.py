@@ -1,114 +1,134 @@
-"""Tests for lmlab.core.plot: a dependency-free PNG line-chart writer."""
+"""Figures (lmlab.core.plot, matplotlib Agg) and the `lmlab plot` command."""
 
 from __future__ import annotations
 
+import json
 import math
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from matplotlib import image as mpimg
+from typer.testing import CliRunner
 
-from lmlab.core.plot import TAB10, _nice_ticks, encode_png, write_curves_png
+from lmlab.cli.main import app
+from lmlab.core.errors import LmlabError
+from lmlab.core.plot import metric_series, plot_runs, plot_series, run_labels, write_curves_png
+
+runner = CliRunner()
 
 
-def _read_png(path):
-    """Parse a PNG written by plot.py: check signature and every chunk CRC; return (ihdr, image)."""
+def _png(path):
+    """(width, height) of a PNG and whether it has a drawing on it (more than a few distinct colours)."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, tag
-        chunks.append((tag, body))
-        pos += 12 + length
-    assert pos == len(data)
-    tags = [t for t, _ in chunks]
-    assert tags[0] == b"IHDR" and tags[-1] == b"IEND" and b"IDAT" in tags
-    w, h, depth, ctype, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, ctype, comp, filt, interlace) == (8, 2, 0, 0, 0)
-    raw = zlib.decompress(b"".join(b for t, b in chunks if t == b"IDAT"))
-    assert len(raw) == h * (w * 3 + 1)
-    rows = np.frombuffer(raw, np.uint8).reshape(h, w * 3 + 1)
-    assert (rows[:, 0] == 0).all()  # filter type 0 on every row
-    return (w, h), rows[:, 1:].reshape(h, w, 3)
+    img = mpimg.imread(path)  # (H, W, 3|4) floats
+    colours = len(np.unique(img.reshape(-1, img.shape[-1]).round(2), axis=0))
+    return (img.shape[1], img.shape[0]), colours
 
 
-def _curves():
-    steps = np.arange(0, 2001, 20)
-    rng = np.random.default_rng(0)
-    train = 2.0 + 4.0 * np.exp(-steps / 400) + rng.normal(0, 0.05, len(steps))
-    valid = 2.3 + 4.0 * np.exp(-steps / 400)
-    return {"train": list(zip(steps.tolist(), train.tolist())),
-            "valid": list(zip(steps[::10].tolist(), valid[::10].tolist()))}
+def fake_run(path, valid_ppl, train_every=10, with_epoch=True):
+    """A run dir as train-lm writes it: per-update train rows, an eval row every 50 updates."""
+    path.mkdir(parents=True)
+    rows = []
+    for step in range(1, 201):
+        if step % train_every == 0:
+            rows.append({"step": step, "epoch": step // 100, "train_loss_nats": 6.0 - step / 100})
+        if step % 50 == 0:
+            row = {"step": step, "split": "valid", "valid_loss_nats": math.log(valid_ppl(step)), "valid_ppl": valid_ppl(step)}
+            rows.append({**row, "epoch": step // 100} if with_epoch else row)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 201, "trai')  # cut line
+    (path / "config.json").write_text("{}")
+    return path
 
 
-def _has_color(region, color, tol=0):
-    return bool((np.abs(region.astype(int) - np.array(color)).max(axis=-1) <= tol).any())
+@pytest.fixture
+def two_runs(tmp_path):
+    return (fake_run(tmp_path / "runs" / "baseline", lambda s: 400.0 - s),
+            fake_run(tmp_path / "runs" / "imm", lambda s: 380.0 - s))
 
 
-def test_png_structure_and_size(tmp_path):
-    out = tmp_path / "c.png"
-    write_curves_png(out, _curves(), title="loss", width=640, height=400)
-    (w, h), img = _read_png(out)
-    assert (w, h) == (640, 400) and img.shape == (400, 640, 3)
-    assert not list(tmp_path.glob(".*.tmp"))  # temp file replaced atomically
+def test_plot_series_writes_a_png_of_the_asked_size(tmp_path):
+    out = tmp_path / "figs" / "f.png"
+    series = {"a": [(0, 5.0), (10, 3.0), (20, 2.5)], "b": [(0, 4.0), (20, float("nan")), (30, None), (40, 1.0)]}
+    assert plot_series(series, out, xlabel="step", ylabel="nats", logy=True, width=640, height=400) == out
+    (w, h), colours = _png(out)
+    assert (w, h) == (640, 400) and colours > 10
+    assert [p.name for p in out.parent.iterdir()] == ["f.png"]  # written atomically: no temp file left
 
 
-def test_series_colors_in_plot_area_and_legend_text(tmp_path):
-    out = tmp_path / "sub" / "c.png"  # parent directory is created
-    write_curves_png(out, _curves(), width=800, height=500)
-    _, img = _read_png(out)
-    h, w = img.shape[:2]
-    plot = img[h // 6:h * 5 // 6, w // 6:w * 5 // 6]  # central area, away from the legend
-    assert _has_color(plot, TAB10[0]) and _has_color(plot, TAB10[1])
-    # Legend sits top-right inside the plot: colour swatches plus dark text pixels.
-    legend = img[: h // 4, w * 3 // 4:]
-    assert _has_color(legend, TAB10[0]) and _has_color(legend, TAB10[1])
-    assert (legend.max(axis=-1) < 80).sum() > 50  # dark glyph / box pixels, i.e. non-white
-    # Title-free top-left corner stays white; image is not blank overall.
-    assert (img[:3, :3] == 255).all()
-    assert (img < 255).any(axis=-1).mean() > 0.01
+def test_plot_series_with_no_point_still_writes_a_png(tmp_path):
+    plot_series({"empty": [], "nan": [(1, float("nan"))]}, tmp_path / "e.png", width=320, height=200)
+    assert _png(tmp_path / "e.png")[0] == (320, 200)
 
 
-@pytest.mark.parametrize("series", [
-    {"nan": [(0.0, math.nan), (1.0, math.nan)]},
-    {"inf": [(math.inf, 1.0)], "empty": []},
-    {},
-])
-def test_no_finite_data_still_valid(tmp_path, series):
-    out = tmp_path / "n.png"
-    write_curves_png(out, series, width=320, height=200)
-    (w, h), img = _read_png(out)
-    assert (w, h) == (320, 200)
-    assert (img < 128).any()  # axes / "no data" text drawn
+def test_curves_png_keeps_the_trainers_call(tmp_path):
+    out = tmp_path / "curves.png"
+    write_curves_png(out, {"train": [(s, 6 - s / 100) for s in range(300)], "valid": [(100, 5.2), (200, 4.3)]},
+                     title="run", ylabel="loss (nats/token)")
+    (w, h), colours = _png(out)
+    assert (w, h) == (640, 400) and colours > 10
 
 
-def test_nan_gaps_single_points_and_constant_range(tmp_path):
-    out = tmp_path / "g.png"
-    series = {"a": [(0, 1.0), (1, math.nan), (2, 1.0), (3, 1.0)], "b": [(5, 1.0)]}
-    write_curves_png(out, series, title="const", xlabel="", ylabel="")
-    _, img = _read_png(out)
-    assert _has_color(img, TAB10[0]) and _has_color(img, TAB10[1])
+def test_two_run_dirs_overlaid(two_runs, tmp_path):
+    out = plot_runs(two_runs, tmp_path / "cmp.png")
+    (w, h), colours = _png(out)
+    assert (w, h) == (800, 500) and colours > 10
+    assert metric_series(two_runs[0], "valid_ppl") == [(50, 350.0), (100, 300.0), (150, 250.0), (200, 200.0)]
+    assert metric_series(two_runs[0], "valid_ppl", x="epoch")[0] == (0, 350.0)
+    assert len(metric_series(two_runs[0], "train_loss_nats")) == 20  # the line cut by a kill is skipped
 
 
-def test_nice_ticks():
-    lo, hi, ticks = _nice_ticks(0.0, 1.0)
-    assert (lo, hi) == (0.0, 1.0) and len(ticks) == 6
-    lo, hi, ticks = _nice_ticks(1.93, 6.71)
-    assert lo <= 1.93 and hi >= 6.71 and 4 <= len(ticks) <= 7
-    step = ticks[1] - ticks[0]
-    mant = step / 10 ** math.floor(math.log10(step))
-    assert min(abs(mant - m) for m in (1, 2, 5)) < 1e-9
+def test_labels_are_run_dir_names_with_parents_only_to_tell_them_apart(tmp_path):
+    assert run_labels([tmp_path / "runs/baseline", tmp_path / "runs/imm/"]) == ["baseline", "imm"]
+    assert run_labels([tmp_path / "a/lm", tmp_path / "b/lm"]) == ["a/lm", "b/lm"]
 
 
-def test_encode_png_rejects_bad_shape():
-    with pytest.raises(ValueError):
-        encode_png(np.zeros((4, 4), np.uint8))
+def test_errors_name_the_run_dir_or_metric(two_runs, tmp_path):
+    with pytest.raises(LmlabError, match="nope: no such run dir"):
+        plot_runs([two_runs[0], tmp_path / "nope"], tmp_path / "x.png")
+    with pytest.raises(LmlabError, match=r"no metric 'bleu' \(--metric\); its metrics: epoch, step, train_loss_nats"):
+        plot_runs(two_runs, tmp_path / "x.png", metric="bleu")
+    no_epoch = fake_run(tmp_path / "old", lambda s: 300.0, with_epoch=False)
+    with pytest.raises(LmlabError, match="have no 'epoch'"):
+        plot_runs([no_epoch], tmp_path / "x.png", x="epoch")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LmlabError, match="metrics.jsonl: not found"):
+        plot_runs([tmp_path / "empty"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()  # every run is read before anything is drawn
 
 
-def test_too_small_canvas(tmp_path):
-    with pytest.raises(ValueError):
-        write_curves_png(tmp_path / "x.png", {}, width=50, height=50)
+# ---- the command ---------------------------------------------------------------------------------
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error_line(result):
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmlab: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_cli_help_runs():
+    result = invoke("plot", "--help")
+    assert result.exit_code == 0 and "--metric" in result.stdout and "RUN_DIR" in result.stdout
+    assert "plot" in invoke("--help").stdout
+
+
+def test_cli_writes_the_png_and_prints_its_path(two_runs, tmp_path):
+    out = tmp_path / "figs" / "imm.png"
+    result = invoke("plot", *two_runs, "-o", out, "--metric", "valid_loss_nats", "--x", "epoch", "--title", "IMM")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(out) and _png(out)[0] == (800, 500)
+
+
+def test_cli_missing_run_dir_is_one_line(two_runs, tmp_path):
+    line = one_error_line(invoke("plot", two_runs[0], tmp_path / "missing", "-o", tmp_path / "x.png"))
+    assert str(tmp_path / "missing") in line and "no such run dir" in line
+
+
+def test_cli_absent_metric_is_one_line(two_runs, tmp_path):
+    line = one_error_line(invoke("plot", *two_runs, "--metric", "valid_bleu", "-o", tmp_path / "x.png"))
+    assert "valid_bleu" in line and "metrics.jsonl" in line and "valid_ppl" in line  # says which metrics exist

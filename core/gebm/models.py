@@ -23,7 +23,7 @@ def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Modul
                                                             floor=m.energy_floor)
     if not data_dim:
         raise LmlabError("density runs need the data dimension to build the flow")
-    from lmlab.core.gebm.flows import CombinedFlowEnergy, FlowBase, FlowEnergy  # lazy: zuko is optional
+    from lmlab.core.gebm.flows import CombinedFlowEnergy, FlowBase, FlowEnergy  # plain-torch RealNVP flows
     base = FlowBase(data_dim, m.flow_transforms, m.flow_hidden)
     if m.energy == "flow-combined":
         energy = CombinedFlowEnergy(data_dim, base, m.flow_transforms, m.flow_hidden)

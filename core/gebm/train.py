@@ -247,5 +247,5 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         stop.uninstall()
         reporter.finish()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= o.base_steps,
-            "stopped_by": stop.signal_name, "best_metric": best, "objective": o.objective,
+            "stopped_by": stop.signal_name, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}

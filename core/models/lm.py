@@ -52,10 +52,20 @@ class LanguageModel(nn.Module):
         return getattr(self.body, "context", None)
 
 
-def count_parameters(module: nn.Module) -> int:
-    seen, total = set(), 0
+def count_parameters(module: nn.Module, exclude: nn.Module | None = None) -> int:
+    """Parameters of `module`, each shared tensor once; those that also belong to `exclude` are left out."""
+    seen = {id(p) for p in exclude.parameters()} if exclude is not None else set()
+    total = 0
     for p in module.parameters():
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+def parameter_counts(model: LanguageModel) -> dict[str, int]:
+    """params_total and its split into embedding + body + output, which add up to it: a table the
+    output layer shares with the embedding (weight tying) is counted once, under the embedding."""
+    return {"params_total": count_parameters(model), "params_embedding": count_parameters(model.embed),
+            "params_body": count_parameters(model.body, exclude=model.embed),
+            "params_output": count_parameters(model.output, exclude=nn.ModuleList([model.embed, model.body]))}

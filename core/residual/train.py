@@ -213,7 +213,8 @@ class ResidualTrainer:
             self.reporter.finish()
         if self.step == 0 or (stopped_by is None and not self.run.best.exists()):
             self._log_eval()
-        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid,
+        best = self.best_valid if math.isfinite(self.best_valid) else None  # None: stopped before its first evaluation
+        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best,
                 "stopped_by": stopped_by, "energy_params": count_parameters(self.energy)}
 
 

@@ -190,5 +190,6 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
         stop.uninstall()
         reporter.finish()
     distributed.barrier()
-    return {"run_dir": str(run.path), "step": step, "epoch": epoch, "best_valid_nll_nats": best,
-            "best_valid_ppl": math.exp(min(best, 50)), "stopped": stopped, **sizes, **last}
+    evaluated = math.isfinite(best)  # False when the run stopped before its first evaluation
+    return {"run_dir": str(run.path), "step": step, "epoch": epoch, "best_valid_nll_nats": best if evaluated else None,
+            "best_valid_ppl": math.exp(min(best, 50)) if evaluated else None, "stopped": stopped, **sizes, **last}

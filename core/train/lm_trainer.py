@@ -23,7 +23,7 @@ from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.evaluate import evaluate_lm
 from lmlab.core.machine import load_average, machine_info
 from lmlab.core.models.builders import build_language_model
-from lmlab.core.models.lm import count_parameters
+from lmlab.core.models.lm import parameter_counts
 from lmlab.core.reporting import Reporter
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
@@ -71,8 +71,7 @@ class LMTrainer:
         self.autocast = autocast_factory(self.device, cfg.hardware.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.hardware.precision == "fp16" else None
         self.run = RunDir(cfg.run.dir, is_main=self.dist.is_main)
-        self.params = {"params_total": count_parameters(self.model), "params_embedding": count_parameters(self.model.embed),
-                       "params_body": count_parameters(self.model.body), "params_output": count_parameters(self.model.output)}
+        self.params = parameter_counts(self.model)
         # position
         self.step = 0
         self.epoch = 0
@@ -315,15 +314,14 @@ class LMTrainer:
         if stopped_by is None and self.dist.is_main:
             self._write_curves()
         machine = {**machine_at_start, "load_avg_at_end": load_average()}
-        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid,
+        evaluated = math.isfinite(self.best_valid)  # False when the run stopped before its first evaluation
+        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid if evaluated else None,
                 "wall_s": round(time.perf_counter() - wall_t0, 1), "machine": machine,
-                "best_valid_ppl": math.exp(min(self.best_valid, 700)), "stopped_by": stopped_by, **self.params}
+                "best_valid_ppl": math.exp(min(self.best_valid, 700)) if evaluated else None, "stopped_by": stopped_by,
+                **self.params}
 
     def _write_curves(self) -> None:
-        try:
-            from lmlab.core.plot import write_curves_png
-        except ImportError:
-            return
+        from lmlab.core.plot import write_curves_png
         rows = self.run.read_metrics()
         series = {"train": [(r["step"], r["train_loss_nats"]) for r in rows if "train_loss_nats" in r],
                   "valid": [(r["step"], r["valid_loss_nats"]) for r in rows if "valid_loss_nats" in r]}

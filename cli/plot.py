@@ -1,0 +1,31 @@
+"""lmlab plot: overlay one metric of several run dirs in a PNG (baseline vs IMM, standard vs DeFINE, ...)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from lmlab.cli.common import handle_errors
+from lmlab.core.plot import plot_runs
+
+
+@handle_errors
+def plot(
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN_DIR", help="One or more run dirs written by train-lm / train-ebm (their metrics.jsonl)."),
+    output: str = typer.Option("plot.png", "--output", "-o", help="PNG to write (its parent dirs are made)."),
+    metric: str = typer.Option("valid_ppl", "--metric", "-m", help="metrics.jsonl key on the y axis: valid_ppl, valid_loss_nats, train_loss_nats, ..."),
+    x: str = typer.Option("step", "--x", help="metrics.jsonl key on the x axis: step (updates) or epoch."),
+    logy: Optional[bool] = typer.Option(None, "--logy/--linear-y", help="y-axis scale (default: log for a *ppl* metric, linear otherwise)."),
+    title: str = typer.Option("", "--title", help="Figure title."),
+):
+    """Overlay METRIC of each RUN_DIR in one PNG; legend labels are the run dir names.
+
+    Prints the path written on stdout.
+
+    \b
+    Examples:
+      lmlab plot runs/ptb-baseline runs/ptb-imm -o imm.png
+      lmlab plot runs/demo runs/demo-define --metric valid_loss_nats --x epoch
+    """
+    print(plot_runs(run_dirs, output, metric=metric, x=x, logy=logy, title=title))
