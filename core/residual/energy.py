@@ -4,7 +4,12 @@ Both read the whole window (prefix followed by continuation) and return one scal
 - `BiTEnergy`: a bidirectional Transformer encoder; its top-layer states are mean-pooled over the
   real tokens only (padding is masked out of the attention *and* of the pooling) and projected to a
   scalar -- the paper's BiT (there RoBERTa-Base/Large, optionally pre-trained; here the same shape
-  trained from scratch or after our masked-LM pre-training, see mlm.py).
+  trained from scratch or after our masked-LM pre-training, see mlm.py; no RoBERTa weights are loaded).
+  `energy.norm = "post"` is RoBERTa's layout (LayerNorm on the embeddings, post-LN layers, no final
+  LayerNorm); "pre" (pre-LN layers + a final LayerNorm) trains more stably from scratch. Both have the
+  same parameter count. Other differences from RoBERTa: positions only for the energy's window
+  (prefix_len + continuation_len, not 514), no token-type embedding, a mean-pool + linear head instead of
+  RoBERTa's <s>-token classification head.
 - `UniTEnergy`: a copy of the base LM's input embedding and context model (`LanguageModel.embed` and
   `.body`) with a scalar head on the mean-pooled states -- the paper's UniT. With an LSTM base the
   copy is an LSTM, i.e. a "UniLSTM"; the recipe is the same.
@@ -37,7 +42,7 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class BiTEnergy(nn.Module):
-    """Bidirectional Transformer energy: pre-LN encoder, learned positions, masked mean pool, scalar head."""
+    """Bidirectional Transformer energy: pre-LN or post-LN encoder, learned positions, masked mean pool, scalar head."""
 
     def __init__(self, vocab_size: int, context: int, cfg: EnergyConfig):
         super().__init__()
@@ -47,10 +52,12 @@ class BiTEnergy(nn.Module):
         self.tok = nn.Embedding(vocab_size + 1, cfg.d_model)
         self.pos = nn.Embedding(context, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        post = cfg.norm == "post"
+        self.ln_emb = nn.LayerNorm(cfg.d_model) if post else nn.Identity()  # RoBERTa normalises the embeddings
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim or 4 * cfg.d_model, cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+                                           activation="gelu", batch_first=True, norm_first=not post)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.ln_f = nn.Identity() if post else nn.LayerNorm(cfg.d_model)  # pre-LN needs a final norm
         self.head = nn.Linear(cfg.d_model, 1)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -61,7 +68,7 @@ class BiTEnergy(nn.Module):
     def hidden(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Top-layer states (N, L, d) of left-packed rows; padded positions are not attended to."""
         L = tokens.size(1)
-        x = self.drop(self.tok(tokens) + self.pos(torch.arange(L, device=tokens.device)))  # (N, L, d)
+        x = self.drop(self.ln_emb(self.tok(tokens) + self.pos(torch.arange(L, device=tokens.device))))  # (N, L, d)
         h = self.encoder(x, src_key_padding_mask=~mask)
         return self.ln_f(h)
 

@@ -39,10 +39,13 @@ def joint_ppl_from_windows(model: ResidualModel, windows: Windows, *, samples: l
         prefixes, conts = windows.get(np.arange(start, min(start + batch_size, count)), device)
         B = prefixes.size(0)
         lm_nll += -sequence_logprob(model.lm, prefixes, conts).double().sum().item()
-        pos_e += model.energies(prefixes, conts.unsqueeze(1)).double().sum().item()
+        e_pos = model.energies(prefixes, conts.unsqueeze(1)).double()  # (B, 1)
         # untruncated samples: Theorem 2's estimators are for Z under P_LM itself
         neg = sample_continuations(model.lm, prefixes, num_samples=n_max, max_new_tokens=C, top_k=0, generator=gen)
         e_neg = model.energies(prefixes, neg.view(B, n_max, C)).double()  # (B, N)
+        _refuse_nonfinite(e_pos, "real continuations", start)
+        _refuse_nonfinite(e_neg, "LM samples (log Z)", start)  # logsumexp would silently drop E = +inf
+        pos_e += e_pos.sum().item()
         for n in samples:
             lo, up = log_z_bounds(e_neg[:, :n])
             lower[n] += lo.sum().item()
@@ -66,6 +69,14 @@ def joint_ppl_from_windows(model: ResidualModel, windows: Windows, *, samples: l
             "energy_real_mean": pos_e / count, "joint": curve}
 
 
+def _refuse_nonfinite(e: torch.Tensor, what: str, first_window: int) -> None:
+    bad = ~torch.isfinite(e)
+    if bool(bad.any()):
+        raise LmlabError(f"the energy is non-finite (nan/inf) on {int(bad.sum())} of {e.numel()} {what} in windows "
+                         f"{first_window}..{first_window + e.size(0) - 1}: log Z and the perplexity would be wrong; "
+                         "the checkpoint is broken (use an earlier one or retrain)")
+
+
 def eval_joint_ppl(state: dict, data_dir: str, split: str, *, samples: list[int], max_examples: int, batch_size: int,
                    seed: int, device: str) -> dict[str, Any]:
     """Joint-model perplexity bracket per n and the base LM's perplexity on the same continuation tokens."""
@@ -73,6 +84,9 @@ def eval_joint_ppl(state: dict, data_dir: str, split: str, *, samples: list[int]
     data = DataDir(data_dir)
     if data.vocab_size != info["vocab_size"]:
         raise LmlabError(f"data dir {data_dir} has a vocabulary of {data.vocab_size}, the base LM {info['vocab_size']}")
+    if any(h and h != data.tokenizer_sha256 for h in (state.get("tokenizer_sha256"), info.get("tokenizer_sha256"))):
+        raise LmlabError(f"data dir {data_dir} has another tokenizer.json than the one this energy and its base LM were "
+                         "trained with (sha256 differs); score a data dir prepped with --tokenizer <the training data dir>")
     windows = Windows(data.split(split), model.prefix_len, model.continuation_len, f"{data_dir}:{split}")
     out = joint_ppl_from_windows(model, windows, samples=samples, max_examples=max_examples, batch_size=batch_size,
                                  seed=seed, device=device)

@@ -1,14 +1,17 @@
 """Optional masked-LM pre-training of the bidirectional energy before NCE.
 
 The paper's strongest energies (BiT-Base*, BiT-Large*) start from RoBERTa, i.e. from a bidirectional
-encoder pre-trained with masked language modelling. With no RoBERTa here, this trains the same
-objective (BERT/RoBERTa masking: of the `mask_prob` selected tokens 80% -> [MASK], 10% -> random, 10%
-kept) on the training windows, then drops the MLM head and keeps the encoder for NCE.
+encoder pre-trained with masked language modelling on ~160 GB of text. No RoBERTa weights are loaded here:
+this trains the same objective (BERT/RoBERTa masking: of the `mask_prob` selected tokens 80% -> [MASK],
+10% -> random, 10% kept; AdamW betas 0.9/0.98, eps 1e-6, linear warmup then linear decay) on the training
+windows, then drops the MLM head and keeps the encoder for NCE. Each update's windows and masks are a
+function of (seed, update), and `MLMPretrainer.state_dict` holds the head, optimizer, schedule and
+update count, so a long pre-training phase resumes exactly from a checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,27 +34,69 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, vocab_size: int, prob: float
     return inp, tokens.masked_fill(~selected, -100)
 
 
-def pretrain_mlm(energy: BiTEnergy, windows: Windows, *, steps: int, batch_size: int, lr: float, mask_prob: float,
-                 seed: int, device, log: Callable[[str], None] | None = None) -> list[float]:
-    """Train `energy`'s encoder as a masked LM for `steps` updates; returns the loss per update (nats per masked token)."""
-    head = nn.Linear(energy.tok.embedding_dim, energy.vocab_size).to(device)
-    params = list(energy.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    energy.train()
-    losses = []
-    for step in range(steps):
-        prefixes, conts = windows.get(rng.integers(0, len(windows), batch_size), device)
+def _warmup_linear_decay(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+class MLMPretrainer:
+    """Masked-LM updates of `energy`'s encoder (plus a throwaway vocabulary head), one `update()` at a time."""
+
+    def __init__(self, energy: BiTEnergy, windows: Windows, *, steps: int, batch_size: int, lr: float, mask_prob: float,
+                 seed: int, device, warmup_steps: int = 0):
+        self.energy, self.windows, self.steps, self.batch_size = energy, windows, steps, batch_size
+        self.mask_prob, self.seed, self.device = mask_prob, seed, device
+        self.head = nn.Linear(energy.tok.embedding_dim, energy.vocab_size).to(device)
+        self.params = list(energy.parameters()) + list(self.head.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, _warmup_linear_decay(warmup_steps, steps))
+        self.step = 0
+        self.gen = torch.Generator(device=device)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def update(self) -> float:
+        """One MLM update; returns its loss in nats per masked token."""
+        self.energy.train()
+        rng = np.random.default_rng([self.seed, 7, self.step])
+        self.gen.manual_seed(self.seed * 1_000_003 + 7 + self.step)
+        prefixes, conts = self.windows.get(rng.integers(0, len(self.windows), self.batch_size), self.device)
         tokens = torch.cat([prefixes, conts], dim=1)  # (B, P+C)
-        inp, targets = mask_tokens(tokens, energy.mask_id, energy.vocab_size, mask_prob, gen)
-        h = energy.hidden(inp, torch.ones_like(inp, dtype=torch.bool))  # (B, L, d)
-        loss = F.cross_entropy(head(h).flatten(0, 1), targets.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
+        inp, targets = mask_tokens(tokens, self.energy.mask_id, self.energy.vocab_size, self.mask_prob, self.gen)
+        h = self.energy.hidden(inp, torch.ones_like(inp, dtype=torch.bool))  # (B, L, d)
+        loss = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if log is not None and (step + 1) % max(1, steps // 10) == 0:
-            log(f"mlm {step + 1}/{steps} loss_nats={np.mean(losses[-max(1, steps // 10):]):.3f}")
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.schedule.step()
+        self.step += 1
+        return loss.item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict(),
+                "schedule": self.schedule.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step = int(state["step"])
+
+
+def pretrain_mlm(energy: BiTEnergy, windows: Windows, *, steps: int, batch_size: int, lr: float, mask_prob: float,
+                 seed: int, device, warmup_steps: int = 0, log: Callable[[str], None] | None = None) -> list[float]:
+    """Train `energy`'s encoder as a masked LM for `steps` updates; returns the loss per update (nats per masked token)."""
+    trainer = MLMPretrainer(energy, windows, steps=steps, batch_size=batch_size, lr=lr, mask_prob=mask_prob, seed=seed,
+                            device=device, warmup_steps=warmup_steps)
+    losses = []
+    while not trainer.done:
+        losses.append(trainer.update())
+        if log is not None and trainer.step % max(1, steps // 10) == 0:
+            log(f"mlm {trainer.step}/{steps} loss_nats={np.mean(losses[-max(1, steps // 10):]):.3f}")
     return losses

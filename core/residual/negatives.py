@@ -5,18 +5,24 @@ Either sampled during training (`NegativeSampler`) or written ahead of time into
 
     python -m lmlab.core.residual.negatives --base-lm runs/demo/checkpoints/best.pt --data data/demo \
         --split train --out runs/residual-demo/negatives-train.npz --prefix-len 24 --continuation-len 16 \
-        --per-prefix 8 [--top-k 0] [--max-windows 4000]
+        --per-prefix 8 [--top-k 0] [--temperature 1.0] [--max-windows 4000]
 
-File contents: `tokens` int32 (W, K, C) continuations, `prefix_index` int64 (W,) the window each row
-belongs to (see windows.py), and scalars prefix_len, continuation_len, top_k, temperature, seed,
-`base_lm_sha256` (a file made with another base LM is refused).
+A negative is only a negative *of its prefix*: a file is tied to the exact windows it was sampled for.
+File contents (format 2): `tokens` int32 (W, K, C) continuations, `prefix_index` int64 (W,) the window
+each row belongs to (windows.py), and the provenance that `NegativesFile` checks against the training
+config before any row is used -- base_lm_sha256, data_dir, tokenizer_sha256, split, split_tokens,
+prefix_len, continuation_len, top_k, temperature, seed, and `prefix_sha256`, the sha256 of the prefix
+tokens of every row's window in row order (so a file cut from other text, another split or a shifted
+window grid is refused even when every size matches). Any mismatch is one error line naming the field.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +30,8 @@ import torch
 from lmlab.core.errors import LmlabError
 from lmlab.core.generate import sample_continuations
 from lmlab.core.residual.windows import Windows
+
+FORMAT = 2
 
 
 class NegativeSampler:
@@ -41,27 +49,75 @@ class NegativeSampler:
         return out.view(prefixes.size(0), self.k, self.c)
 
 
-class NegativesFile:
-    """Negatives read from an `.npz` written by `write_negatives`; rows are looked up by window index."""
+def prefix_sha256(windows: Windows, index: np.ndarray, chunk: int = 4096) -> str:
+    """sha256 of the prefix tokens (int64, little-endian) of windows `index`, in that order."""
+    h = hashlib.sha256()
+    index = np.asarray(index, dtype=np.int64)
+    for start in range(0, len(index), chunk):
+        prefixes, _ = windows.get(index[start:start + chunk])
+        h.update(prefixes.numpy().astype("<i8").tobytes())
+    return h.hexdigest()
 
-    def __init__(self, path: str | Path, prefix_len: int, continuation_len: int, per_prefix: int, base_lm_sha256: str):
+
+class NegativesFile:
+    """Negatives read from an `.npz` written by `write_negatives`; rows are looked up by window index.
+
+    Refuses (LmlabError, one line) a file whose provenance differs from what training will pair it with:
+    `windows` are the training split's windows and the keyword arguments the training config's values.
+    """
+
+    def __init__(self, path: str | Path, windows: Windows, *, split: str, tokenizer_sha256: str, per_prefix: int,
+                 top_k: int, temperature: float, base_lm_sha256: str):
         path = Path(path)
         if not path.exists():
             raise LmlabError(f"negatives.file {path} does not exist; write it with `python -m lmlab.core.residual.negatives`")
         data = np.load(path)
-        self.tokens, self.prefix_index = data["tokens"], data["prefix_index"]
-        if int(data["prefix_len"]) != prefix_len or int(data["continuation_len"]) != continuation_len:
-            raise LmlabError(f"{path} holds windows of {int(data['prefix_len'])}+{int(data['continuation_len'])} tokens, "
-                             f"the config asks for {prefix_len}+{continuation_len}; regenerate it")
-        if str(data["base_lm_sha256"]) != base_lm_sha256:
-            raise LmlabError(f"{path} was sampled from another base LM (sha256 differs); regenerate it")
+        if (int(data["format"]) if "format" in data else 0) != FORMAT:
+            raise LmlabError(f"negatives.file {path} has no provenance (written by an older lmlab): it cannot be tied "
+                             "to its prefixes; regenerate it with `python -m lmlab.core.residual.negatives`")
+        self.path, self.tokens, self.prefix_index = path, data["tokens"], data["prefix_index"]
+        self.meta: dict[str, Any] = {k: data[k].item() for k in ("data_dir", "tokenizer_sha256", "split", "split_tokens",
+                                                                  "prefix_len", "continuation_len", "top_k", "temperature",
+                                                                  "seed", "base_lm_sha256", "prefix_sha256")}
+        m = self.meta
+        fix = "regenerate it or change the config to match"
+        if m["base_lm_sha256"] != base_lm_sha256:
+            raise LmlabError(f"negatives.file {path} was sampled from another base LM (sha256 differs); regenerate it")
+        if m["tokenizer_sha256"] != tokenizer_sha256:
+            raise LmlabError(f"negatives.file {path} was cut from a data dir with another tokenizer ({m['data_dir']}); "
+                             "regenerate it from the training data dir")
+        if m["split"] != split:
+            raise LmlabError(f"negatives.file {path} was sampled for the '{m['split']}' split of {m['data_dir']}, training "
+                             f"pairs it with the '{split}' split (data.train_split); regenerate it with --split {split}")
+        if (m["prefix_len"], m["continuation_len"]) != (windows.prefix_len, windows.continuation_len):
+            raise LmlabError(f"negatives.file {path} holds windows of {m['prefix_len']}+{m['continuation_len']} tokens, "
+                             f"the config asks for {windows.prefix_len}+{windows.continuation_len}; {fix}")
+        if m["split_tokens"] != len(windows.stream):
+            raise LmlabError(f"negatives.file {path} was cut from a '{split}' split of {m['split_tokens']} tokens "
+                             f"({m['data_dir']}), the training split has {len(windows.stream)}; regenerate it")
+        if m["top_k"] != top_k or float(m["temperature"]) != float(temperature):
+            raise LmlabError(f"negatives.file {path} was sampled with top_k={m['top_k']}, temperature={m['temperature']}; "
+                             f"the config says negatives.top_k={top_k}, negatives.temperature={temperature}: "
+                             f"pass --set negatives.top_k={m['top_k']} --set negatives.temperature={m['temperature']} "
+                             "or regenerate the file")
+        if len(self.prefix_index) and (self.prefix_index.min() < 0 or self.prefix_index.max() >= len(windows)):
+            raise LmlabError(f"negatives.file {path} refers to window {int(self.prefix_index.max())}, the training split "
+                             f"has {len(windows)}; regenerate it")
+        if prefix_sha256(windows, self.prefix_index) != m["prefix_sha256"]:
+            raise LmlabError(f"negatives.file {path} was sampled for other prefixes than the training windows at its "
+                             f"rows (prefix sha256 differs: other text in '{split}'); regenerate it")
         if self.tokens.shape[1] < per_prefix:
-            raise LmlabError(f"{path} has {self.tokens.shape[1]} negatives per prefix, negatives.per_prefix={per_prefix}")
+            raise LmlabError(f"negatives.file {path} has {self.tokens.shape[1]} negatives per prefix, "
+                             f"negatives.per_prefix={per_prefix}; regenerate it with --per-prefix {per_prefix}")
         self.k = per_prefix
-        self.top_k = int(data["top_k"])
 
     def __len__(self) -> int:
         return len(self.prefix_index)
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint remembers about the negatives it was trained against."""
+        return {"source": "file", "file": str(self.path), "rows": len(self), "per_prefix_in_file": int(self.tokens.shape[1]),
+                **{k: (float(v) if k == "temperature" else v) for k, v in self.meta.items()}}
 
     def rows(self, rows: np.ndarray, device) -> tuple[np.ndarray, torch.Tensor]:
         """(window indices (B,), negatives Long (B, K, C)) of the file rows `rows`."""
@@ -70,7 +126,8 @@ class NegativesFile:
 
 
 def write_negatives(lm, windows: Windows, out: str | Path, *, per_prefix: int, top_k: int, temperature: float,
-                    max_windows: int, batch_size: int, seed: int, base_lm_sha256: str, device="cpu", log=None) -> Path:
+                    max_windows: int, batch_size: int, seed: int, base_lm_sha256: str, data_dir: str, split: str,
+                    tokenizer_sha256: str, device="cpu", log=None) -> Path:
     gen = torch.Generator(device=device).manual_seed(seed)
     count = len(windows) if max_windows <= 0 else min(max_windows, len(windows))
     index = np.random.default_rng(seed).permutation(len(windows))[:count]
@@ -84,9 +141,10 @@ def write_negatives(lm, windows: Windows, out: str | Path, *, per_prefix: int, t
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, tokens=tokens, prefix_index=index, prefix_len=windows.prefix_len,
-             continuation_len=windows.continuation_len, top_k=top_k, temperature=temperature, seed=seed,
-             base_lm_sha256=base_lm_sha256)
+    np.savez(tmp, format=FORMAT, tokens=tokens, prefix_index=index, prefix_len=windows.prefix_len,
+             continuation_len=windows.continuation_len, top_k=top_k, temperature=float(temperature), seed=seed,
+             base_lm_sha256=base_lm_sha256, data_dir=str(data_dir), split=split, split_tokens=len(windows.stream),
+             tokenizer_sha256=tokenizer_sha256, prefix_sha256=prefix_sha256(windows, index))
     tmp.replace(out)
     return out
 
@@ -99,24 +157,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmlab.core.residual.negatives", description=__doc__.split("\n")[0])
     p.add_argument("--base-lm", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the split training reads positives from (data.train_split)")
     p.add_argument("--out", required=True)
     p.add_argument("--prefix-len", type=int, required=True)
     p.add_argument("--continuation-len", type=int, required=True)
     p.add_argument("--per-prefix", type=int, default=4)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="training must then set negatives.top_k to the same value")
+    p.add_argument("--temperature", type=float, default=1.0, help="training must then set negatives.temperature to it")
     p.add_argument("--max-windows", type=int, default=0, help="0: every window of the split")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     try:
-        lm, _, _ = load_lm(a.base_lm, a.device)
-        windows = Windows(DataDir(a.data).split(a.split), a.prefix_len, a.continuation_len, f"{a.data}:{a.split}")
+        lm, _, info = load_lm(a.base_lm, a.device)
+        data = DataDir(a.data)
+        if info.get("tokenizer_sha256") and info["tokenizer_sha256"] != data.tokenizer_sha256:
+            raise LmlabError(f"data dir {a.data} has another tokenizer than the base LM {a.base_lm}")
+        windows = Windows(data.split(a.split), a.prefix_len, a.continuation_len, f"{a.data}:{a.split}")
         path = write_negatives(lm, windows, a.out, per_prefix=a.per_prefix, top_k=a.top_k, temperature=a.temperature,
                                max_windows=a.max_windows, batch_size=a.batch_size, seed=a.seed,
-                               base_lm_sha256=sha256_file(a.base_lm), device=a.device,
+                               base_lm_sha256=sha256_file(a.base_lm), data_dir=a.data, split=a.split,
+                               tokenizer_sha256=data.tokenizer_sha256, device=a.device,
                                log=lambda m: print(m, file=sys.stderr))
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@ negatives `negatives.per_prefix` continuations of the same prefixes sampled from
 fly, or read from `negatives.file`); the loss is binary cross-entropy with logit -E (estimators.nce_loss).
 Validation logs the real-vs-LM classification accuracy on a fixed set of valid windows and negatives.
 Checkpoints (kind "residual-ebm") hold the energy weights, optimizer, step, RNG, the resolved config and
-the base LM's path + sha256; `run.resume=auto` continues, a changed base LM is refused.
+the base LM's path + sha256, and the negatives' true provenance (`negatives`: on the fly or the file's split,
+data dir, tokenizer, top-k, temperature, prefix hash); `run.resume=auto` continues, a changed base LM is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lmlab.core.residual.config import Config
 from lmlab.core.residual.energy import build_energy
 from lmlab.core.residual.estimators import classification_accuracy, nce_loss
 from lmlab.core.residual.joint import KIND, base_lm_record, score
-from lmlab.core.residual.mlm import pretrain_mlm
+from lmlab.core.residual.mlm import MLMPretrainer
 from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
@@ -73,26 +74,43 @@ class ResidualTrainer:
         self.optimizer = torch.optim.AdamW(self.energy.parameters(), lr=o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps, o.max_steps))
-        self.neg_file = (NegativesFile(cfg.negatives.file, P, C, cfg.negatives.per_prefix, self.base["sha256"])
-                         if cfg.negatives.file else None)
+        n = cfg.negatives
+        self.neg_file = (NegativesFile(n.file, self.train_windows, split=cfg.data.train_split,
+                                       tokenizer_sha256=self.data.tokenizer_sha256, per_prefix=n.per_prefix,
+                                       top_k=n.top_k, temperature=n.temperature, base_lm_sha256=self.base["sha256"])
+                         if n.file else None)
+        # the negatives' true settings (a file's provenance was checked against the config just above)
+        self.negatives_record = (self.neg_file.record() if self.neg_file is not None else
+                                 {"source": "on-the-fly", "data_dir": cfg.data.dir, "split": cfg.data.train_split,
+                                  "tokenizer_sha256": self.data.tokenizer_sha256, "top_k": n.top_k,
+                                  "temperature": float(n.temperature), "per_prefix": n.per_prefix, "seed": cfg.seed,
+                                  "base_lm_sha256": self.base["sha256"]})
         self.gen = torch.Generator(device=self.device)
         self.sampler = NegativeSampler(self.lm, cfg.negatives.per_prefix, C, cfg.negatives.top_k,
                                        cfg.negatives.temperature, self.gen)
         self.run = RunDir(cfg.run.dir)
         self.step, self.best_valid, self.mlm_done = 0, math.inf, cfg.mlm.steps == 0 or cfg.energy.kind != "bit"
+        m = cfg.mlm
+        self.mlm = (None if self.mlm_done else
+                    MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or o.batch_size,
+                                  lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
+                                  warmup_steps=m.warmup_steps))
         self._valid_set = None
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
         return {**to_dict(self.cfg), "derived": {"base_lm_sha256": self.base["sha256"], "lmlab_version": __version__,
                                                   "energy_params": count_parameters(self.energy),
-                                                  "tokenizer_sha256": self.data.tokenizer_sha256}}
+                                                  "tokenizer_sha256": self.data.tokenizer_sha256,
+                                                  "negatives": self.negatives_record}}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"energy": self.energy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "step": self.step, "best_valid_nats": self.best_valid,
                 "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
-                "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256}
+                "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
+                "negatives": self.negatives_record,
+                "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt["base_lm"]["sha256"] != self.base["sha256"]:
@@ -102,6 +120,8 @@ class ResidualTrainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.step, self.best_valid, self.mlm_done = int(ckpt["step"]), float(ckpt["best_valid_nats"]), bool(ckpt["mlm_done"])
+        if not self.mlm_done and ckpt.get("mlm"):
+            self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
 
     def _save(self, is_best: bool) -> None:
@@ -173,6 +193,27 @@ class ResidualTrainer:
         self._save(is_best)
         return metrics
 
+    def _pretrain_mlm(self, stop: StopFlag) -> str | None:
+        """The MLM phase (BiT only), checkpointed like NCE so a long one resumes; returns the stopping signal or None."""
+        every = self.cfg.run.save_interval or max(1, self.mlm.steps // 10)
+        self.reporter.start(self.mlm.steps, "mlm")
+        losses: list[float] = []
+        while not self.mlm.done:
+            losses.append(self.mlm.update())
+            self.reporter.update(self.mlm.step, {"mlm_loss": losses[-1]})
+            if self.mlm.step % every == 0 or self.mlm.done or stop.requested:
+                self.mlm_done = self.mlm.done
+                self._save(is_best=False)  # checkpoint first, then its metrics line: a resume never repeats one
+                self.run.log_metrics({"step": 0, "mlm_step": self.mlm.step, "mlm_loss_nats": float(np.mean(losses)),
+                                      "mlm_lr": self.mlm.schedule.get_last_lr()[0]})
+                losses = []
+            if stop.requested and not self.mlm.done:
+                name = stop.signal_name or "signal"
+                self.reporter.log(f"{name}: saved {self.run.last} at MLM update {self.mlm.step}; rerun to resume")
+                return name
+        self.reporter.finish()
+        return None
+
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -184,17 +225,13 @@ class ResidualTrainer:
         else:
             self.reporter.log(f"training residual energy ({cfg.energy.kind}, {count_parameters(self.energy):,} parameters) "
                               f"on base LM {cfg.base_lm}: {cfg.optim.max_steps} NCE updates")
-        if not self.mlm_done:
-            pretrain_mlm(self.energy, self.train_windows, steps=cfg.mlm.steps, batch_size=cfg.optim.batch_size,
-                         lr=cfg.mlm.lr, mask_prob=cfg.mlm.mask_prob, seed=cfg.seed, device=self.device,
-                         log=self.reporter.log)
-            self.mlm_done = True
-            self._save(is_best=False)
         eval_every = cfg.run.eval_interval or max(1, cfg.optim.max_steps // 10)
-        self.reporter.start(cfg.optim.max_steps, "nce")
         stop, stopped_by, t0, step0 = StopFlag().install(), None, time.perf_counter(), self.step
         try:
-            while self.step < cfg.optim.max_steps:
+            if not self.mlm_done:
+                stopped_by = self._pretrain_mlm(stop)
+            self.reporter.start(cfg.optim.max_steps, "nce")
+            while stopped_by is None and self.step < cfg.optim.max_steps:
                 record = self.train_update()
                 record["examples_per_s"] = (self.step - step0) * cfg.optim.batch_size / max(time.perf_counter() - t0, 1e-9)
                 self.run.log_metrics({"step": self.step, **record})
@@ -211,7 +248,7 @@ class ResidualTrainer:
         finally:
             stop.uninstall()
             self.reporter.finish()
-        if self.step == 0 or (stopped_by is None and not self.run.best.exists()):
+        if stopped_by is None and (self.step == 0 or not self.run.best.exists()):
             self._log_eval()
         best = self.best_valid if math.isfinite(self.best_valid) else None  # None: stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best,
