@@ -1,7 +1,8 @@
-# lmlab: the two commands of the README, and every reproduction as a Make target.
+# lmlab: the two commands of the README, and every reproduction as a Make target. `make help` lists them all
+# (from the `## ` comments on the target lines here and in pipelines/*.mk).
 #   make demo      prep -> train-lm -> eval-ppl -> sample on the shipped Austen corpus (< 10 min, 2 CPU cores)
-#   make test      the test suite (what CI runs)
-#   make bench     speed benchmarks -> docs/results.md
+#   make test      the test suite (what CI runs: .ci/run, which runs `make demo` first)
+#   make results   regenerate every generated region of docs/*.md from the records in results/
 # Hardware is a preset: `make ptb-zaremba-medium HW=gpu`, `HW=dgx8` under torchrun, `HW=slurm` in sbatch.
 
 PYTHON ?= python3
@@ -14,10 +15,45 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DELETE_ON_ERROR:
-.PHONY: help install demo test bench clean-demo
+.PHONY: help install demo test bench results results-check clean-demo
 
-help:
-	@sed -n '1,8p' Makefile
+# `make help`: every target with a `## ` comment on its line, grouped by the file that defines it.
+help:  ## this list
+	@awk 'FNR == 1 { file = FILENAME; title = ($$0 ~ /^# /) ? substr($$0, 3) : "" } \
+	  /^[A-Za-z0-9][A-Za-z0-9_.%\/ -]*:([^=]|$$).*## / { \
+	    if (file != shown) { printf "\n%s%s\n", file, (title != "" ? ": " title : ""); shown = file } \
+	    target = $$0; sub(/:.*/, "", target); doc = $$0; sub(/^[^#]*## /, "", doc); \
+	    printf "  %-24s %s\n", target, doc }' $(MAKEFILE_LIST)
+	@echo; echo "Variables: HW=cpu|gpu|dgx8|slurm (hardware preset), PYTHON, LMLAB_TRAIN (launcher for training steps),"
+	@echo "TRAIN_ARGS (extra train-lm flags); data paths as in each target's line (LMLAB_PTB=dir, ...)."
+
+# ---- training steps: a stamp written only when training completed ------------------------------------------
+# Every training step is a rule whose target is a stamp (runs/X.train.json), never a checkpoint:
+#   runs/X.train.json: deps
+#   	@mkdir -p $(@D)
+#   	$(LMLAB_TRAIN) train-lm ... --run-dir runs/X > $@.tmp
+#   	$(train_done)
+# train-lm and train-ebm print a JSON summary on stdout; a run stopped by SIGTERM/SIGUSR1 saves, exits 0 and says
+# so in it ("stopped_by"), so train_done fails ("rerun to resume") and leaves no stamp: the next `make` resumes
+# the run instead of decoding a partial best.pt. Ctrl-C or a crash leaves no stamp either, and since no rule
+# names a checkpoint as its target, .DELETE_ON_ERROR never deletes one (.PRECIOUS says the same to any that does).
+define train_done
+@$(PYTHON) -c "import json,sys; p=sys.argv[1]; r=json.load(open(p)); s=r.get('stopped_by') or r.get('stopped') or (r.get('completed') is False and 'an unfinished budget'); sys.exit(f'{p}: training stopped by {s}; rerun make to resume it' if s else 0)" $@.tmp
+mv $@.tmp $@
+endef
+.PRECIOUS: %.pt runs/%/checkpoints/best.pt runs/%/checkpoints/last.pt
+
+# ---- result records: results/NAME.json (NAME = the make target), the only source of docs/ figures ----------
+RECORD = $(PYTHON) -m lmlab.core.records
+RESULTS_DOC = $(PYTHON) -m lmlab.core.results_doc
+# $(call made_by,NAME): the command line a record names (the make target and the variables given to make)
+made_by = $(strip make $(1) HW=$(HW) $(filter-out HW=%,$(MAKEOVERRIDES)))
+
+results: .installed  ## regenerate every generated region of docs/*.md from results/*.json
+	$(RESULTS_DOC)
+
+results-check: .installed  ## fail if a generated region of docs/*.md differs from its record (a hand edit)
+	$(RESULTS_DOC) --check
 
 # Installs into the current Python (use a virtualenv if you prefer): torch first, so the range in
 # pyproject.toml is already met and pip never pulls a multi-GB CUDA build on a CPU machine.
@@ -26,9 +62,9 @@ help:
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-install: .installed
+install: .installed  ## pip-install lmlab[test] into $(PYTHON) (CPU torch first if no torch is present)
 
-test: .installed
+test: .installed  ## the test suite (README command #2; CI: .ci/run)
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 include pipelines/*.mk

@@ -5,8 +5,8 @@
     python bench/vs_fairseq.py --device cuda --precision bf16   # GPU mode: MFU against the GPU's bf16 peak
 
 Every comparison runs its arms alternately (A B A B ...) and reports the median of the per-round ratios.
-The Markdown table replaces the region between `<!-- bench:start -->` and `<!-- bench:end -->` of
-docs/results.md (nothing else in that file is touched). fairseq runs from its own interpreter
+The Markdown goes to stdout; `make bench` stores it in the record results/bench.json, and `make results`
+puts it in docs/results.md (with --results FILE it replaces the bench region of FILE directly). fairseq runs from its own interpreter
 (FAIRSEQ_PYTHON, default /work/venv-fairseq/bin/python); without it the fairseq column says why.
 Method and where the time goes: docs/bench.md.
 """
@@ -292,8 +292,9 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", help="GPU mode: the precision of both toolkits")
     ap.add_argument("--sections", default="prep,train,eval,lstm")
     ap.add_argument("--work", default=os.environ.get("BENCH_DIR", "/tmp/lmlab-bench"))
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--results", default=None, help="also write the table into this file's bench region "
+                                                     "(default: stdout only; `make bench` records it)")
+    ap.add_argument("--no-write", action="store_true", help="print the table only (the default)")
     ap.add_argument("--append", action="store_true", help="add the table below the region's current content")
     ap.add_argument("--reps", type=int, default=0, help="rounds per comparison (0: the mode's)")
     args = ap.parse_args()
@@ -306,7 +307,7 @@ def main() -> None:
         sizes = dataclasses.replace(sizes, prep_reps=args.reps, train_reps=args.reps, eval_reps=args.reps, lstm_reps=args.reps)
     text = Bench(args, sizes).run()
     print(text)
-    if not args.no_write:
+    if args.results and not args.no_write:
         write_region(args.results, (read_region(args.results) + "\n\n" if args.append else "") + text)
         print(f"wrote the bench region of {args.results}", file=sys.stderr)
 

@@ -35,3 +35,12 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+if __name__ == "__main__":
+    # `python -m lmlab.core.machine > start.json` when a result starts; `python -m lmlab.core.records ... --since
+    # start.json` then records this machine, the load at start and end, and the wall time in between.
+    import json
+    import time
+
+    print(json.dumps({**machine_info(), "time": time.time()}))

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,121 @@ def write_record(record: dict[str, Any], results_dir: str | Path | None = None) 
 def read_records(results_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
     out_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     return {p.stem: json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))}
+
+
+# ---- assembling a record from the files a pipeline wrote -----------------------------------------------------
+def _load_json(path: str | Path) -> Any:
+    """A JSON file, or the last non-empty line of a JSON-lines file (e.g. a command's stdout)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads([line for line in text.splitlines() if line.strip()][-1])
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"lmlab records: {flag} {item!r}: expected KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a train summary (train-lm / train-ebm stdout, stored as runs/X.train.json) adds to a record: its
+    wall time and machine (load at start and end), and tokens/s from the run dir's last metrics line."""
+    facts: dict[str, Any] = {k: v for k, v in summary.items() if k != "machine"}
+    run_dir = Path(summary.get("run_dir", ""))
+    config_file, metrics_file = run_dir / "config.json", run_dir / "metrics.jsonl"
+    if summary.get("run_dir") and config_file.is_file():
+        model = json.loads(config_file.read_text()).get("model", {})
+        if model.get("kind") == "lstm":
+            shape = f"{model['n_layers']}x{model['lstm']['hidden_size']}"
+        else:
+            shape = f"{model.get('n_layers')} layers x {model.get('d_model')}"
+        tied = ", tied" if model.get("output", {}).get("tie") else ""
+        facts["model"] = f"{str(model.get('kind', '?')).upper()} {shape}{tied}"
+    if summary.get("run_dir") and metrics_file.is_file():
+        rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        trained = [r for r in rows if "tokens_per_s" in r]
+        if trained:
+            facts["tokens"] = trained[-1].get("tokens")
+            facts["tokens_per_s"] = round(trained[-1]["tokens_per_s"], 1)
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lmlab.core.records NAME --command CMD [--train [KEY=]FILE] [--since FILE] [--json KEY=FILE]
+    [--jsonl KEY=FILE] [--markdown FILE] [--metric KEY=VALUE] [--paper KEY=VALUE --paper-source TEXT] [--kind KIND]`:
+    assemble results/NAME.json from the files a pipeline wrote (the make targets call it; see the Makefile)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lmlab.core.records", description=main.__doc__)
+    ap.add_argument("name", help="record name = the make target that produces it (results/NAME.json)")
+    ap.add_argument("--command", required=True, help="the exact command line that produced the result")
+    ap.add_argument("--kind", default="metrics", help="how `make results` renders it (lm, metrics, ...)")
+    ap.add_argument("--train", action="append", default=[], metavar="[KEY=]FILE",
+                    help="a completed train summary (runs/X.train.json): wall time, machine, tokens/s. "
+                         "With several, KEY names each (its wall times are summed).")
+    ap.add_argument("--json", action="append", metavar="KEY=FILE", help="metrics[KEY] = the JSON in FILE")
+    ap.add_argument("--jsonl", action="append", metavar="KEY=FILE", help="metrics[KEY] = the list of JSON lines in FILE")
+    ap.add_argument("--markdown", metavar="FILE", help="the Markdown the producing script printed (kind markdown: "
+                                                        "`make results` shows it as written)")
+    ap.add_argument("--since", metavar="FILE", help="`python -m lmlab.core.machine` output written when the result "
+                                                   "started: machine, load at start, and wall time to now")
+    ap.add_argument("--metric", action="append", metavar="KEY=VALUE", help="metrics[KEY] = VALUE (JSON or text)")
+    ap.add_argument("--paper", action="append", metavar="KEY=VALUE", help="the paper's figure beside ours")
+    ap.add_argument("--paper-source", help="paper, table and setting the --paper figures come from")
+    ap.add_argument("--seed", action="append", type=int, default=[], help="seed(s) of the run")
+    ap.add_argument("--notes")
+    ap.add_argument("--results-dir", default=None, help="default: $LMLAB_RESULTS or results/")
+    args = ap.parse_args(argv)
+
+    metrics: dict[str, Any] = {}
+    machine, wall = None, None
+    for item in args.train:
+        key, sep, path = item.partition("=") if "=" in item else ("", "", item)
+        summary = _load_json(path)
+        if summary.get("stopped_by") or summary.get("stopped"):
+            raise SystemExit(f"lmlab records: {path}: training did not complete; rerun its make target")
+        metrics[f"train-{key}" if key else "train"] = train_summary_facts(summary)
+        machine = machine or summary.get("machine")
+        if summary.get("wall_s") is not None:
+            wall = (wall or 0.0) + summary["wall_s"]
+    for key, path in _pairs(args.json, "--json"):
+        metrics[key] = _load_json(path)
+    for key, path in _pairs(args.jsonl, "--jsonl"):
+        metrics[key] = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for key, value in _pairs(args.metric, "--metric"):
+        metrics[key] = _scalar(value)
+    paper = {k: _scalar(v) for k, v in _pairs(args.paper, "--paper")}
+    if paper and args.paper_source:
+        paper["source"] = args.paper_source
+    from lmlab.core.machine import load_average
+    if args.since:  # the whole result, not only its training steps
+        start = _load_json(args.since)
+        machine = {**{k: v for k, v in start.items() if k != "time"}, "load_avg_at_end": load_average()}
+        wall = round(time.time() - start["time"], 1)
+    elif machine is not None:
+        machine = {**machine, "load_avg_at_record": load_average()}
+    extra: dict[str, Any] = {"kind": "markdown" if args.markdown and args.kind == "metrics" else args.kind}
+    if args.markdown:
+        extra["markdown"] = Path(args.markdown).read_text(encoding="utf-8").strip() + "\n"
+    record = make_record(args.name, args.command, metrics, wall_s=wall, machine=machine, seeds=args.seed,
+                         paper=paper or None, notes=args.notes, **extra)
+    path = write_record(record, args.results_dir)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

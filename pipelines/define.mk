@@ -12,26 +12,74 @@ DEFINE_SEED ?= 1234
 DEFINE_LR ?= 5
 DEFINE_DEMO_FLAGS = --seed $(DEFINE_SEED) --steps $(DEFINE_STEPS) --set run.eval_interval=$(DEFINE_STEPS) --set optim.lr=$(DEFINE_LR)
 
+DEFINE_RUNS = runs/define-demo-standard-untied-lr$(DEFINE_LR) runs/define-demo-define-untied-lr$(DEFINE_LR)
+DEFINE_WORK ?= runs/define-work
+
 .PHONY: define-demo define-cache define-params define-ptb
 
-# Same context model, seed, steps and (untied) output layer; only the input embedding differs.
-define-demo: data/demo/meta.json
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir runs/define-demo-standard-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) --set model.output.tie=false
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-define --run-dir runs/define-demo-define-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS)
-	$(PYTHON) bench/define_demo_table.py runs/define-demo-standard-untied-lr$(DEFINE_LR) runs/define-demo-define-untied-lr$(DEFINE_LR)
+# Same context model, seed, steps and (untied) output layer; only the input embedding differs. Training steps
+# are stamps (train_done, in the Makefile): a stopped run is resumed by the next make.
+runs/define-demo-standard-untied-lr$(DEFINE_LR).train.json: data/demo/meta.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir runs/define-demo-standard-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) --set model.output.tie=false > $@.tmp
+	$(train_done)
+
+runs/define-demo-define-untied-lr$(DEFINE_LR).train.json: data/demo/meta.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-define --run-dir runs/define-demo-define-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) > $@.tmp
+	$(train_done)
+
+results/define-demo.json: $(addsuffix .train.json,$(DEFINE_RUNS))
+	@mkdir -p $(@D) $(DEFINE_WORK)
+	$(PYTHON) bench/define_demo_table.py $(DEFINE_RUNS) > $(DEFINE_WORK)/define-demo.md
+	$(RECORD) define-demo --command '$(call made_by,define-demo)' --seed $(DEFINE_SEED) \
+	  $(foreach r,$(DEFINE_RUNS),--train $(word 3,$(subst -, ,$(r)))=$(r).train.json) --markdown $(DEFINE_WORK)/define-demo.md
+	$(RESULTS_DOC)
+
+define-demo: results/define-demo.json  ## standard vs DeFINE input embedding on data/demo, same seed and steps (CPU) [HW=cpu DEFINE_LR=5 DEFINE_STEPS=150]
+	@$(RESULTS_DOC) --print define-demo
 
 # Cache the demo DeFINE run's embedding as a table and check eval-ppl gives the same figure.
 DEFINE_CKPT ?= runs/define-demo-define-untied-lr$(DEFINE_LR)/checkpoints
-define-cache:
+results/define-cache.json: runs/define-demo-define-untied-lr$(DEFINE_LR).train.json
+	@mkdir -p $(@D) $(DEFINE_WORK)
 	$(PYTHON) bench/define_cache.py $(DEFINE_CKPT)/best.pt $(DEFINE_CKPT)/cached.pt
-	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/best.pt --split valid
-	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/cached.pt --split valid
+	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/best.pt --split valid -q > $(DEFINE_WORK)/eval-valid-best.json
+	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/cached.pt --split valid -q > $(DEFINE_WORK)/eval-valid-cached.json
+	$(RECORD) define-cache --command '$(call made_by,define-cache)' --json best=$(DEFINE_WORK)/eval-valid-best.json \
+	  --json cached=$(DEFINE_WORK)/eval-valid-cached.json
+	$(RESULTS_DOC)
 
-define-params:
-	$(PYTHON) bench/define_params.py --markdown
+define-cache: results/define-cache.json  ## cache the demo DeFINE run's embedding as a table; eval-ppl before/after
+	@$(RESULTS_DOC) --print define-cache
 
-define-ptb: data/ptb/meta.json
-	$(LMLAB_TRAIN) train-lm --preset awd-lstm-ptb,$(HW) --run-dir runs/awd-lstm-ptb
-	$(LMLAB_TRAIN) train-lm --preset awd-lstm-define-ptb,$(HW) --run-dir runs/awd-lstm-define-ptb
-	$(LMLAB) eval-ppl -c runs/awd-lstm-ptb/checkpoints/best.pt --split test
-	$(LMLAB) eval-ppl -c runs/awd-lstm-define-ptb/checkpoints/best.pt --split test
+results/define-params.json: bench/define_params.py $(wildcard presets/*.toml) | .installed
+	@mkdir -p $(@D) $(DEFINE_WORK)
+	$(PYTHON) -m lmlab.core.machine > $(DEFINE_WORK)/params-start.json
+	$(PYTHON) bench/define_params.py > $(DEFINE_WORK)/define-params.jsonl
+	$(PYTHON) bench/define_params.py --markdown > $(DEFINE_WORK)/define-params.md
+	$(RECORD) define-params --command '$(call made_by,define-params)' --since $(DEFINE_WORK)/params-start.json \
+	  --jsonl presets=$(DEFINE_WORK)/define-params.jsonl --markdown $(DEFINE_WORK)/define-params.md
+	$(RESULTS_DOC)
+
+define-params: results/define-params.json  ## embedding/total parameters of every DeFINE preset (seconds, no data)
+	@$(RESULTS_DOC) --print define-params
+
+runs/awd-lstm-ptb.train.json runs/awd-lstm-define-ptb.train.json: runs/%.train.json: data/ptb/meta.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-lm --preset $*,$(HW) --run-dir runs/$* > $@.tmp
+	$(train_done)
+
+runs/awd-lstm-ptb/eval-test.json runs/awd-lstm-define-ptb/eval-test.json: runs/%/eval-test.json: runs/%.train.json
+	@mkdir -p $(@D)
+	$(LMLAB) eval-ppl -c runs/$*/checkpoints/best.pt --split test -q > $@
+
+results/define-ptb.json: runs/awd-lstm-ptb/eval-test.json runs/awd-lstm-define-ptb/eval-test.json
+	@mkdir -p $(@D)
+	$(RECORD) define-ptb --command '$(call made_by,define-ptb)' --train standard=runs/awd-lstm-ptb.train.json \
+	  --train define=runs/awd-lstm-define-ptb.train.json --json test-standard=runs/awd-lstm-ptb/eval-test.json \
+	  --json test-define=runs/awd-lstm-define-ptb/eval-test.json
+	$(RESULTS_DOC)
+
+define-ptb: results/define-ptb.json  ## AWD-LSTM vs AWD-LSTM + DeFINE on PTB (GPU reproduction) [HW=gpu LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print define-ptb

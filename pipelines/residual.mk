@@ -17,29 +17,61 @@ RESIDUAL_BASE_LM ?= runs/lm/checkpoints/best.pt
 
 .PHONY: residual-demo residual-negatives residual-paper
 
-$(RESIDUAL_LM)/checkpoints/best.pt:
-	@test -f data/demo/meta.json || $(LMLAB) prep --preset demo
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir $(RESIDUAL_LM) --steps $(RESIDUAL_LM_STEPS) --set run.eval_interval=100
+# Training steps are stamps (train_done, in the Makefile): a stopped run is resumed by the next make, never evaluated.
+$(RESIDUAL_LM).train.json: data/demo/meta.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir $(RESIDUAL_LM) --steps $(RESIDUAL_LM_STEPS) --set run.eval_interval=100 > $@.tmp
+	$(train_done)
 
-$(RESIDUAL_RUN)/checkpoints/best.pt: $(RESIDUAL_LM)/checkpoints/best.pt
-	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-demo,$(HW) --base-lm $< --run-dir $(RESIDUAL_RUN)
+$(RESIDUAL_RUN).train.json: $(RESIDUAL_LM).train.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-demo,$(HW) --base-lm $(RESIDUAL_LM)/checkpoints/best.pt --run-dir $(RESIDUAL_RUN) > $@.tmp
+	$(train_done)
 
-$(RESIDUAL_RUN)/eval-test.json: $(RESIDUAL_RUN)/checkpoints/best.pt
-	$(LMLAB) eval-ppl --checkpoint $< --split test --is-samples $(RESIDUAL_IS) --max-examples $(RESIDUAL_EVAL_EXAMPLES) > $@.tmp && mv $@.tmp $@
+$(RESIDUAL_RUN)/eval-test.json: $(RESIDUAL_RUN).train.json
+	@mkdir -p $(@D)
+	$(LMLAB) eval-ppl --checkpoint $(RESIDUAL_RUN)/checkpoints/best.pt --split test --is-samples $(RESIDUAL_IS) --max-examples $(RESIDUAL_EVAL_EXAMPLES) > $@.tmp && mv $@.tmp $@
 
-$(RESIDUAL_RUN)/samples.jsonl: $(RESIDUAL_RUN)/checkpoints/best.pt
-	printf 'she said that\nit was a truth universally\n' | $(LMLAB) sample --checkpoint $< --candidates 32 --top-k 10 --max-new-tokens 16 --json > $@.tmp && mv $@.tmp $@
+$(RESIDUAL_LM)/eval-valid.json: $(RESIDUAL_LM).train.json
+	@mkdir -p $(@D)
+	$(LMLAB) eval-ppl -c $(RESIDUAL_LM)/checkpoints/best.pt --split valid -q > $@
 
-$(RESIDUAL_RUN)/bench.json: $(RESIDUAL_RUN)/checkpoints/best.pt
-	$(PYTHON) bench/residual_generation.py $< --data data/demo --prefixes 2 --candidates 32 --top-k 10 > $@.tmp && mv $@.tmp $@
+$(RESIDUAL_RUN)/samples.jsonl: $(RESIDUAL_RUN).train.json
+	@mkdir -p $(@D)
+	printf 'she said that\nit was a truth universally\n' | $(LMLAB) sample --checkpoint $(RESIDUAL_RUN)/checkpoints/best.pt --candidates 32 --top-k 10 --max-new-tokens 16 --json > $@.tmp && mv $@.tmp $@
 
-residual-demo: $(RESIDUAL_RUN)/eval-test.json $(RESIDUAL_RUN)/samples.jsonl $(RESIDUAL_RUN)/bench.json
-	@cat $(RESIDUAL_RUN)/eval-test.json; echo; cat $(RESIDUAL_RUN)/bench.json
+$(RESIDUAL_RUN)/bench.json: $(RESIDUAL_RUN).train.json
+	@mkdir -p $(@D)
+	$(PYTHON) bench/residual_generation.py $(RESIDUAL_RUN)/checkpoints/best.pt --data data/demo --prefixes 2 --candidates 32 --top-k 10 > $@.tmp && mv $@.tmp $@
 
-residual-negatives: $(RESIDUAL_LM)/checkpoints/best.pt
-	$(PYTHON) -m lmlab.core.residual.negatives --base-lm $< --data data/demo --split train \
+results/residual-demo.json: $(RESIDUAL_RUN)/eval-test.json $(RESIDUAL_LM)/eval-valid.json $(RESIDUAL_RUN)/bench.json
+	@mkdir -p $(@D)
+	$(RECORD) residual-demo --command '$(call made_by,residual-demo)' --train lm=$(RESIDUAL_LM).train.json \
+	  --train energy=$(RESIDUAL_RUN).train.json --json base-lm-valid=$(RESIDUAL_LM)/eval-valid.json \
+	  --json test=$(RESIDUAL_RUN)/eval-test.json --json generation=$(RESIDUAL_RUN)/bench.json
+	$(RESULTS_DOC)
+
+residual-demo: results/residual-demo.json $(RESIDUAL_RUN)/samples.jsonl  ## residual EBM on the demo LM: joint-perplexity bracket, Algorithm 1 samples and cost (CPU) [HW=cpu]
+	@$(RESULTS_DOC) --print residual-demo
+
+residual-negatives: $(RESIDUAL_LM).train.json  ## LM negatives written ahead of time (then train with --set negatives.file=...)
+	$(PYTHON) -m lmlab.core.residual.negatives --base-lm $(RESIDUAL_LM)/checkpoints/best.pt --data data/demo --split train \
 		--out $(RESIDUAL_RUN)-negatives/train.npz --prefix-len 24 --continuation-len 16 --per-prefix 4
 
-residual-paper:
-	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-bit-large,$(HW) --base-lm $(RESIDUAL_BASE_LM) --set data.dir=$(RESIDUAL_DATA)
-	$(LMLAB) eval-ppl --checkpoint runs/residual-bit-large/checkpoints/best.pt --split test --is-samples $(RESIDUAL_IS)
+RESIDUAL_PAPER_RUN ?= runs/residual-bit-large
+$(RESIDUAL_PAPER_RUN).train.json:
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-bit-large,$(HW) --base-lm $(RESIDUAL_BASE_LM) --set data.dir=$(RESIDUAL_DATA) --run-dir $(RESIDUAL_PAPER_RUN) > $@.tmp
+	$(train_done)
+
+$(RESIDUAL_PAPER_RUN)/eval-test.json: $(RESIDUAL_PAPER_RUN).train.json
+	@mkdir -p $(@D)
+	$(LMLAB) eval-ppl --checkpoint $(RESIDUAL_PAPER_RUN)/checkpoints/best.pt --split test --is-samples $(RESIDUAL_IS) > $@.tmp && mv $@.tmp $@
+
+results/residual-paper.json: $(RESIDUAL_PAPER_RUN)/eval-test.json
+	@mkdir -p $(@D)
+	$(RECORD) residual-paper --command '$(call made_by,residual-paper)' --train energy=$(RESIDUAL_PAPER_RUN).train.json --json test=$<
+	$(RESULTS_DOC)
+
+residual-paper: results/residual-paper.json  ## the paper's BiT-Large energy on your base LM and data (GPU, days) [HW=gpu RESIDUAL_DATA=dir RESIDUAL_BASE_LM=ckpt]
+	@$(RESULTS_DOC) --print residual-paper

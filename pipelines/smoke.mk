@@ -13,8 +13,9 @@ $(SMOKE_DIR)/data/meta.json: $(SMOKE_DIR)/text/train.txt
 	$(LMLAB) prep --train $(SMOKE_DIR)/text/train.txt --valid $(SMOKE_DIR)/text/valid.txt --vocab-size 2000 --out $(SMOKE_DIR)/data --force -q
 
 $(SMOKE_DIR)/run.train.json: $(SMOKE_DIR)/data/meta.json
-	$(LMLAB) train-lm --preset demo,$(HW) --data $(SMOKE_DIR)/data --run-dir $(SMOKE_DIR)/run $(SMOKE_TRAIN_ARGS) -q > $@.tmp
-	mv $@.tmp $@
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --data $(SMOKE_DIR)/data --run-dir $(SMOKE_DIR)/run $(SMOKE_TRAIN_ARGS) -q > $@.tmp
+	$(train_done)
 
 $(SMOKE_DIR)/eval.json: $(SMOKE_DIR)/run.train.json
 	$(LMLAB) eval-ppl -c $(SMOKE_DIR)/run/checkpoints/best.pt --split valid -q > $@
@@ -22,6 +23,6 @@ $(SMOKE_DIR)/eval.json: $(SMOKE_DIR)/run.train.json
 $(SMOKE_DIR)/samples.txt: $(SMOKE_DIR)/run.train.json
 	echo "she was" | $(LMLAB) sample -c $(SMOKE_DIR)/run/checkpoints/best.pt -n 2 --max-new-tokens 8 > $@
 
-smoke: $(SMOKE_DIR)/eval.json $(SMOKE_DIR)/samples.txt
+smoke: $(SMOKE_DIR)/eval.json $(SMOKE_DIR)/samples.txt  ## seconds-long run of the whole chain on a scratch dir (the tests run it) [SMOKE_DIR=/tmp/lmlab-smoke]
 	@cat $(SMOKE_DIR)/eval.json
 .PHONY: smoke

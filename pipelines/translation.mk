@@ -18,21 +18,36 @@ MT_DEFINE_FLAGS = --embedding define --set model.embedding.define.map_dim=64 --s
 
 .PHONY: mt-multi30k-de-en mt-multi30k-en-de mt-wmt14-en-de
 
-# $(1) = direction (de-en), $(2) = src, $(3) = tgt, $(4) = run suffix, $(5) = extra train flags
+# $(1) = direction (de-en), $(2) = src, $(3) = tgt, $(4) = run suffix, $(5) = extra train flags.
+# Training is a stamp (train_done, in the Makefile): a stopped run is resumed by the next make, never decoded.
 define MT_RUN
-runs/multi30k-$(1)$(4)/checkpoints/best.pt: data/multi30k-$(1)/meta.json
-	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5)
+runs/multi30k-$(1)$(4).train.json: data/multi30k-$(1)/meta.json
+	@mkdir -p $$(@D)
+	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5) > $$@.tmp
+	$$(train_done)
 
-runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4)/checkpoints/best.pt
-	$$(LMLAB) sample --checkpoint $$< --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(MULTI30K)/test_2016_flickr.$(2) > $$@
+runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4).train.json
+	@mkdir -p $$(@D)
+	$$(LMLAB) sample --checkpoint runs/multi30k-$(1)$(4)/checkpoints/best.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(MULTI30K)/test_2016_flickr.$(2) > $$@
 
 runs/multi30k-$(1)$(4)/test.bleu: runs/multi30k-$(1)$(4)/test.hyp
 	$$(LMLAB) bleu $$(MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf < $$< | tee $$@
+
+runs/multi30k-$(1)$(4)/test.bleu.json: runs/multi30k-$(1)$(4)/test.hyp
+	$$(LMLAB) bleu $$(MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf --json < $$< > $$@
 endef
 
-data/multi30k-de-en/meta.json:
+# $(call mt_record,NAME,RUN,RUN): results/NAME.json from the two arms' train summaries and BLEU/chrF
+define mt_record
+	@mkdir -p $$(@D)
+	$$(RECORD) $(1) --command '$$(call made_by,$(1))' --train standard=$(2).train.json --train define=$(3).train.json \
+	  --json standard=$(2)/test.bleu.json --json define=$(3)/test.bleu.json
+	$$(RESULTS_DOC)
+endef
+
+data/multi30k-de-en/meta.json: | .installed
 	$(LMLAB) prep --preset multi30k-de-en --src-lang de --tgt-lang en
-data/multi30k-en-de/meta.json:
+data/multi30k-en-de/meta.json: | .installed
 	$(LMLAB) prep --preset multi30k-en-de --src-lang en --tgt-lang de
 
 $(eval $(call MT_RUN,de-en,de,en,,))
@@ -40,23 +55,35 @@ $(eval $(call MT_RUN,de-en,de,en,-define,$(MT_DEFINE_FLAGS)))
 $(eval $(call MT_RUN,en-de,en,de,,))
 $(eval $(call MT_RUN,en-de,en,de,-define,$(MT_DEFINE_FLAGS)))
 
-mt-multi30k-de-en: runs/multi30k-de-en/test.bleu runs/multi30k-de-en-define/test.bleu
-mt-multi30k-en-de: runs/multi30k-en-de/test.bleu runs/multi30k-en-de-define/test.bleu
+$(foreach d,de-en en-de,$(eval results/mt-multi30k-$(d).json: runs/multi30k-$(d)/test.bleu.json runs/multi30k-$(d)-define/test.bleu.json \
+  ; $(call mt_record,mt-multi30k-$(d),runs/multi30k-$(d),runs/multi30k-$(d)-define)))
+
+mt-multi30k-de-en: results/mt-multi30k-de-en.json runs/multi30k-de-en/test.bleu runs/multi30k-de-en-define/test.bleu  ## Multi30k de->en, standard vs DeFINE embedding (small CPU Transformer) [HW=cpu LMLAB_MULTI30K=dir]
+mt-multi30k-en-de: results/mt-multi30k-en-de.json runs/multi30k-en-de/test.bleu runs/multi30k-en-de-define/test.bleu  ## Multi30k en->de, standard vs DeFINE [HW=cpu LMLAB_MULTI30K=dir]
 
 # WMT14 en->de, Transformer base, with and without DeFINE (GPU; newstest2014 BLEU, beam 4, lenpen 0.6 as the paper)
-data/wmt14-en-de/meta.json:
+data/wmt14-en-de/meta.json: | .installed
 	$(LMLAB) prep --preset wmt14-en-de --src-lang en --tgt-lang de
 
 define WMT_RUN
-runs/wmt14-en-de$(1)/checkpoints/best.pt: data/wmt14-en-de/meta.json
-	$$(LMLAB_TRAIN) train-lm --task translation --preset wmt14-en-de$(1),$$(HW) --run-dir runs/wmt14-en-de$(1)
+runs/wmt14-en-de$(1).train.json: data/wmt14-en-de/meta.json
+	@mkdir -p $$(@D)
+	$$(LMLAB_TRAIN) train-lm --task translation --preset wmt14-en-de$(1),$$(HW) --run-dir runs/wmt14-en-de$(1) > $$@.tmp
+	$$(train_done)
 
-runs/wmt14-en-de$(1)/test.bleu: runs/wmt14-en-de$(1)/checkpoints/best.pt
-	$$(LMLAB) sample --checkpoint $$< --beam 4 --lenpen 0.6 < $$(WMT14)/newstest2014.en > runs/wmt14-en-de$(1)/test.hyp
-	$$(LMLAB) bleu $$(WMT14)/newstest2014.de < runs/wmt14-en-de$(1)/test.hyp | tee $$@
+runs/wmt14-en-de$(1)/test.hyp: runs/wmt14-en-de$(1).train.json
+	@mkdir -p $$(@D)
+	$$(LMLAB) sample --checkpoint runs/wmt14-en-de$(1)/checkpoints/best.pt --beam 4 --lenpen 0.6 < $$(WMT14)/newstest2014.en > $$@
+
+runs/wmt14-en-de$(1)/test.bleu.json: runs/wmt14-en-de$(1)/test.hyp
+	$$(LMLAB) bleu $$(WMT14)/newstest2014.de --json < $$< > $$@
 endef
 
 $(eval $(call WMT_RUN,))
 $(eval $(call WMT_RUN,-define))
 
-mt-wmt14-en-de: runs/wmt14-en-de/test.bleu runs/wmt14-en-de-define/test.bleu
+results/mt-wmt14-en-de.json: runs/wmt14-en-de/test.bleu.json runs/wmt14-en-de-define/test.bleu.json
+	$(call mt_record,mt-wmt14-en-de,runs/wmt14-en-de,runs/wmt14-en-de-define)
+
+mt-wmt14-en-de: results/mt-wmt14-en-de.json  ## WMT14 en->de Transformer base, standard vs DeFINE (GPU; newstest2014, beam 4) [HW=dgx8 LMLAB_TRAIN='torchrun --nproc_per_node 8 -m lmlab' LMLAB_WMT14=dir]
+	@$(RESULTS_DOC) --print mt-wmt14-en-de

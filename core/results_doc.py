@@ -1,0 +1,219 @@
+"""Render the generated regions of docs/*.md from the result records in results/ (`make results`).
+
+A region is delimited in Markdown by
+
+    <!-- generated:NAME -->
+    ...everything here is written by this module, never by hand...
+    <!-- /generated:NAME -->
+
+and shows results/NAME.json (NAME is the make target that writes it), rendered by the record's `kind`.
+Without a record the region says "not yet recorded" and names the target. `--check` renders every region
+and fails when any differs from the file (tests/test_results_doc.py runs it), so a hand edit of a generated
+figure, or a record whose figures the docs do not show, is caught.
+
+    python -m lmlab.core.results_doc            # rewrite the regions of docs/*.md in place
+    python -m lmlab.core.results_doc --check    # exit 1 and show what differs
+    python -m lmlab.core.results_doc --print demo   # one record's rendering on stdout (make demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lmlab.core.records import RESULTS_DIR, read_records
+
+REGION = re.compile(r"<!-- generated:(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /generated:(?P=name) -->", re.S)
+
+
+# ---- the provenance line every region starts with ------------------------------------------------------
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+
+
+def _load(machine: dict[str, Any]) -> str:
+    start, end = machine.get("load_avg_1_5_15"), machine.get("load_avg_at_end")
+    if start and end:
+        return f"load average (1 min) {start[0]:.2f} at start, {end[0]:.2f} at end"
+    if start:
+        return f"load average (1 min) {start[0]:.2f}"
+    return "load average not recorded"
+
+
+def provenance(rec: dict[str, Any]) -> str:
+    m = rec.get("machine") or {}
+    hw = ", ".join(x for x in (m.get("cpu_model"), f"{m['cores']} cores" if m.get("cores") else None,
+                               f"GPU {m['gpu']}" if m.get("gpu") else None,
+                               f"torch {m['torch']}" if m.get("torch") else None) if x)
+    commit = (rec.get("commit") or "unknown")[:10] + (" + uncommitted changes" if rec.get("dirty") else "")
+    lines = [f"Recorded in `results/{rec['name']}.json` by `{rec['command']}`: commit {commit}, {rec.get('date', '?')}; "
+             f"{hw or 'machine not recorded'}; {_load(m)}"
+             + (f"; wall {duration(rec['wall_s'])}" if rec.get("wall_s") is not None else "") + "."]
+    if rec.get("notes"):
+        lines.append(rec["notes"])
+    return "\n".join(lines)
+
+
+# ---- renderers, one per record kind ----------------------------------------------------------------------
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and fmt == "{:,}":
+        fmt = "{:,.4g}" if abs(value) < 1000 else "{:,.1f}"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def render_lm(rec: dict[str, Any]) -> str:
+    """An LM against its baselines, per split: tokens, nats, bits, perplexity (and the paper's, if any)."""
+    mt, paper = rec["metrics"], rec.get("paper") or {}
+    train = mt.get("train", {})
+    has_paper = any(k.endswith("_ppl") for k in paper)
+    head = "| split | model | tokens | nats/token | bits/token | perplexity |" + (" paper |" if has_paper else "")
+    rows = [head, "|---|---|---:|---:|---:|---:|" + ("---:|" if has_paper else "")]
+    lm_name = train.get("model", "LM")
+    for split in ("valid", "test"):
+        for key, name, bold in ((f"unigram-{split}", "unigram (add-one)", False),
+                                (f"kn-bigram-{split}", "KN bigram", False), (split, lm_name, True)):
+            r = mt.get(key)
+            if not r:
+                continue
+            ppl = f"**{r['ppl']:.1f}**" if bold else f"{r['ppl']:.1f}"
+            row = f"| {split} | {name} | {r['tokens']:,} | {r['nats_per_token']:.3f} | {r['bits_per_token']:.3f} | {ppl} |"
+            if has_paper:
+                row += f" {_num(paper.get(f'{split}_ppl'), '{}') if bold else ''} |"
+            rows.append(row)
+    facts = []
+    if train.get("params_total"):
+        facts.append(f"{train['params_total']:,} parameters ({train.get('params_embedding', 0):,} in the input embedding)")
+    if train.get("step"):
+        facts.append(f"{train['step']:,} updates in {duration(rec.get('wall_s'))}")
+    if train.get("tokens_per_s"):
+        facts.append(f"{train['tokens_per_s']:,.0f} training tokens/s (mean over the run)")
+    out = "\n".join(rows)
+    if facts:
+        out += "\n\n" + "; ".join(facts) + "."
+    if has_paper and paper.get("source"):
+        out += f" Paper: {paper['source']}."
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        elif isinstance(v, list) and v and isinstance(v[0], (dict, list)):
+            continue  # tables inside metrics are for kind-specific renderers
+        else:
+            out.append((key, v))
+    return out
+
+
+def render_metrics(rec: dict[str, Any]) -> str:
+    """Any record: its metrics as a key/value table, the paper's figure beside where it names the same key."""
+    paper = rec.get("paper") or {}
+    rows = ["| metric | value |" + (" paper |" if paper else ""), "|---|---:|" + ("---:|" if paper else "")]
+    for key, value in _flatten(rec["metrics"]):
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else _num(value)
+        rows.append(f"| {key} | {shown} |" + (f" {_num(paper.get(key), '{}') if key in paper else ''} |" if paper else ""))
+    out = "\n".join(rows)
+    if paper.get("source"):
+        out += f"\n\nPaper: {paper['source']}."
+    return out
+
+
+def render_markdown(rec: dict[str, Any]) -> str:
+    """Records whose producer also wrote its Markdown (make bench): the figures are in metrics, the Markdown is shown
+    as written, its headings one level down (the doc's own section heading is above the region)."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in rec["markdown"].strip().splitlines())
+
+
+def render_reliability(rec: dict[str, Any]) -> str:
+    """The reliability summary, from the record that `make reliability-doc` extracts from docs/reliability.md."""
+    mt = rec["metrics"]["summary"]
+    kills = mt["kills"]
+    kill_text = "; ".join(f"{k}: {v['kills']} kills ({v['mid_checkpoint_write_kills']} inside a checkpoint write), "
+                          f"{v['rounds_bitwise_equal']}/{v['rounds']} rounds bitwise equal to an uninterrupted run"
+                          for k, v in kills.items())
+    sig = mt["signals"]
+    return (f"Bad-input matrix {mt['matrix_pass']}/{mt['matrix_rows']} rows pass. SIGKILL at random moments, then "
+            f"`--resume auto`: {kill_text}. SIGTERM/SIGUSR1 save and exit {'/'.join(map(str, sig['exit_codes']))} "
+            f"in {sig['seconds_min']:g}–{sig['seconds_max']:g} s. A dead rank stops the job in "
+            f"{mt['dead_rank_seconds_min']:g}–{mt['dead_rank_seconds_max']:g} s with one error line. "
+            f"`torchrun --nproc_per_node 2` (gloo) vs one process, same global batch: max train-loss difference "
+            f"{mt['torchrun_max_loss_diff_nats']} nats. Details, per block: docs/reliability.md.")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "lm": render_lm, "metrics": render_metrics, "markdown": render_markdown, "reliability": render_reliability}
+
+
+def render(name: str, records: dict[str, dict[str, Any]]) -> str:
+    rec = records.get(name)
+    if rec is None:
+        return f"_Not yet recorded: `make {name}` writes `results/{name}.json` and this region._"
+    body = RENDERERS.get(rec.get("kind", "metrics"), render_metrics)(rec)
+    return provenance(rec) + "\n\n" + body
+
+
+def render_text(text: str, records: dict[str, dict[str, Any]]) -> str:
+    return REGION.sub(lambda m: f"<!-- generated:{m['name']} -->\n{render(m['name'], records)}\n<!-- /generated:{m['name']} -->",
+                      text)
+
+
+def region_names(text: str) -> list[str]:
+    return [m["name"] for m in REGION.finditer(text)]
+
+
+def update_docs(docs_dir: str | Path = "docs", results_dir: str | Path | None = None, check: bool = False) -> list[str]:
+    """Render every region of docs_dir/*.md; write the files (or, with check, only compare). Returns the problems
+    found: files whose regions differ from their records (check) and records no region shows."""
+    records = read_records(results_dir if results_dir is not None else RESULTS_DIR)
+    problems, shown = [], set()
+    for path in sorted(Path(docs_dir).glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        shown.update(region_names(text))
+        new = render_text(text, records)
+        if new == text:
+            continue
+        if check:
+            diff = "".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(path), "rendered", n=1))
+            problems.append(f"{path}: a generated region differs from its record (hand edit, or run `make results`)\n{diff}")
+        else:
+            path.write_text(new, encoding="utf-8")
+    for name in sorted(set(records) - shown):
+        problems.append(f"results/{name}.json: no <!-- generated:{name} --> region in {docs_dir}/*.md shows it")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lmlab.core.results_doc", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare only; exit 1 if any region differs")
+    ap.add_argument("--print", dest="print_name", metavar="NAME", help="print results/NAME.json's rendering and exit")
+    ap.add_argument("--docs", default="docs")
+    ap.add_argument("--results", default=None, help="default: $LMLAB_RESULTS or results/")
+    args = ap.parse_args(argv)
+    if args.print_name:
+        print(render(args.print_name, read_records(args.results if args.results is not None else RESULTS_DIR)))
+        return 0
+    problems = update_docs(args.docs, args.results, check=args.check)
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
