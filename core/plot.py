@@ -1,4 +1,4 @@
-"""Figures with matplotlib (Agg backend, no display needed).
+"""Figures with matplotlib, drawn on its Agg canvas (files only: no display, no pyplot state).
 
 Three layers, each usable on its own:
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,13 +26,6 @@ from lmlab.core.errors import LmlabError
 __all__ = ["plot_series", "write_curves_png", "plot_runs", "read_metrics", "metric_series", "run_labels"]
 
 Series = dict[str, Sequence[tuple[float, float]]]
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg", force=True)  # files only: never open a window, work on headless nodes
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _finite(points: Iterable[tuple[float, float]], logy: bool) -> list[tuple[float, float]]:
@@ -57,50 +49,51 @@ def plot_series(series: Series, path: str | Path, *, xlabel: str = "step", ylabe
     dropped; a series with few points (<= 30) gets markers unless `markers` says otherwise.
     Returns the path written.
     """
-    plt = _pyplot()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
+    # a Figure on an Agg canvas, not pyplot: no window, no global state, and a caller's backend is left alone
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    drawn = 0
+    for label, points in series.items():
+        pts = sorted(_finite(points, logy))
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        show_markers = markers if markers is not None else len(pts) <= 30
+        dense = len(pts) > 200  # a per-update training curve: thinner, so sparser curves stay visible on it
+        ax.plot(xs, ys, label=label, linewidth=1.0 if dense else 1.5, alpha=0.8 if dense else 1.0,
+                marker="o" if show_markers else None, markersize=4, zorder=2 if dense else 3)
+        drawn += 1
+    if drawn == 0:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    if logy and drawn:
+        from matplotlib.ticker import LogFormatter
+        ax.set_yscale("log")
+        # plain numbers (300, not 3x10^2); intermediate ticks labelled while the range spans few decades
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if logy and drawn:
+        ax.grid(True, which="minor", axis="y", alpha=0.15)
+    if drawn:
+        ax.legend(loc="best", frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"  # open(), not mkstemp: the PNG gets the umask's mode, not 0600
     try:
-        drawn = 0
-        for label, points in series.items():
-            pts = sorted(_finite(points, logy))
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            show_markers = markers if markers is not None else len(pts) <= 30
-            dense = len(pts) > 200  # a per-update training curve: thinner, so sparser curves stay visible on it
-            ax.plot(xs, ys, label=label, linewidth=1.0 if dense else 1.5, alpha=0.8 if dense else 1.0,
-                    marker="o" if show_markers else None, markersize=4, zorder=2 if dense else 3)
-            drawn += 1
-        if drawn == 0:
-            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.4")
-        if logy and drawn:
-            from matplotlib.ticker import LogFormatter
-            ax.set_yscale("log")
-            # plain numbers (300, not 3x10^2); intermediate ticks labelled while the range spans few decades
-            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if title:
-            ax.set_title(title)
-        ax.grid(True, which="major", alpha=0.3)
-        if logy and drawn:
-            ax.grid(True, which="minor", axis="y", alpha=0.15)
-        if drawn:
-            ax.legend(loc="best", frameon=False)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png", dpi=dpi)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    finally:
-        plt.close(fig)
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -54,6 +55,9 @@ def test_plot_series_writes_a_png_of_the_asked_size(tmp_path):
     (w, h), colours = _png(out)
     assert (w, h) == (640, 400) and colours > 10
     assert [p.name for p in out.parent.iterdir()] == ["f.png"]  # written atomically: no temp file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the umask's mode, not a temp file's 0600
 
 
 def test_plot_series_with_no_point_still_writes_a_png(tmp_path):
