@@ -55,6 +55,47 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def given(ctx: typer.Context | None, *params: str) -> list[str]:
+    """Of `params` (parameter names), those the user set (command line or environment), not left at defaults.
+
+    Compared by name: typer vendors its own click, whose ParameterSource is not click.core's."""
+    if ctx is None:
+        return []
+    sources = {p: ctx.get_parameter_source(p) for p in params}
+    return [p for p, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def flag_name(ctx: typer.Context | None, param: str) -> str:
+    """The long spelling of a parameter's flag (`top_p` -> `--top-p`)."""
+    for p in (ctx.command.params if ctx is not None else []):
+        if p.name == param:
+            return max(p.opts, key=len)
+    return "--" + param.rstrip("_").replace("_", "-")
+
+
+def refuse(ctx: typer.Context | None, params: tuple[str, ...] | list[str], why: str) -> None:
+    """A flag the user set that this invocation would ignore is an error (never silently dropped):
+    `lmlab: error: --beam does not apply here: <why>`."""
+    hit = given(ctx, *params)
+    if hit:
+        names = ", ".join(flag_name(ctx, p) for p in hit)
+        raise LmlabError(f"{names} {'does' if len(hit) == 1 else 'do'} not apply: {why}")
+
+
+def check_flag(flag: str, value: Any, check) -> Any:
+    """Range-check a flag's value with a config Check (`at_least(1)`, ...): one line naming the flag."""
+    problem = check.problem(value)
+    if problem:
+        raise LmlabError(f"{flag} {problem}")
+    return value
+
+
+def strict_json(value: Any, **kwargs) -> str:
+    """Strict JSON: non-finite floats become null (never the bare Infinity/NaN Python's json writes)."""
+    from lmlab.core.records import strict
+    return json.dumps(strict(value), allow_nan=False, **kwargs)
+
+
 def make_reporter(quiet: bool = False) -> Reporter:
     """A rich progress bar on an interactive terminal, plain log lines otherwise (batch jobs, pipes)."""
     if quiet:
@@ -67,14 +108,17 @@ def make_reporter(quiet: bool = False) -> Reporter:
 
 def resolve_config(cls: type, command: str, presets: list[str] | None, overrides: list[str] | None,
                    extra: dict[str, Any] | None = None) -> Any:
-    """defaults <- presets (in order) <- explicit flags (`extra`) <- --set overrides."""
+    """defaults <- presets (in order) <- explicit flags (`extra`) <- --set overrides; then the config's rules
+    about this machine (e.g. no bf16 LSTM on a CPU)."""
     cfg = resolve(cls, command, presets, None)
     merged: dict[str, Any] = {}
     if extra:
         merged.update(extra)
-    from lmlab.core.config import _deep_update, merge
+    from lmlab.core.config import _deep_update, environment_problems, merge
     _deep_update(merged, parse_overrides(overrides))
-    return merge(cfg, merged, "flags") if merged else cfg
+    cfg = merge(cfg, merged, "flags") if merged else cfg
+    environment_problems(cfg)
+    return cfg
 
 
 def nested(dotted: dict[str, Any]) -> dict[str, Any]:

@@ -2,36 +2,39 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Optional
 
 import numpy as np
 import typer
 
-from lmlab.cli.common import handle_errors, make_reporter
+from lmlab.cli.common import check_flag, handle_errors, make_reporter, refuse, strict_json
 from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.errors import LmlabError
 
 
 @handle_errors
 def eval_ppl(
+    ctx: typer.Context,
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (.pt) of train-lm or train-ebm --kind residual; e.g. runs/demo/checkpoints/best.pt"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data dir (default: the one the checkpoint was trained on)."),
     split: str = typer.Option("test", "--split", "-s", help="Split of the data dir to score."),
-    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Raw text file to score instead of a split ('-' = stdin); tokenized with the checkpoint's tokenizer, <eos> after each line."),
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Raw text file to score instead of a split ('-' = stdin); tokenized with the checkpoint's tokenizer, <eos> after each line; read as one stream."),
     ngram: Optional[str] = typer.Option(None, "--ngram", help="Score an n-gram baseline instead of a checkpoint: unigram (add-one) or kn-bigram (needs --data)."),
-    batch_size: int = typer.Option(10, "--batch-size", help="LSTM: parallel streams (columns); Transformer: windows per batch."),
-    bptt: int = typer.Option(35, "--bptt", help="LSTM: tokens per forward window (state carried across)."),
+    batch_size: int = typer.Option(10, "--batch-size", help="Speed only, never which tokens are scored. LSTM on a split: contiguous segments read in parallel (1 = the whole split as one stream; segments after the first start from a zero state --bptt tokens early); Transformer: windows per batch; residual EBM: examples per batch."),
+    bptt: int = typer.Option(35, "--bptt", help="LSTM: tokens per forward window (state carried across), and the burn-in of each segment after the first."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Transformer sliding window: new tokens per window (default: context/2)."),
     is_samples: str = typer.Option("1,2,4,8,16,32,64", "--is-samples", help="Residual EBM: numbers n of LM samples for the log Z estimates (the tightening curve)."),
     max_examples: int = typer.Option(0, "--max-examples", help="Residual EBM: score at most this many prefix/continuation pairs (0: all)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 autocast."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 autocast (LM checkpoints)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the residual EBM's importance samples."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output on stderr."),
 ):
     """Perplexity, labelled: nats/token, bits/token and ppl, as one JSON object on stdout.
+
+    Every token of the split (or text) after the first is predicted exactly once, whatever --batch-size:
+    `tokens` is the same for every batch size, and `streams`/`burn_in_tokens` say how an LSTM read it.
 
     \b
     Examples:
@@ -41,13 +44,27 @@ def eval_ppl(
       lmlab eval-ppl -c runs/demo-ebm/checkpoints/best.pt --split test --is-samples 1,4,16,64
     """
     from lmlab.core import distributed
+    from lmlab.core.config import DEVICE, at_least
 
     reporter = make_reporter(quiet)
+    check_flag("--batch-size", batch_size, at_least(1))
+    check_flag("--bptt", bptt, at_least(1))
+    if stride is not None:
+        check_flag("--stride", stride, at_least(1))
+    check_flag("--max-examples", max_examples, at_least(0))
+    check_flag("--device", device, DEVICE)
+    if precision not in PRECISIONS:
+        raise LmlabError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if ngram and checkpoint:
         raise LmlabError("--ngram and --checkpoint both given: score either an n-gram baseline or a checkpoint")
+    if input_ is not None:
+        refuse(ctx, ("data", "split"), "--input scores a text file, not a data-dir split")
+    residual_only = ("is_samples", "max_examples", "seed")
     if ngram:
+        refuse(ctx, ("input_", "batch_size", "bptt", "stride", "device", "precision") + residual_only,
+               "--ngram scores a data-dir split with a count-based baseline (it takes --data and --split)")
         result = _ngram(ngram, data, split)
-        print(json.dumps(result))
+        print(strict_json(result))
         return
     if not checkpoint:
         raise LmlabError("--checkpoint is required (or --ngram unigram|kn-bigram for a baseline)")
@@ -56,20 +73,31 @@ def eval_ppl(
     kind = state["kind"]
     if kind == "residual-ebm":
         from lmlab.core.residual.evaluate import eval_joint_ppl
-        ns = [int(n) for n in is_samples.split(",") if n.strip()]
+        refuse(ctx, ("input_", "bptt", "stride", "precision"), "a residual EBM is scored on data-dir windows "
+               "(--split, --batch-size, --is-samples, --max-examples, --seed)")
+        ns = _sample_counts(is_samples)
         result = eval_joint_ppl(state, data or state["config"]["data"]["dir"], split, samples=ns, max_examples=max_examples,
                                 batch_size=batch_size, seed=seed, device=str(dev))
-        print(json.dumps({"checkpoint": checkpoint, "kind": kind, "split": split, **result}))
+        print(strict_json({"checkpoint": checkpoint, "kind": kind, "split": split, **result}))
         return
     if kind != "lm":
         raise LmlabError(f"checkpoint {checkpoint} holds a '{kind}' model; eval-ppl scores 'lm' and 'residual-ebm' checkpoints")
+    refuse(ctx, residual_only, "they are for residual-EBM checkpoints; this one is an LM")
     from lmlab.core.evaluate import evaluate_lm
     from lmlab.core.generate import load_lm
     from lmlab.core.train.lm_trainer import autocast_factory
 
     model, tokenizer, info = load_lm(state, dev)
+    context = model.context
+    if context is None:
+        refuse(ctx, ("stride",), "--stride sets a Transformer's sliding window; this checkpoint is an LSTM")
+        if precision == "bf16" and dev.type == "cpu":
+            from lmlab.core.train.config import BF16_CPU_LSTM
+            raise LmlabError(f"--precision bf16: {BF16_CPU_LSTM}")
+    else:
+        refuse(ctx, ("bptt",), "--bptt sets an LSTM's window; this checkpoint is a Transformer (use --stride)")
     if input_ is not None:
-        stream, source = _encode_text(input_, tokenizer, info), input_
+        stream, source, streams = _encode_text(input_, tokenizer, info), input_, 1  # raw text: one stream
     else:
         from lmlab.core.data import DataDir
         data_dir = DataDir(data or state["config"]["data"]["dir"])
@@ -77,12 +105,25 @@ def eval_ppl(
             raise LmlabError(f"data dir {data_dir.path} uses another vocabulary than checkpoint {checkpoint} "
                              f"({data_dir.vocab_size} vs {info['vocab_size']} tokens, different tokenizer.json); "
                              "prep it with --tokenizer <the training data dir>")
-        stream, source = data_dir.split(split), f"{data_dir.path}:{split}"
+        stream, source, streams = data_dir.split(split), f"{data_dir.path}:{split}", batch_size
     unk = info["specials"].get("unk")
-    context = model.context
-    result = evaluate_lm(model, stream, columns=batch_size, bptt=bptt, stride=stride or (context // 2 if context else None),
-                         batch_size=batch_size, device=dev, unk_id=unk, autocast=autocast_factory(dev, precision))
-    print(json.dumps({"checkpoint": checkpoint, "source": source, **result}))
+    result = evaluate_lm(model, stream, columns=streams, bptt=bptt, stride=stride or (context // 2 if context else None),
+                         batch_size=batch_size, device=dev, unk_id=unk, autocast=autocast_factory(dev, precision),
+                         every_token=True)
+    print(strict_json({"checkpoint": checkpoint, "source": source, **result}))
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _sample_counts(text: str) -> list[int]:
+    try:
+        ns = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        ns = []
+    if not ns or min(ns) < 1:
+        raise LmlabError(f"--is-samples {text!r}: expected a comma list of positive integers, e.g. 1,4,16,64")
+    return ns
 
 
 def _encode_text(path: str, tokenizer, info) -> np.ndarray:
@@ -99,18 +140,21 @@ def _encode_text(path: str, tokenizer, info) -> np.ndarray:
 
 def _ngram(kind: str, data: str | None, split: str) -> dict:
     from lmlab.core.data import DataDir
+    from lmlab.core.evaluate import unk_count
     if not data:
         raise LmlabError("--ngram needs --data (the data dir whose train split estimates the n-gram)")
     d = DataDir(data)
+    stream = d.split(split)
     if kind == "unigram":
         from lmlab.core.evaluate import unigram_ppl
-        return {"model": "unigram (add-one)", "source": f"{d.path}:{split}", **unigram_ppl(d.split("train"), d.split(split), d.vocab_size)}
+        return {"model": "unigram (add-one)", "source": f"{d.path}:{split}",
+                **unigram_ppl(d.split("train"), stream, d.vocab_size, d.unk_id)}
     if kind == "kn-bigram":
         from lmlab.core.evaluate import _result
         from lmlab.core.imm import kn_bigram
-        logp = kn_bigram.load_or_build(d.path).log_prob_stream(np.asarray(d.split(split)))
+        logp = kn_bigram.load_or_build(d.path).log_prob_stream(np.asarray(stream))
         return {"model": "interpolated modified Kneser-Ney bigram", "source": f"{d.path}:{split}",
-                **_result(float(-logp.sum()), int(logp.size), 0)}
+                **_result(float(-logp.sum()), int(logp.size), unk_count(stream, d.unk_id))}
     raise LmlabError(f"--ngram {kind!r}: expected unigram or kn-bigram")
 
 

@@ -6,11 +6,15 @@
   use `${VAR}` / `${VAR:-default}` so dataset paths come from the environment.
 - Overrides are `key.sub=value` strings (the `--set` flag), parsed as TOML values where they parse
   and as plain strings otherwise.
+- Every value is validated where its field is defined: type, `choices=`, and `check=` (a range such as
+  `at_least(1)` or `between(0, 1, hi_open=True)`); a dataclass may add cross-field rules in a
+  `problems()` method yielding (key, message). A bad value is one LmlabError line naming the full key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -18,14 +22,76 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from lmlab.core.errors import LmlabError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, choices: tuple | None = None):
-    """A config field with its help text (shown by `--help`) and, optionally, allowed choices."""
-    metadata = {"help": help, "choices": choices}
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule on a value: `ok(value)` is True when it holds; `text` completes "must be ..."."""
+    ok: Callable[[Any], bool]
+    text: str
+
+    def problem(self, value: Any) -> str | None:
+        try:
+            good = bool(self.ok(value))
+        except (TypeError, ValueError):
+            good = False
+        if good:
+            return None
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return f"{value!r} is {'out of range' if numeric else 'not valid'} (must be {self.text})"
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, float) or math.isfinite(v)
+
+
+def at_least(lo: float) -> Check:
+    return Check(lambda v: _finite(v) and v >= lo, f">= {lo}")
+
+
+def greater_than(lo: float) -> Check:
+    return Check(lambda v: _finite(v) and v > lo, f"> {lo}")
+
+
+def between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+    """lo <= v <= hi, with either end open; the text is interval notation, e.g. "in [0, 1)"."""
+    def ok(v):
+        return _finite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return Check(ok, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def either(value: Any, check: Check) -> Check:
+    """A sentinel `value` (e.g. -1 = "same as dropout", 0 = "off") or a value passing `check`."""
+    return Check(lambda v: v == value or check.ok(v), f"{value!r} or {check.text}")
+
+
+def each(check: Check) -> Check:
+    """Every element of a list passes `check`."""
+    return Check(lambda v: all(check.ok(x) for x in v), f"a list of values {check.text}")
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+DEVICE = Check(lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N")
+
+
+def _codec(name: Any) -> bool:
+    import codecs
+    try:
+        return isinstance(name, str) and bool(codecs.lookup(name))
+    except LookupError:
+        return False
+
+
+ENCODING = Check(_codec, "a text encoding Python knows, e.g. utf-8 or latin-1")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, choices: tuple | None = None,
+           check: Check | None = None):
+    """A config field with its help text (shown by `--help`) and, optionally, allowed choices and a range check."""
+    metadata = {"help": help, "choices": choices, "check": check}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     if isinstance(default, (list, dict, set)):
@@ -35,7 +101,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 
 def section(cls: type, help: str = ""):
     """A nested config dataclass field."""
-    return dataclasses.field(default_factory=cls, metadata={"help": help, "choices": None})
+    return dataclasses.field(default_factory=cls, metadata={"help": help, "choices": None, "check": None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,20 +112,44 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build `cls` from a (possibly partial) nested dict, checking keys, types and choices."""
+def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: str = "") -> Any:
+    """Build `cls` from a (possibly partial) nested dict, checking keys, types, choices and ranges.
+
+    `where` says where the values came from (a preset, --set) and is named in errors that are not about
+    one key; `prefix` is the dotted path of `cls` inside the root config (a bare dotted `where` such as
+    "model" is taken as the prefix, as callers that build a sub-config pass it)."""
+    if not prefix and where not in ("config", "flags") and re.fullmatch(r"[A-Za-z_][\w.]*", where):
+        prefix, where = where + ".", "config"
     if not isinstance(data, dict):
-        raise LmlabError(f"{where}: expected a table, got {data!r}")
+        raise LmlabError(f"{prefix.rstrip('.') or where}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise LmlabError(f"{where}: unknown key '{unknown[0]}' (valid: {', '.join(sorted(names))})")
+        place = prefix.rstrip(".") or (where if where not in ("flags",) else "config")
+        raise LmlabError(f"{place}: unknown key '{unknown[0]}' (valid: {', '.join(sorted(names))}){_origin(where) if prefix else ''}")
     kwargs = {}
     for name, value in data.items():
-        key = f"{where}.{name}" if where != "config" else name
-        kwargs[name] = _coerce(hints[name], value, key, names[name].metadata.get("choices"))
-    return cls(**kwargs)
+        meta = names[name].metadata
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", meta.get("choices"), meta.get("check"), where)
+    obj = cls(**kwargs)
+    for key, message in _problems(obj):
+        raise LmlabError(f"{prefix}{key}: {message}{_origin(where)}")
+    return obj
+
+
+def _problems(obj: Any) -> Iterator[tuple[str, str]]:
+    rule = getattr(obj, "problems", None)
+    return iter(rule()) if callable(rule) else iter(())
+
+
+def _origin(where: str) -> str:
+    return "" if where in ("config", "flags", "--set") else f" (from {where})"
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check an already-built config (e.g. defaults changed in code) as from_dict would."""
+    from_dict(type(cfg), to_dict(cfg), "config", prefix)
 
 
 def merge(cfg: Any, data: dict[str, Any], where: str = "config") -> Any:
@@ -77,28 +167,36 @@ def _deep_update(base: dict, extra: dict) -> None:
             base[key] = value
 
 
-def _coerce(tp: Any, value: Any, key: str, choices: tuple | None) -> Any:
+def _coerce(tp: Any, value: Any, key: str, choices: tuple | None, check: Check | None = None, where: str = "config") -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
+        return from_dict(tp, value, where, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        return _coerce(args[0], value, key, choices)
+        return _coerce(args[0], value, key, choices, check, where)
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (Any,)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise LmlabError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(item, v, key, None) for v in value]
-    if origin is dict or tp is dict:
+            raise LmlabError(f"{key}: expected a list, got {value!r}{_origin(where)}")
+        value = [_coerce(item, v, key, None, None, where) for v in value]
+    elif origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise LmlabError(f"{key}: expected a table, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
+            raise LmlabError(f"{key}: expected a table, got {value!r}{_origin(where)}")
+        value = dict(value)
+    elif tp is not Any:
+        value = _scalar(tp, value, key, where)
+    if choices is not None and value not in choices:
+        raise LmlabError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{_origin(where)}")
+    if check is not None and (problem := check.problem(value)):
+        raise LmlabError(f"{key}: {problem}{_origin(where)}")
+    return value
+
+
+def _scalar(tp: Any, value: Any, key: str, where: str) -> Any:
     try:
         if tp is bool:
             if isinstance(value, str):
@@ -119,11 +217,11 @@ def _coerce(tp: Any, value: Any, key: str, choices: tuple | None) -> Any:
                 raise ValueError
             value = float(value)
         elif tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
             value = str(value)
-    except (TypeError, ValueError):
-        raise LmlabError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
-    if choices is not None and value not in choices:
-        raise LmlabError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    except (TypeError, ValueError, OverflowError):
+        raise LmlabError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}{_origin(where)}") from None
     return value
 
 
@@ -235,16 +333,29 @@ def resolve(cls: type, command: str, presets: list[str] | None, overrides: dict[
     for name in presets or []:
         for part in [p for p in name.split(",") if p.strip()]:
             values = preset_values(part.strip(), command)
-            cfg = _merge_known(cfg, values, f"preset '{part.strip()}'")
+            cfg = _merge_known(cfg, values, f"preset '{part.strip()}'", command)
     if overrides:
         cfg = merge(cfg, overrides, "--set")
     return cfg
 
 
-def _merge_known(cfg: Any, values: dict[str, Any], where: str) -> Any:
-    """Presets may carry keys for other commands' sections (e.g. `hardware`); keep those this config has."""
+def environment_problems(cfg: Any) -> None:
+    """Rules a config states about this machine (its `environment_problems()`), checked when a command starts."""
+    rule = getattr(cfg, "environment_problems", None)
+    for key, message in (rule() if callable(rule) else ()):
+        raise LmlabError(f"{key}: {message}")
+
+
+def _merge_known(cfg: Any, values: dict[str, Any], where: str, command: str = "") -> Any:
+    """Presets may carry keys for other commands' sections (e.g. `hardware`); keep those this config has.
+    A preset with nothing at all for this command is refused: it was meant for another one."""
     names = {f.name for f in dataclasses.fields(cfg)}
     kept = {k: v for k, v in values.items() if k in names}
+    if not kept and command:
+        raw = read_preset(where.split("'")[1])
+        has = [c for c in COMMANDS if c in raw]
+        raise LmlabError(f"{where} has no settings for `{command}`"
+                         + (f" (it is for {', '.join(has)}); drop it from --preset" if has else "; drop it from --preset"))
     return merge(cfg, kept, where)
 
 
@@ -262,5 +373,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             choices = f.metadata.get("choices")
             if choices:
                 help_text += f" [{'|'.join(map(str, choices))}]"
+            if f.metadata.get("check") is not None:
+                help_text += f" ({f.metadata['check'].text})"
             rows.append((key, repr(value), help_text))
     return rows

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.core.config import option, section
+from lmlab.core.config import Check, at_least, between, greater_than, option, section
 
+MILESTONES = Check(lambda v: all(int(x) >= 1 for x in v.split(",") if x.strip()),
+                   "a comma list of positive update counts, e.g. 50,500,750")
 DATASETS = ("cifar10", "redwine", "whitewine", "hepmass", "miniboone", "synthetic-images", "synthetic-density")
 
 
@@ -20,64 +22,85 @@ class DataConfig:
     dataset: str = option("cifar10", "which loader to use", choices=DATASETS)
     path: str = option("", "dataset path: CIFAR-10 pickle dir / image folder / .tar.gz; UCI .csv/.npy/.npz")
     split: str = option("train", "image split to train on (folder/tarball subdir, or pickle data_batch_*)")
-    subset: int = option(0, "use only the first N training images/rows after shuffling (0 = all)")
+    subset: int = option(0, "use only the first N training images/rows after shuffling (0 = all)", check=at_least(0))
     dequantise: bool = option(True, "density: uniform dequantisation (official code: wine only)")
     permute_columns: bool = option(True, "density: random column permutation as the official loader does")
-    ntest: int = option(0, "density: test rows taken from the end (0 = 10%; official HepMass: 174900)")
-    split_seed: int = option(1, "density: seed of the shuffle/dequantise/permute preprocessing (official default 1)")
+    ntest: int = option(0, "density: test rows taken from the end (0 = 10%; official HepMass: 174900)", check=at_least(0))
+    split_seed: int = option(1, "density: seed of the shuffle/dequantise/permute preprocessing (official default 1)", check=between(0, 2**32 - 1))
 
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = option(100, "image: dimension of the latent Gaussian (density: equals the data dimension)")
+    latent_dim: int = option(100, "image: dimension of the latent Gaussian (density: equals the data dimension)", check=at_least(1))
     generator: str = option("dcgan", "image base network", choices=("dcgan",))
     energy: str = option("sn-convnet", "energy network: sn-convnet / dcgan (image); flow-combined (official UCI "
                          "runs: E = -log p_phi + log b, so Q = p_phi), flow (E = -log p_phi) or mlp (density)",
                          choices=("sn-convnet", "dcgan", "flow-combined", "flow", "mlp"))
     energy_floor: float = option(10.0, "image: critic output truncated below at -floor, E = relu(E + floor) - floor "
-                                 "(official default max=10; 0 = no truncation)")
-    width: int = option(64, "image: channel multiplier of generator and critic (paper: 64)")
-    flow_transforms: int = option(5, "density: RealNVP coupling layers (official: 5)")
-    flow_hidden: int = option(100, "density: hidden units of each coupling network (official: 100)")
-    mlp_hidden: int = option(256, "density: hidden units of the MLP energy")
+                                 "(official default max=10; 0 = no truncation)", check=at_least(0))
+    width: int = option(64, "image: channel multiplier of generator and critic (paper: 64)", check=at_least(1))
+    flow_transforms: int = option(5, "density: RealNVP coupling layers (official: 5)", check=at_least(1))
+    flow_hidden: int = option(100, "density: hidden units of each coupling network (official: 100)", check=at_least(1))
+    mlp_hidden: int = option(256, "density: hidden units of the MLP energy", check=at_least(1))
 
 
 @dataclass
 class OptimConfig:
     objective: str = option("gebm", "gebm = Algorithm 1; mle = train the flow base alone by maximum likelihood "
                             "(density baseline)", choices=("gebm", "mle"))
-    base_steps: int = option(150000, "number of base (generator) updates; for objective=mle the number of MLE updates")
-    energy_steps: int = option(5, "energy updates per base update")
-    energy_steps_init: int = option(100, "energy updates before the first two base updates and every init_every-th")
-    init_every: int = option(500, "base updates between long energy phases")
-    batch_size: int = option(128, "data batch size")
-    noise_factor: int = option(1, "latent batch = noise_factor x batch_size (official UCI runs: 20)")
-    lr_energy: float = option(1e-4, "Adam learning rate of the energy and of A")
-    lr_base: float = option(1e-4, "Adam learning rate of the base")
-    beta1: float = option(0.5, "Adam beta1")
-    beta2: float = option(0.999, "Adam beta2")
-    penalty: float = option(1.0, "weight of the gradient penalty mean ||grad E||^2 at data/fake interpolates")
+    base_steps: int = option(150000, "number of base (generator) updates; for objective=mle the number of MLE updates", check=at_least(1))
+    energy_steps: int = option(5, "energy updates per base update", check=at_least(0))
+    energy_steps_init: int = option(100, "energy updates before the first two base updates and every init_every-th", check=at_least(0))
+    init_every: int = option(500, "base updates between long energy phases", check=at_least(1))
+    batch_size: int = option(128, "data batch size", check=at_least(1))
+    noise_factor: int = option(1, "latent batch = noise_factor x batch_size (official UCI runs: 20)", check=at_least(1))
+    lr_energy: float = option(1e-4, "Adam learning rate of the energy and of A", check=greater_than(0))
+    lr_base: float = option(1e-4, "Adam learning rate of the base", check=greater_than(0))
+    beta1: float = option(0.5, "Adam beta1", check=between(0, 1, hi_open=True))
+    beta2: float = option(0.999, "Adam beta2", check=between(0, 1, hi_open=True))
+    penalty: float = option(1.0, "weight of the gradient penalty mean ||grad E||^2 at data/fake interpolates", check=at_least(0))
     penalty_type: str = option("gradient", "gradient: mean ||grad_x E||^2; gradient_l2: that plus sum ||w||^2 / "
                                "sum of weight-shape dims (official default and UCI configs)",
                                choices=("gradient", "gradient_l2"))
     grad_transform: bool = option(False, "official grad_clip: energy grads g -> 2g/(1+g^2), A's grad g -> g/(1-g) "
                                   "before Adam (official UCI runs)")
     lr_milestones: str = option("", "comma list of update counts (energy+base) where both learning rates are "
-                                "multiplied by lr_decay (official UCI: 50,500,750)")
-    lr_decay: float = option(0.8, "learning-rate factor at each milestone (official 0.8)")
-    init_log_partition_batches: int = option(100, "batches used to initialise A = log mean exp(-E(G(z)))")
+                                "multiplied by lr_decay (official UCI: 50,500,750)", check=MILESTONES)
+    lr_decay: float = option(0.8, "learning-rate factor at each milestone (official 0.8)", check=greater_than(0))
+    init_log_partition_batches: int = option(100, "batches used to initialise A = log mean exp(-E(G(z)))", check=at_least(1))
 
 
 @dataclass
 class EvalConfig:
-    every: int = option(1000, "base steps between evaluations/checkpoints")
-    keep: int = option(2, "step checkpoints to keep besides last/best")
-    is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z")
-    fid_samples: int = option(0, "image: samples for FID/KID at the end of training (0 = skip)")
+    every: int = option(1000, "base steps between evaluations/checkpoints", check=at_least(1))
+    keep: int = option(2, "step checkpoints to keep besides last/best", check=at_least(0))
+    is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z", check=at_least(1))
+    fid_samples: int = option(0, "image: samples for FID/KID at the end of training (0 = skip)", check=at_least(0))
     inception: str = option("", "image: path to Inception-v3 FID weights (state dict); empty = small random extractor")
-    sample_steps: int = option(0, "image: Langevin steps for the GEBM FID at the end (0 = generator alone only)")
-    sample_step_size: float = option(1e-4, "image: Langevin step size for the end-of-training FID")
-    beta: float = option(100.0, "image: temperature beta of the latent potential for the end-of-training FID")
+    sample_steps: int = option(0, "image: Langevin steps for the GEBM FID at the end (0 = generator alone only)", check=at_least(0))
+    sample_step_size: float = option(1e-4, "image: Langevin step size for the end-of-training FID", check=greater_than(0))
+    beta: float = option(100.0, "image: temperature beta of the latent potential for the end-of-training FID", check=at_least(0))
+
+
+@dataclass
+class SamplerConfig:
+    """Latent Langevin sampling of a trained GEBM (Algorithms 2-3): the one set of sampler defaults.
+
+    Used by `lmlab sample` (GEBM checkpoints; a preset's `[sample]` table fills it, flags override),
+    `python -m lmlab.core.gebm.evaluate` (FID/KID), bench/gebm_images.py and pipelines/gebm.mk.
+    Defaults are the official CIFAR-10 sampling run (GeneralizedEBM scripts.sh + configs/sampling.yaml:
+    `--lmc_gamma=0.0001`, `lmc_kappa: 100`, `num_sampler_steps: 1000`, temperature 100, λ ×0.1 every 200 steps).
+    """
+    sampler: str = option("kla", "kla (Algorithm 3), ula (Algorithm 2) or none (the generator alone on the same z0)",
+                          choices=SAMPLERS)
+    steps: int = option(1000, "Langevin steps")
+    step_size: float = option(1e-4, "lambda, the official --lmc_gamma: ULA step lambda; KLA time step h = 2 sqrt(lambda)")
+    beta: float = option(100.0, "inverse temperature of the energy in U(z) = |z|^2/2 + beta E(G(z))")
+    friction: float = option(100.0, "KLA friction kappa (official lmc_kappa)")
+    mass: float = option(1.0, "KLA mass u (official: 1)")
+    decay_every: int = option(200, "multiply lambda by `decay` every this many steps (0 = never)")
+    decay: float = option(0.1, "factor on lambda (KLA's h shrinks by its square root)")
+    num_samples: int = option(64, "samples drawn by `lmlab sample` when -n is not given")
 
 
 @dataclass
@@ -86,13 +109,13 @@ class RunConfig:
     resume: str = option("auto", "auto: continue a run dir's checkpoint; never: refuse a non-empty dir; must",
                          choices=("auto", "never", "must"))
     force: bool = option(False, "with resume=never, move an existing run dir aside")
-    log_every: int = option(50, "base steps between metrics lines")
+    log_every: int = option(50, "base steps between metrics lines", check=at_least(1))
 
 
 @dataclass
 class HardwareConfig:
     device: str = option("auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    threads: int = option(0, "torch CPU threads (0 = torch default)")
+    threads: int = option(0, "torch CPU threads (0 = torch default)", check=at_least(0))
 
 
 @dataclass
@@ -103,4 +126,4 @@ class Config:
     eval: EvalConfig = section(EvalConfig, "evaluation during/after training")
     run: RunConfig = section(RunConfig, "run directory and resumption")
     hardware: HardwareConfig = section(HardwareConfig, "device")
-    seed: int = option(0, "seed of weights, latents, batches and penalties")
+    seed: int = option(0, "seed of weights, latents, batches and penalties", check=between(0, 2**32 - 1))

@@ -4,51 +4,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.core.config import option, section
+from lmlab.core.config import at_least, between, each, either, greater_than, option, section
 
 
 @dataclass
 class LSTMConfig:
-    hidden_size: int = option(650, "LSTM hidden width per layer (Zaremba medium: 650, large: 1500)")
-    dropout: float = option(0.5, "dropout between LSTM layers and before the output (Zaremba)")
+    hidden_size: int = option(650, "LSTM hidden width per layer (Zaremba medium: 650, large: 1500)", check=at_least(1))
+    dropout: float = option(0.5, "dropout between LSTM layers and before the output (Zaremba)", check=between(0, 1, hi_open=True))
     variational: bool = option(False, "AWD-LSTM locked dropout: one mask per sequence instead of per step")
-    weight_drop: float = option(0.0, "AWD-LSTM DropConnect on the hidden-to-hidden weights")
-    embed_drop: float = option(0.0, "AWD-LSTM embedding dropout: drop whole word types")
-    input_drop: float = option(-1.0, "dropout on the embeddings (-1: same as dropout)")
-    init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)")
+    weight_drop: float = option(0.0, "AWD-LSTM DropConnect on the hidden-to-hidden weights", check=between(0, 1, hi_open=True))
+    embed_drop: float = option(0.0, "AWD-LSTM embedding dropout: drop whole word types", check=between(0, 1, hi_open=True))
+    input_drop: float = option(-1.0, "dropout on the embeddings (-1: same as dropout)", check=either(-1.0, between(0, 1, hi_open=True)))
+    init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)", check=greater_than(0))
 
 
 @dataclass
 class TransformerConfig:
-    n_heads: int = option(4, "attention heads")
-    ffn_dim: int = option(0, "feed-forward width (0: 4 x d_model)")
-    dropout: float = option(0.1, "dropout on attention weights, residual branches and embeddings")
-    context: int = option(256, "maximum context length (positions)")
+    n_heads: int = option(4, "attention heads", check=at_least(1))
+    ffn_dim: int = option(0, "feed-forward width (0: 4 x d_model)", check=at_least(0))
+    dropout: float = option(0.1, "dropout on attention weights, residual branches and embeddings", check=between(0, 1, hi_open=True))
+    context: int = option(256, "maximum context length (positions)", check=at_least(1))
     bias: bool = option(True, "biases in linear layers and LayerNorms")
 
 
 @dataclass
 class DefineConfig:
-    map_dim: int = option(128, "n: width of the token lookup (Map)")
-    expand_dim: int = option(1024, "k: width of the last HGT layer (Expand)")
-    layers: int = option(7, "N: number of HGT layers")
-    max_groups: int = option(4, "g_max: groups of the first HGT layer; layer l uses max(g_max / 2^(l-1), 1)")
+    map_dim: int = option(128, "n: width of the token lookup (Map)", check=at_least(1))
+    expand_dim: int = option(1024, "k: width of the last HGT layer (Expand)", check=at_least(1))
+    layers: int = option(7, "N: number of HGT layers", check=at_least(1))
+    max_groups: int = option(4, "g_max: groups of the first HGT layer; layer l uses max(g_max / 2^(l-1), 1)", check=at_least(1))
     variant: str = option("hgt", "ablation of the expansion", choices=("hgt", "linear", "group-linear", "hierarchical", "hgt-no-mixer", "hgt-residual"))
     map: str = option("lookup", "the Map step: plain lookup or adaptive input", choices=("lookup", "adaptive"))
-    dropout: float = option(0.1, "dropout inside the DeFINE unit")
+    dropout: float = option(0.1, "dropout inside the DeFINE unit", check=between(0, 1, hi_open=True))
 
 
 @dataclass
 class AdaptiveConfig:
-    cutoffs: list[int] = option([], "vocabulary cutoffs of the frequency bands (ids are sorted by frequency), e.g. 20000,40000,200000")
-    factor: float = option(4.0, "width divided by this factor from one band to the next")
-    dim: int = option(0, "adaptive softmax: width of the first band (0: d_model; narrower adds a d_model -> dim projection); a tied output takes the adaptive input's")
+    cutoffs: list[int] = option([], "vocabulary cutoffs of the frequency bands (ids are sorted by frequency), e.g. 20000,40000,200000", check=each(at_least(1)))
+    factor: float = option(4.0, "width divided by this factor from one band to the next", check=greater_than(0))
+    dim: int = option(0, "adaptive softmax: width of the first band (0: d_model; narrower adds a d_model -> dim projection); a tied output takes the adaptive input's", check=at_least(0))
+
+    def problems(self):
+        if any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:])):
+            yield "cutoffs", f"{self.cutoffs} must be strictly increasing"
 
 
 @dataclass
 class EmbeddingConfig:
     kind: str = option("standard", "input embedding: lookup table, adaptive input, or DeFINE", choices=("standard", "adaptive", "define"))
-    dim: int = option(0, "embedding width before projection to d_model (0: d_model)")
+    dim: int = option(0, "embedding width before projection to d_model (0: d_model)", check=at_least(0))
     define: DefineConfig = section(DefineConfig, "DeFINE (Mehta et al., ICLR 2020)")
     adaptive: AdaptiveConfig = section(AdaptiveConfig, "adaptive input (Baevski & Auli 2019)")
 
@@ -63,9 +67,13 @@ class OutputConfig:
 @dataclass
 class ModelConfig:
     kind: str = option("lstm", "context model", choices=("lstm", "transformer"))
-    d_model: int = option(650, "width of the embeddings fed to the context model and of its output")
-    n_layers: int = option(2, "number of LSTM or Transformer layers")
+    d_model: int = option(650, "width of the embeddings fed to the context model and of its output", check=at_least(1))
+    n_layers: int = option(2, "number of LSTM or Transformer layers", check=at_least(1))
     lstm: LSTMConfig = section(LSTMConfig, "LSTM context model")
     transformer: TransformerConfig = section(TransformerConfig, "Transformer context model")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "input embedding")
     output: OutputConfig = section(OutputConfig, "output layer")
+
+    def problems(self):
+        if self.kind == "transformer" and self.d_model % self.transformer.n_heads:
+            yield "transformer.n_heads", f"{self.transformer.n_heads} does not divide d_model = {self.d_model}"
