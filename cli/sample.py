@@ -35,10 +35,11 @@ def _read_prompts(input_: Optional[str]) -> list[str] | None:
 
 @handle_errors
 def sample(
+    ctx: typer.Context,
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (.pt): lm, residual-ebm, seq2seq or gebm."),
     input_: Optional[str] = typer.Option(None, "--input", "-i", help="Prompts/sources, one per line ('-' or default: stdin when piped). No input: unconditional."),
     num_samples: int = typer.Option(1, "--num-samples", "-n", help="Samples per prompt (GEBM: total samples)."),
-    max_new_tokens: int = typer.Option(50, "--max-new-tokens", help="Tokens to generate per sample (stops early at <eos>)."),
+    max_new_tokens: int = typer.Option(50, "--max-new-tokens", help="Tokens to generate per sample (stops early at <eos>); residual EBM: default the energy's continuation length."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", rich_help_panel=LM, help="Softmax temperature."),
     top_k: int = typer.Option(0, "--top-k", rich_help_panel=LM, help="Sample among the k most likely tokens (0: all)."),
     top_p: float = typer.Option(1.0, "--top-p", rich_help_panel=LM, help="Nucleus sampling mass (1.0: off)."),
@@ -46,7 +47,7 @@ def sample(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line with prompt, sample and scores."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts/sentences decoded together."),
-    candidates: int = typer.Option(32, "--candidates", rich_help_panel=RES, help="n: LM continuations drawn per prefix and resampled by softmax(-E)."),
+    candidates: int = typer.Option(32, "--candidates", rich_help_panel=RES, help="n: LM continuations drawn per prefix and resampled by their importance weights (softmax(-E) at --temperature 1, --top-p 1); --top-k is the paper's top-k, --temperature/--top-p shape only the proposal."),
     beam: int = typer.Option(0, "--beam", rich_help_panel=MT, help="Beam size (translation; 1 = greedy, 0 = sample with --temperature/--top-k/--top-p... default 5)."),
     lenpen: float = typer.Option(1.0, "--lenpen", rich_help_panel=MT, help="Length penalty: scores divided by length**lenpen."),
     max_len_a: float = typer.Option(1.2, "--max-len-a", rich_help_panel=MT, help="Max target length = a * source length + b."),
@@ -67,7 +68,7 @@ def sample(
     \b
     Examples:
       echo "it was a truth" | lmlab sample -c runs/demo/checkpoints/best.pt -n 3 --top-p 0.9
-      lmlab sample -c runs/demo-ebm/checkpoints/best.pt --candidates 32 --top-k 10 < prefixes.txt
+      lmlab sample -c runs/residual-demo/checkpoints/best.pt --candidates 32 --top-k 10 < prefixes.txt
       lmlab sample -c runs/mt/checkpoints/best.pt --beam 5 < test.de > hyp.en
       lmlab sample -c runs/gebm/checkpoints/best.pt --sampler kla -n 64 -o samples.png
     """
@@ -100,9 +101,16 @@ def sample(
         _write(prompts, [[h] for h in hyps], json_out)
         return
     if kind == "residual-ebm":
+        from lmlab.cli.common import make_reporter
         from lmlab.core.residual.sample import sample_lines as residual_sample
+        # --max-new-tokens not given: the energy's own continuation length (the LM's 50 may not fit its window).
+        # By name: typer vendors click, so its ParameterSource is not click.core.ParameterSource.
+        source = ctx.get_parameter_source("max_new_tokens")
+        length = None if getattr(source, "name", None) == "DEFAULT" else max_new_tokens
         outs = residual_sample(state, prompts if prompts is not None else [""], num_samples=num_samples, candidates=candidates,
-                               top_k=top_k, max_new_tokens=max_new_tokens, seed=seed, device=str(dev), with_scores=json_out)
+                               top_k=top_k, temperature=temperature, top_p=top_p, max_new_tokens=length,
+                               batch_size=batch_size, seed=seed, device=str(dev), with_scores=json_out,
+                               log=make_reporter(False).log)
         _write(prompts if prompts is not None else [""], outs, json_out)
         return
     from lmlab.core.generate import load_lm
