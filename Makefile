@@ -23,7 +23,7 @@ help:  ## this list
 	  /^[A-Za-z0-9][A-Za-z0-9_.%\/ -]*:([^=]|$$).*## / { \
 	    if (file != shown) { printf "\n%s%s\n", file, (title != "" ? ": " title : ""); shown = file } \
 	    target = $$0; sub(/:.*/, "", target); doc = $$0; sub(/^[^#]*## /, "", doc); \
-	    printf "  %-24s %s\n", target, doc }' $(MAKEFILE_LIST)
+	    printf "  %-24s  %s\n", target, doc }' $(MAKEFILE_LIST)
 	@echo; echo "Variables: HW=cpu|gpu|dgx8|slurm (hardware preset), PYTHON, LMLAB_TRAIN (launcher for training steps),"
 	@echo "TRAIN_ARGS (extra train-lm flags); data paths as in each target's line (LMLAB_PTB=dir, ...)."
 

@@ -52,16 +52,18 @@ clean-demo:  ## delete data/demo and runs/demo (results/demo.json is kept)
 data/ptb/meta.json: | .installed
 	$(LMLAB) prep --preset ptb --force
 
-# (this rule's command line is what runs/ptb-zaremba-small.train.json was made with: keep it, or old stamps lie)
-runs/ptb-zaremba-%.train.json: data/ptb/meta.json
+# Static pattern rules (explicit targets): make never treats a stamp or an eval file as an intermediate to delete
+# or skip. (This rule's command line is what runs/ptb-zaremba-small.train.json was made with: keep it.)
+ZAREMBA := small medium large
+$(ZAREMBA:%=runs/ptb-zaremba-%.train.json): runs/ptb-zaremba-%.train.json: data/ptb/meta.json
 	$(call train_lm,ptb zaremba-$*,runs/ptb-zaremba-$*)
 
 # PTB scored in full, one stream (--batch-size 1): every token but the first
-runs/ptb-zaremba-%/eval-valid.json: runs/ptb-zaremba-%.train.json
+$(ZAREMBA:%=runs/ptb-zaremba-%/eval-valid.json): runs/ptb-zaremba-%/eval-valid.json: runs/ptb-zaremba-%.train.json
 	@mkdir -p $(@D)
 	$(LMLAB) eval-ppl -c runs/ptb-zaremba-$*/checkpoints/best.pt --split valid --batch-size 1 -q > $@
 
-runs/ptb-zaremba-%/eval-test.json: runs/ptb-zaremba-%.train.json
+$(ZAREMBA:%=runs/ptb-zaremba-%/eval-test.json): runs/ptb-zaremba-%/eval-test.json: runs/ptb-zaremba-%.train.json
 	@mkdir -p $(@D)
 	$(LMLAB) eval-ppl -c runs/ptb-zaremba-$*/checkpoints/best.pt --split test --batch-size 1 -q > $@
 
@@ -69,7 +71,7 @@ ZAREMBA_PAPER_small = --paper valid_ppl=120.7 --paper test_ppl=114.5 --paper-sou
 ZAREMBA_PAPER_medium = --paper valid_ppl=86.2 --paper test_ppl=82.7 --paper-source 'Zaremba et al. 2014, Table 1, medium regularized LSTM (2x650)'
 ZAREMBA_PAPER_large = --paper valid_ppl=82.2 --paper test_ppl=78.4 --paper-source 'Zaremba et al. 2014, Table 1, large regularized LSTM (2x1500)'
 
-results/ptb-zaremba-%.json: runs/ptb-zaremba-%.train.json runs/ptb-zaremba-%/eval-valid.json runs/ptb-zaremba-%/eval-test.json
+$(ZAREMBA:%=results/ptb-zaremba-%.json): results/ptb-zaremba-%.json: runs/ptb-zaremba-%.train.json runs/ptb-zaremba-%/eval-valid.json runs/ptb-zaremba-%/eval-test.json
 	@mkdir -p $(@D)
 	$(RECORD) ptb-zaremba-$* --kind lm --command '$(call made_by,ptb-zaremba-$*)' --train runs/ptb-zaremba-$*.train.json \
 	  --json valid=runs/ptb-zaremba-$*/eval-valid.json --json test=runs/ptb-zaremba-$*/eval-test.json $(ZAREMBA_PAPER_$*)

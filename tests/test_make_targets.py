@@ -1,0 +1,182 @@
+"""The Make layer: every training step is a stamp written only when training completed (a SIGTERM-stopped run is
+resumed by the next `make`, never decoded; Ctrl-C never deletes a checkpoint), every directory a recipe writes into
+is created by the recipe (a clean checkout has no runs/ or data/), and `make help` lists every target.
+
+Training is faked (a script that writes a checkpoint and prints a train summary) so these run in seconds; the real
+trainers' summaries say `stopped_by` on SIGTERM/SIGUSR1 (tests/test_kill_resume.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+FAKE_TRAIN = r'''
+import json, os, sys, time
+args = sys.argv[1:]
+run = args[args.index("--run-dir") + 1]
+os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+with open(os.path.join(run, "checkpoints", "best.pt"), "w") as f:
+    f.write("a checkpoint")
+with open(os.path.join(run, "calls.txt"), "a") as f:
+    f.write(" ".join(args) + "\n")
+if os.environ.get("FAKE_SLEEP"):
+    open(os.path.join(run, "started"), "w").close()
+    time.sleep(float(os.environ["FAKE_SLEEP"]))
+stopped = os.environ.get("FAKE_STOP") if os.environ.get("FAKE_STOP_RUN") in (None, run) else None
+print(json.dumps({"run_dir": run, "step": 3, "stopped_by": stopped}))
+'''
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    """A checkout's Make layer in a scratch dir (no runs/), with its inputs present and a fake trainer."""
+    for name in ("Makefile", "pipelines", "presets", "corpora", "bench", "pyproject.toml"):
+        (tmp_path / name).symlink_to(REPO / name)
+    time.sleep(0.01)
+    for path in ("data/demo/meta.json", "data/multi30k-de-en/meta.json", "data/ptb/meta.json", "wine/winequality-red.csv",
+                 "wine/winequality-white.csv", ".installed"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    return tmp_path
+
+
+def make(ws: Path, *args: str, env: dict | None = None, check: bool | None = None) -> subprocess.CompletedProcess:
+    cmd = ["make", "--no-print-directory", f"LMLAB_TRAIN={sys.executable} {ws / 'fake_train.py'}", f"WINE={ws / 'wine'}",
+           f"PYTHON={sys.executable}", *args]
+    proc = subprocess.run(cmd, cwd=ws, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+# (stamp, make target, run dir, what decoding/evaluating the run's checkpoint looks like in `make -n`)
+PIPELINES = [
+    ("runs/multi30k-de-en.train.json", "mt-multi30k-de-en", "runs/multi30k-de-en",
+     "sample --checkpoint runs/multi30k-de-en/checkpoints/best.pt"),
+    ("runs/residual-demo.train.json", "residual-demo", "runs/residual-demo",
+     "eval-ppl --checkpoint runs/residual-demo/checkpoints/best.pt"),
+    ("runs/gebm-uci-redwine.train.json", "gebm-redwine", "runs/gebm-uci-redwine",
+     "evaluate runs/gebm-uci-redwine/checkpoints/best.pt"),
+    ("runs/gebm-cifar10-cpu.train.json", "gebm-cifar10-cpu", "runs/gebm-cifar10-cpu",
+     "sample -c runs/gebm-cifar10-cpu/checkpoints/best.pt"),
+]
+
+
+def _train_line(out: str, run: str) -> int:
+    lines = out.splitlines()
+    hits = [i for i, l in enumerate(lines) if re.search(r"train-(lm|ebm) .*--run-dir " + re.escape(run) + r"( |$)", l)]
+    return hits[0] if hits else -1
+
+
+@pytest.mark.parametrize("stamp,target,run,decode", PIPELINES, ids=[p[1] for p in PIPELINES])
+def test_a_sigterm_stopped_training_is_resumed_by_make_not_decoded(ws, stamp, target, run, decode):
+    stopped = make(ws, stamp, env={"FAKE_STOP": "SIGTERM", "FAKE_STOP_RUN": run})
+    assert stopped.returncode != 0 and "training stopped by SIGTERM; rerun make to resume it" in stopped.stderr
+    assert not (ws / stamp).exists() and (ws / run / "checkpoints" / "best.pt").exists()  # no stamp, checkpoint kept
+
+    plan = make(ws, "-n", target, check=True).stdout
+    train_at = _train_line(plan, run)
+    assert train_at >= 0, f"`make -n {target}` after a stopped run does not resume training:\n{plan}"
+    decode_at = [i for i, l in enumerate(plan.splitlines()) if decode in l]
+    assert decode_at and decode_at[0] > train_at, plan
+
+    make(ws, stamp, check=True)  # the resumed run completes: now the stamp exists and training is done
+    assert (ws / stamp).exists() and not (ws / f"{stamp}.tmp").exists()
+    plan = make(ws, "-n", target, check=True).stdout
+    assert _train_line(plan, run) < 0 and decode in plan, plan
+
+
+def test_ctrl_c_during_training_keeps_the_checkpoint_and_writes_no_stamp(ws):
+    env = {**os.environ, "FAKE_SLEEP": "60"}
+    proc = subprocess.Popen(["make", f"LMLAB_TRAIN={sys.executable} {ws / 'fake_train.py'}", f"PYTHON={sys.executable}",
+                             "runs/multi30k-de-en.train.json"], cwd=ws, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = ws / "runs" / "multi30k-de-en" / "started"
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert started.exists()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert (ws / "runs" / "multi30k-de-en" / "checkpoints" / "best.pt").exists()
+    assert not (ws / "runs" / "multi30k-de-en.train.json").exists()
+
+
+def _recipes():
+    """(file, logical recipe lines) of every pipeline fragment, continuation lines joined."""
+    for path in sorted((REPO / "pipelines").glob("*.mk")) + [REPO / "Makefile"]:
+        text = re.sub(r"\\\n", " ", path.read_text())
+        yield path.name, text.splitlines()
+
+
+def test_every_training_step_in_every_pipeline_is_a_stamp():
+    seen = 0
+    for name, lines in _recipes():
+        for i, line in enumerate(lines):
+            if not line.startswith("\t") or not re.search(r"(\)|lmlab) train-(lm|ebm)\b", line):
+                continue
+            seen += 1
+            assert "LMLAB_TRAIN)" in line, f"{name}: a training step not launched by $(LMLAB_TRAIN): {line.strip()}"
+            assert re.search(r"> (\$\$?@|\$\(2\)\.train\.json)\.tmp$", line.rstrip()), \
+                f"{name}: a training step whose summary is not written to its stamp's .tmp: {line.strip()}"
+            assert re.match(r"\t\$\$?\(train_done\)$", lines[i + 1]), f"{name}: no $(train_done) after: {line.strip()}"
+        for line in lines:  # a checkpoint is never a target with a recipe (.DELETE_ON_ERROR would delete it)
+            if re.match(r"^[^\t#].*checkpoints/[\w.]+\.pt\s*:", line):
+                assert line.rstrip().endswith(";"), f"{name}: a checkpoint made by a recipe: {line}"
+    assert seen >= 19  # every pipeline's training steps were found (LM, MT, residual, GEBM, DeFINE, IMM, smoke)
+
+
+TARGETS = ["demo", "ptb-zaremba-small", "mt-multi30k-de-en", "residual-demo", "gebm-wine", "gebm-cifar10-cpu",
+           "imm-demo", "define-demo", "define-ptb", "imm-ptb"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_directory_a_recipe_writes_into_is_created_on_a_clean_checkout(ws, target):
+    plan = make(ws, "-n", target, check=True).stdout
+    made = {"."}
+    for line in plan.splitlines():
+        m = re.match(r"mkdir -p (.*)", line)
+        if m:
+            made.update(os.path.normpath(d) for d in m[1].split())
+        for d in re.findall(r"--run-dir (\S+)", line):
+            made.add(os.path.normpath(d))
+        for out in re.findall(r"(?:>>?|\| tee) *([\w./$-]+)", line):
+            if out.startswith("/") or out.startswith("$"):
+                continue
+            parent = os.path.normpath(os.path.dirname(out) or ".")
+            assert parent in made or (ws / parent).is_dir(), f"`make {target}` writes {out} before creating {parent}:\n{line}"
+
+
+def test_make_help_lists_every_target_from_the_fragments():
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    listed = set()
+    for line in out.splitlines():
+        m = re.match(r"  (\S.*?)\s{2,}\S", line)
+        if m:
+            listed.update(m[1].split())
+    phony = set()
+    for _, lines in _recipes():
+        for line in lines:
+            if line.startswith(".PHONY:"):
+                phony.update(line.split(":", 1)[1].split())
+    assert {"demo", "test", "bench", "results", "ptb-zaremba-small", "mt-wmt14-en-de", "gebm-redwine"} <= listed
+    assert not phony - listed, f"targets without a `## ` line: {sorted(phony - listed)}"
+    for line in out.splitlines():  # reproductions name their hardware and data variables
+        if re.match(r"  (ptb-zaremba|imm-ptb|define-ptb|mt-multi30k|gebm-cifar10 )", line):
+            assert "HW=" in line and "=dir" in line or "=tar.gz" in line, line
+    header = (REPO / "Makefile").read_text().split("\n\n")[0]
+    assert out.strip() not in header
