@@ -81,3 +81,88 @@ def test_tokenized_input_warns(files):
     assert looks_tokenized(["the hou@@ se is red", "a dog@@ s"])
     res = CliRunner().invoke(app(), [str(files["ref"]), "-b"], input="\n".join(tokenized) + "\n")
     assert "look tokenized" in res.stderr
+
+
+# -------------------------------------------------------------------------- sacrebleu's defaults, CI, paired bootstrap
+CASED = ["a man in an orange hat looks at something.", "A BOSTON terrier runs on green grass in front of a fence.",
+         "a girl in a karate uniform breaks a stick with a kick.", "FIVE people in winter jackets and helmets stand in snow.",
+         "People are fixing the roof of a house.", "a man in light clothes photographs a group of men."]
+
+
+@pytest.fixture
+def cased(files, tmp_path):
+    files["cased"] = tmp_path / "cased.txt"
+    files["cased"].write_text("\n".join(CASED) + "\n", encoding="utf-8")
+    return files
+
+
+@pytest.mark.parametrize("extra, theirs_extra", [([], []), (["-lc"], ["-lc"]), (["--chrf-lowercase"], ["--chrf-lowercase"]),
+                                                 (["--ter-case-sensitive"], ["--ter-case-sensitive"])])
+def test_case_handling_matches_sacrebleu_cli_for_every_metric(cased, extra, theirs_extra):
+    """TER is case-insensitive by default and -lc is BLEU's only, as in sacrebleu's CLI."""
+    ours = CliRunner().invoke(app(), [str(cased["ref"]), "-i", str(cased["cased"]), "-m", "bleu,chrf,ter", "-w", "4", "--json", *extra])
+    assert ours.exit_code == 0, ours.output
+    theirs = json.loads(sacrebleu_cli(cased["ref"], "-i", cased["cased"], "-m", "bleu", "chrf", "ter", "-w", "4", *theirs_extra))
+    assert json.loads(ours.stdout) == theirs
+
+
+def test_lowercase_flags_change_only_their_metric(cased):
+    def scores(*extra):
+        out = CliRunner().invoke(app(), [str(cased["ref"]), "-i", str(cased["cased"]), "-m", "bleu,chrf,ter", "-w", "4", "-b", *extra])
+        return [float(x) for x in out.stdout.split()]
+    base, lc, chrf_lc, ter_cs = scores(), scores("-lc"), scores("--chrf-lowercase"), scores("--ter-case-sensitive")
+    assert lc[0] != base[0] and lc[1:] == base[1:]
+    assert chrf_lc[1] != base[1] and chrf_lc[0] == base[0] and chrf_lc[2] == base[2]
+    assert ter_cs[2] > base[2] and ter_cs[:2] == base[:2]  # case mismatches count as TER edits
+
+
+def test_confidence_matches_sacrebleu_api_and_cli(files):
+    import sacrebleu
+    ours = CliRunner().invoke(app(), [str(files["ref"]), "-i", str(files["hyp"]), "-m", "bleu,chrf", "--confidence", "--json", "-w", "3"])
+    assert ours.exit_code == 0, ours.output
+    got = json.loads(ours.stdout)
+    assert got == json.loads(sacrebleu_cli(files["ref"], "-i", files["hyp"], "-m", "bleu", "chrf", "-ci", "-w", "3"))
+    api = sacrebleu.metrics.BLEU().corpus_score(HYP, [REF], n_bootstrap=1000)
+    assert got[0]["confidence_mean"] == round(api._mean, 3) and got[0]["confidence_var"] == round(api._ci, 3)
+    assert "bs:1000" in got[0]["signature"]
+
+
+def test_paired_bootstrap_matches_sacrebleu_api(files, cased):
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+    runner = CliRunner()
+    out = runner.invoke(app(), [str(files["ref"]), "-i", str(files["hyp"]), "-i", str(cased["cased"]), "-m", "bleu,chrf",
+                                "--paired-bs", "--json", "-w", "6"])
+    assert out.exit_code == 0, out.output
+    ours = json.loads(out.stdout)
+    metrics = {"BLEU": BLEU(references=[REF]), "CHRF": CHRF(references=[REF])}
+    sigs, scores = PairedTest([("base", HYP), ("other", CASED)], metrics, references=None, test_type="bs", n_samples=1000)()
+    assert [r["system"] for r in ours["systems"]] == [str(files["hyp"]), str(cased["cased"])] and ours["systems"][0]["baseline"]
+    for metric in ("BLEU", "chrF2"):
+        assert ours["signatures"][metric] == str(sigs[metric])
+        for row, res in zip(ours["systems"], scores[metric]):
+            assert row[metric]["score"] == round(res.score, 6)
+            assert row[metric]["mean"] == round(float(res.mean), 6) and row[metric]["ci"] == round(float(res.ci), 6)
+            assert row[metric]["p_value"] == (None if res.p_value is None else pytest.approx(float(res.p_value)))
+    assert ours["systems"][1]["BLEU"]["p_value"] is not None and ours["n_samples"] == 1000
+    text = runner.invoke(app(), [str(files["ref"]), "-i", str(files["hyp"]), "-i", str(cased["cased"]), "--paired-bs"])
+    assert text.exit_code == 0 and "Baseline: " in text.stdout and "p = " in text.stdout and "BLEU|nrefs:1|bs:1000" in text.stdout
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-w", "-1"], "--width"),
+    (["--paired-bs"], "--paired-bs"),
+    (["--confidence-n", "0"], "--confidence-n"),
+])
+def test_bad_flags_are_one_line(files, argv, fragment):
+    res = CliRunner().invoke(app(), [str(files["ref"]), "-i", str(files["hyp"]), *argv])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and fragment in lines[0], res.stderr
+
+
+def test_empty_hypotheses_and_references_say_so(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    res = CliRunner().invoke(app(), [str(empty), "-i", str(empty)])
+    assert res.exit_code != 0 and "no sentence" in res.stderr and "Traceback" not in res.output
