@@ -19,48 +19,78 @@ export LMLAB_REDWINE = $(WINE)/winequality-red.csv
 export LMLAB_WHITEWINE = $(WINE)/winequality-white.csv
 export LMLAB_CIFAR10 = $(CIFAR10)
 
-.PRECIOUS: $(RUNS)/gebm-uci-%/checkpoints/best.pt $(RUNS)/gebm-uci-%-mle/checkpoints/best.pt $(RUNS)/gebm-uci-%/test-nll.json $(RUNS)/gebm-uci-%-mle/test-nll.json
+# UCI sets run here (presets gebm-uci-NAME); rules below are static pattern rules over them, so no stamp or
+# checkpoint is ever an intermediate file that make may delete or skip.
+GEBM_UCI ?= redwine whitewine
+GEBM_UCI_RUNS = $(GEBM_UCI:%=$(RUNS)/gebm-uci-%) $(GEBM_UCI:%=$(RUNS)/gebm-uci-%-mle)
+GEBM_IMAGE_RUNS = $(RUNS)/gebm-cifar10-cpu $(RUNS)/gebm-cifar10
+.PRECIOUS: $(foreach r,$(GEBM_UCI_RUNS) $(GEBM_IMAGE_RUNS),$(r)/checkpoints/best.pt $(r)/checkpoints/last.pt)
 .PHONY: gebm-prep gebm-wine gebm-redwine gebm-whitewine gebm-cifar10-cpu gebm-cifar10 gebm-clean
 
-gebm-prep:  # nothing to tokenise; the UCI preprocessing runs inside train (seeded)
+gebm-prep:  ## check the UCI wine files exist (nothing to tokenise; the preprocessing runs inside train, seeded) [WINE=dir]
 	@test -f $(WINE)/winequality-red.csv || { echo "missing $(WINE)/winequality-red.csv (set WINE=...)"; exit 2; }
 	@test -f $(WINE)/winequality-white.csv || { echo "missing $(WINE)/winequality-white.csv"; exit 2; }
 
 # ---- density: GEBM and the same RealNVP by maximum likelihood with the same number of updates
-gebm-wine: gebm-redwine gebm-whitewine
-gebm-redwine gebm-whitewine: gebm-%: $(RUNS)/gebm-uci-%/test-nll.json $(RUNS)/gebm-uci-%-mle/test-nll.json
-	@$(PY) -c "import json,sys; g,m=(json.load(open(p)) for p in sys.argv[1:]); \
-	print(f'$*: GEBM test NLL {g[\"nll_gebm_nats\"]:.3f} (IS log Z s.e. {g[\"log_z_se\"]:.3f}; exact {g[\"nll_gebm_exact_nats\"]:.3f}) +- {g[\"nll_gebm_se\"]:.3f}; flow MLE {m[\"nll_base_nats\"]:.3f} +- {m[\"nll_base_se\"]:.3f}')" $^
+gebm-wine: gebm-redwine gebm-whitewine  ## red + white wine: GEBM vs the same RealNVP by MLE, test NLL (CPU) [HW=cpu WINE=dir IS_SAMPLES=50000]
+gebm-redwine gebm-whitewine: gebm-%: results/gebm-%.json  ## one wine set: GEBM vs flow MLE, test NLL [HW=cpu WINE=dir]
+	@$(RESULTS_DOC) --print $@
 
-$(RUNS)/gebm-uci-%/checkpoints/best.pt: | gebm-prep
-	$(LMLAB) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$*
-$(RUNS)/gebm-uci-%-mle/checkpoints/best.pt: | gebm-prep
-	$(LMLAB) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$*-mle \
-	  --set optim.objective=mle --set optim.base_steps=$(MLE_STEPS) --set eval.every=$(MLE_STEPS)
-$(RUNS)/gebm-uci-%/test-nll.json: $(RUNS)/gebm-uci-%/checkpoints/best.pt
-	$(EVAL) $< --split test --is-samples $(IS_SAMPLES) --device cpu --out $@
-$(RUNS)/gebm-uci-%-mle/test-nll.json: $(RUNS)/gebm-uci-%-mle/checkpoints/best.pt
-	$(EVAL) $< --split test --device cpu --out $@
+# Training steps are stamps (train_done, in the Makefile): a run stopped by a signal leaves none, so the next
+# make resumes it instead of evaluating a partial best.pt.
+$(GEBM_UCI:%=$(RUNS)/gebm-uci-%.train.json): $(RUNS)/gebm-uci-%.train.json: | gebm-prep
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$* > $@.tmp
+	$(train_done)
+$(GEBM_UCI:%=$(RUNS)/gebm-uci-%-mle.train.json): $(RUNS)/gebm-uci-%-mle.train.json: | gebm-prep
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$*-mle \
+	  --set optim.objective=mle --set optim.base_steps=$(MLE_STEPS) --set eval.every=$(MLE_STEPS) > $@.tmp
+	$(train_done)
+$(GEBM_UCI:%=$(RUNS)/gebm-uci-%/test-nll.json): $(RUNS)/gebm-uci-%/test-nll.json: $(RUNS)/gebm-uci-%.train.json
+	$(EVAL) $(RUNS)/gebm-uci-$*/checkpoints/best.pt --split test --is-samples $(IS_SAMPLES) --device cpu --out $@
+$(GEBM_UCI:%=$(RUNS)/gebm-uci-%-mle/test-nll.json): $(RUNS)/gebm-uci-%-mle/test-nll.json: $(RUNS)/gebm-uci-%-mle.train.json
+	$(EVAL) $(RUNS)/gebm-uci-$*-mle/checkpoints/best.pt --split test --device cpu --out $@
+$(GEBM_UCI:%=results/gebm-%.json): results/gebm-%.json: $(RUNS)/gebm-uci-%/test-nll.json $(RUNS)/gebm-uci-%-mle/test-nll.json
+	@mkdir -p $(@D)
+	$(RECORD) gebm-$* --command '$(call made_by,gebm-$*)' --train gebm=$(RUNS)/gebm-uci-$*.train.json \
+	  --train mle=$(RUNS)/gebm-uci-$*-mle.train.json --json test-gebm=$(RUNS)/gebm-uci-$*/test-nll.json \
+	  --json test-mle=$(RUNS)/gebm-uci-$*-mle/test-nll.json
+	$(RESULTS_DOC)
 
 # ---- images: CPU subset (gebm-cifar10-cpu) and the paper-size run (gebm-cifar10, GPU)
 SAMPLE_CPU = --steps 100 --step-size 1e-3 --beta 100 --friction 1 --decay-every 40 --decay 0.1 -n 64 --force
-gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt
+gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt  ## CIFAR-10 subset: train, ULA/KLA grids, FID/KID (CPU, ~15 min) [HW=cpu CIFAR10=tar.gz INCEPTION=weights]
 	@test -e $(CIFAR10) || { echo "missing $(CIFAR10) (set CIFAR10=...)"; exit 2; }
 	for s in none ula kla; do $(LMLAB) sample -c $< --device cpu --sampler $$s $(SAMPLE_CPU) \
 	  -o $(RUNS)/gebm-cifar10-cpu/samples-$$s.png || exit 1; done
 	$(EVAL) $< --real $(CIFAR10) --real-split test --real-count 1000 --num-samples 1000 --sampler kla \
 	  --steps 100 --step-size 1e-3 --beta 100 --decay-every 40 --device cpu $(if $(INCEPTION),--inception $(INCEPTION)) \
 	  --out $(RUNS)/gebm-cifar10-cpu/fid-kid.json
-$(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt:
-	$(LMLAB) train-ebm --kind gebm --preset gebm-cifar10-cpu,$(HW) --run-dir $(RUNS)/gebm-cifar10-cpu
+	$(RECORD) gebm-cifar10-cpu --command '$(call made_by,gebm-cifar10-cpu)' --train $(RUNS)/gebm-cifar10-cpu.train.json \
+	  --json fid-kid=$(RUNS)/gebm-cifar10-cpu/fid-kid.json
+	$(RESULTS_DOC)
+# best.pt is made by the stamp's training (no recipe of its own: make never deletes it); the stamp exists only
+# once training completed, so a stopped run is resumed before anything samples from it
+$(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt: $(RUNS)/gebm-cifar10-cpu.train.json ;
+$(RUNS)/gebm-cifar10-cpu.train.json:
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu,$(HW) --run-dir $(RUNS)/gebm-cifar10-cpu > $@.tmp
+	$(train_done)
 
-gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt
+gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID (GPU) [HW=gpu CIFAR10=tar.gz INCEPTION=weights]
 	$(LMLAB) sample -c $< --sampler kla --steps 1000 --step-size 1e-4 --beta 100 -n 64 --force -o $(RUNS)/gebm-cifar10/samples-kla.png
 	$(LMLAB) sample -c $< --sampler none -n 64 --force -o $(RUNS)/gebm-cifar10/samples-generator.png
 	$(EVAL) $< --real $(CIFAR10) --real-count 10000 --num-samples 10000 --steps 1000 --step-size 1e-4 --decay-every 200 \
 	  $(if $(INCEPTION),--inception $(INCEPTION)) --out $(RUNS)/gebm-cifar10/fid-kid.json
-$(RUNS)/gebm-cifar10/checkpoints/best.pt:
-	$(LMLAB) train-ebm --kind gebm --preset gebm-cifar10,$(HW) --run-dir $(RUNS)/gebm-cifar10
+	$(RECORD) gebm-cifar10 --command '$(call made_by,gebm-cifar10)' --train $(RUNS)/gebm-cifar10.train.json \
+	  --json fid-kid=$(RUNS)/gebm-cifar10/fid-kid.json
+	$(RESULTS_DOC)
+$(RUNS)/gebm-cifar10/checkpoints/best.pt: $(RUNS)/gebm-cifar10.train.json ;
+$(RUNS)/gebm-cifar10.train.json:
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10,$(HW) --run-dir $(RUNS)/gebm-cifar10 > $@.tmp
+	$(train_done)
 
-gebm-clean:
+gebm-clean:  ## (deletes nothing: says which run dirs to remove yourself)
 	@echo "run dirs are never deleted by make; remove $(RUNS)/gebm-* yourself"
