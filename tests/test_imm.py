@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmlab.core.imm.induced import (ContextIndex, imm_backward_serialized, imm_loss_sampled,
+from lmlab.core.imm.induced import (ContextIndex, carried_log_qbar, imm_backward_serialized, imm_loss_sampled,
                                     induced_log_probs)
 from lmlab.core.imm.kn_bigram import KNBigram
 from lmlab.core.imm.noising import KNNoisingObjective
@@ -82,23 +82,50 @@ def test_algorithm2_gradient_equals_algorithm1(kind, float64):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_serialized_replays_dropout_masks(float64):
-    # with k = 1 the c_j weights are 1, so Algorithm 2 must equal Algorithm 1 also under dropout,
-    # provided its second pass reuses the first pass's masks (and both start from the same RNG state)
+def test_sampled_passes_are_dropout_free(float64):
+    # the official code builds its sampled graphs without dropout (netQ(..., fixed_unroll=False)), so Q̄ is an
+    # average of dropout-free predictions: in training mode with dropout 0.65, Q̄ equals the eval-mode one,
+    # draws no random numbers, and leaves the model in training mode; Algorithm 2 then equals Algorithm 1
+    # under dropout with k > 1 too (both see the same deterministic q_j)
     tokens = stream()
     kn = KNBigram.from_tokens(tokens, V)
-    model = tiny_model("lstm", dropout=0.5).train()
-    contexts = torch.tensor([2, 5, 9])
-    windows = torch.from_numpy(ContextIndex(tokens, 8, V).sample(contexts.numpy(), 1, np.random.default_rng(2))[0])
+    model = tiny_model("lstm", dropout=0.65).train()
+    contexts = torch.tensor([2, 5, 9, 5])
+    windows = torch.from_numpy(ContextIndex(tokens, 8, V).sample(contexts.numpy(), 4, np.random.default_rng(2))[0])
+    state = [(0.5 * torch.randn(1, 2, 16), 0.5 * torch.randn(1, 2, 16)) for _ in range(2)]
     torch.manual_seed(5)
+    rng_before = torch.get_rng_state()
+    got = induced_log_probs(model, windows)
+    got_carried = carried_log_qbar(model, windows[:2], 3, state)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    torch.testing.assert_close(got, induced_log_probs(model, windows), rtol=1e-12, atol=0)
+    torch.testing.assert_close(got_carried, carried_log_qbar(model, windows[:2], 3, state), rtol=1e-12, atol=0)
+    model.train()
     model.zero_grad()
     imm_loss_sampled(model, kn, contexts, windows)[0].backward()
     g1 = _grads(model)
-    torch.manual_seed(5)
     model.zero_grad()
     imm_backward_serialized(model, kn, contexts, windows)
     for a, b in zip(g1, _grads(model)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_carried_contexts_are_the_last_tokens_after_the_carried_state(float64):
+    # the official sampled history at BPTT position i: the last i+1 tokens of the sampled window, run from
+    # the state the batch row carried in. For an LSTM that is the same as running the row's real prefix
+    # followed by those tokens from zero.
+    model = tiny_model().eval()
+    tokens = stream()
+    windows = torch.from_numpy(ContextIndex(tokens, 7, V).sample(np.array([3, 8]), 2, np.random.default_rng(4))[0])  # (2, 2, 7)
+    prefix = torch.from_numpy(tokens[100:110].reshape(2, 5))
+    with torch.no_grad():
+        _, state = model(prefix)
+        got = carried_log_qbar(model, windows, 2, state)  # position 2: the last 3 tokens of each window
+        for b in range(2):
+            q = [model(torch.cat([prefix[b], windows[b, j, -3:]])[None])[0][0, -1].softmax(-1) for j in range(2)]
+            torch.testing.assert_close(got[b].exp(), torch.stack(q).mean(0))
 
 
 class BigramTable(nn.Module):
@@ -107,7 +134,7 @@ class BigramTable(nn.Module):
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.table = nn.Parameter(logits.clone())
-        self.output = self
+        object.__setattr__(self, "output", self)  # not registered as a submodule (no cycle for .train()/.eval())
 
     def hidden(self, tokens, state=None):
         return nn.functional.one_hot(tokens, V).to(self.table.dtype), state
@@ -185,6 +212,11 @@ def test_objective_schedule_and_terms():
     loss, _, m = obj(model, x, y, None, 4)
     assert loss.item() == pytest.approx(m["loss_nats"] + 0.2 * m["imm_loss_nats"], rel=1e-5)
     assert m["imm_kl_nats"] > 0
+    # j = 0 (the official unrolls_to_use = all): every position of every row is a restricted context
+    every = IMMObjective(_cfg(j=0), tokens, V, kn, torch.device("cpu"))
+    contexts, windows, found, positions = every._draw(x)
+    assert positions == list(range(6)) and torch.equal(contexts, x) and windows.shape == (24, 10, 6)
+    assert (windows[..., -1] == x.reshape(-1, 1)).all()
     # resume: same activation, call count and sampler position
     again = IMMObjective(_cfg(every=2, k=3, j=2), tokens, V, kn, torch.device("cpu"))
     again.load_state_dict(obj.state_dict())

@@ -11,8 +11,18 @@ from lmlab.core.config import option
 class IMMConfig:
     weight: float = option(0.2, "lambda: weight of the induced-model loss (paper/official code: 0.2)")
     k: int = option(10, "k: full contexts sampled per restricted context (Algorithm 1)")
-    j: int = option(5, "j: the last j positions of every sequence in an IMM batch are the restricted contexts (batch_size x j of them; official code: unrolls_to_use)")
-    context: int = option(0, "tokens in each sampled full context, a training-stream window ending in the restricted token, run from a zero LSTM state (0: data.bptt; capped at the Transformer's context)")
+    j: int = option(0, "j: the last j positions of every sequence in an IMM batch are the restricted contexts (batch_size x j of them); 0: all positions (official code: unrolls_to_use = 35 = all)")
+    context: int = option(0, "sampled_start = zero: tokens in each sampled full context, a training-stream window ending in the restricted token (0: data.bptt; capped at the Transformer's context)")
+    sampled_start: str = option("zero", "where a sampled context starts: zero = a full window from a zero state; carried = the official code: "
+                                "at BPTT position i, the last i+1 tokens of a window, from the LSTM state the batch row carried in",
+                                choices=("zero", "carried"))
+    clip: str = option("total", "gradient clipping with IMM on: total = optim.clip on the CE + IMM gradient; main = the official code: "
+                       "clip the CE gradient alone, then add the IMM gradient unclipped", choices=("total", "main"))
+    embedding_grad: str = option("plain", "input-embedding gradient with IMM on: plain = that of CE + IMM; official = the official code's "
+                                 "rule: 2 x the clipped CE gradient, plus the smoothed term's, none from sampled IMM (needs clip = main, untied)",
+                                 choices=("plain", "official"))
+    smoothed_forward: str = option("shared", "the smoothed term's forward: shared = the CE pass's (same dropout masks); separate = "
+                                   "the official code: a second pass from the same carried state with its own masks", choices=("shared", "separate"))
     between: str = option("smoothed", "on the other IMM-on batches: smoothed = the official code's single-sample term, lambda * CE((1-gamma(v)) onehot(y) + gamma(v) p_cont, Q); none = plain CE",
                           choices=("smoothed", "none"))
     every: int = option(5, "apply the sampled IMM term (k contexts per restricted context) on one batch in this many (official code: 5)")

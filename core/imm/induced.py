@@ -11,12 +11,22 @@ CE(P̂(· | x̄), Q̄(· | x̄)) = -Σ_y P̂(y | x̄) log Q̄(y | x̄).
 Algorithm 1 (sampled IMM) evaluates all k contexts in one batch. Algorithm 2 (serialized IMM) gives
 the same gradient one context at a time: since ∇ log Q̄(y) = Σ_j c_j(y) ∇ log q_j(y) with
 c_j(y) = q_j(y) / Σ_j' q_j'(y), each context contributes -Σ_y P̂(y) c_j(y) ∇ log q_j(y), c_j held fixed.
-The weights need all q_j first, so the contexts are run twice (no graph, then with a graph); the RNG
-state is replayed so that dropout draws the same masks in both passes.
+The weights need all q_j first, so the contexts are run twice (no graph, then with a graph).
+
+Every sampled pass runs dropout-free (the model in eval mode for that forward only, restored after): Q̄ is an
+average of deterministic predictions, as in the official code, whose sampled graphs are built without dropout
+(`netQ(..., fixed_unroll=False)`). Such a pass draws no random numbers, so it leaves the RNG stream of the
+training forward passes alone.
+
+Two ways to start a sampled context (`imm.sampled_start`):
+- zero (`induced_log_probs`): a fixed-length window of the training stream ending in x̄, run from a zero state;
+- carried (`imm_backward_carried`, the official code): for position i of the BPTT window, the last i+1 tokens
+  of the sampled window, run from the LSTM state the batch row carried into this window.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -55,10 +65,22 @@ class ContextIndex:
         return self.tokens[ends[..., None] + offsets].astype(np.int64), found
 
 
-def _last_log_probs(model, windows: torch.Tensor) -> torch.Tensor:
-    """log Q(· | x) of the token after each window, the model run from its zero state: (N, L) -> (N, V)."""
-    h, _ = model.hidden(windows, None)  # (N, L, d)
-    logits = model.output.logits(h[:, -1])
+@contextlib.contextmanager
+def dropout_free(model):
+    """Eval mode for the forwards inside (no dropout, no random draws), the previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _last_log_probs(model, windows: torch.Tensor, state=None) -> torch.Tensor:
+    """log Q(· | x) of the token after each window, dropout-free, from `state` (None: the zero state): (N, L) -> (N, V)."""
+    with dropout_free(model):
+        h, _ = model.hidden(windows, state)  # (N, L, d)
+        logits = model.output.logits(h[:, -1])
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # the average over k and the CE are taken in fp32
     return F.log_softmax(logits, dim=-1)
@@ -103,22 +125,54 @@ def imm_backward_serialized(model, kn: KNBigram, contexts: torch.Tensor, windows
     Memory holds one (M, L) batch of windows and two (M, V) tables, whatever k is.
     """
     M, k, L = windows.shape
-    rng_states, qsum = [], None
-    with torch.no_grad():  # pass 1: Σ_j q_j, remembering each draw's RNG state
+    qsum = None
+    with torch.no_grad():  # pass 1: Σ_j q_j
         for j in range(k):
-            rng_states.append(_rng_state(windows.device))
             q = _last_log_probs(model, windows[:, j]).exp()  # (M, V)
             qsum = q if qsum is None else qsum + q
     p_hat = kn.probs(contexts, dtype=qsum.dtype)  # (M, V)
     ce = restricted_cross_entropy(p_hat, torch.log(qsum / k))  # (M,) the value Algorithm 1 would report
     w = _weights(mask, ce)
-    for j in range(k):  # pass 2: the c_j-weighted log-likelihood of draw j, same dropout masks as pass 1
-        _set_rng_state(windows.device, rng_states[j])
+    for j in range(k):  # pass 2: the c_j-weighted log-likelihood of draw j (dropout-free: the same q_j as pass 1)
         logq = _last_log_probs(model, windows[:, j])  # (M, V)
         c = logq.detach().exp() / qsum  # c_j(y) = q_j(y) / Σ_j' q_j'(y)
         loss_j = -((p_hat * c * logq).sum(-1) * w).sum()
         (loss_j * scale).backward()
     return {"imm_loss_nats": float((ce * w).sum()), "imm_kl_nats": float(((ce - entropy(p_hat)) * w).sum())}
+
+
+def carried_log_qbar(model, windows: torch.Tensor, i: int, state) -> torch.Tensor:
+    """log Q̄ at position i of the BPTT window, the official way: the last i+1 tokens of each sampled window,
+    run from the state its batch row carried into this window (None: zero). windows (B, k, L) -> (B, V)."""
+    B, k, L = windows.shape
+    history = windows[:, :, L - (i + 1):].reshape(B * k, i + 1)  # (B*k, i+1), row b's k draws together
+    if state is not None:
+        state = model.select_state(state, torch.arange(B, device=windows.device).repeat_interleave(k))
+    logq = _last_log_probs(model, history, state).view(B, k, -1)  # (B, k, V)
+    return torch.logsumexp(logq, dim=1) - math.log(k)
+
+
+def imm_backward_carried(model, kn: KNBigram, contexts: torch.Tensor, windows: torch.Tensor, positions: list[int],
+                         state, mask: torch.Tensor | None = None, scale: float = 1.0) -> dict[str, float]:
+    """Algorithm 1 with carried-state contexts: accumulate scale * ∇ (mean over restricted contexts of
+    CE(P̂, Q̄)) into .grad, one BPTT position at a time (the loss is a sum over positions, so each position's
+    graph is freed before the next is built).
+
+    contexts (B, P) = the inputs at `positions`; windows (B, P, k, L) with L >= max(positions) + 1; mask (B, P).
+    """
+    B, P = contexts.shape
+    w = _weights(None if mask is None else mask.reshape(-1), torch.empty(B * P, dtype=torch.float64)).view(B, P)
+    total, kl = 0.0, 0.0
+    for p, i in enumerate(positions):
+        log_qbar = carried_log_qbar(model, windows[:, p], i, state)  # (B, V)
+        p_hat = kn.probs(contexts[:, p], dtype=log_qbar.dtype)  # (B, V)
+        ce = restricted_cross_entropy(p_hat, log_qbar)  # (B,)
+        wp = w[:, p].to(device=ce.device, dtype=ce.dtype)
+        loss = (ce * wp).sum()
+        (loss * scale).backward()
+        total += float(loss.detach())
+        kl += float(((ce.detach() - entropy(p_hat)) * wp).sum())
+    return {"imm_loss_nats": total, "imm_kl_nats": kl}
 
 
 def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -127,14 +181,3 @@ def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return torch.full_like(like, 1.0 / like.numel()).detach()
     m = mask.to(like.dtype)
     return (m / m.sum().clamp_min(1.0)).detach()
-
-
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(device: torch.device, state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)

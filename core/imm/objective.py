@@ -5,85 +5,139 @@ Schedule, as in the official LSTM code (uicdice/imm-language-modeling, lm.py):
   `imm.lr_at_start` once (`on_eval`).
 - While on, one batch in `imm.every` adds the sampled IMM term (Algorithm 1, or Algorithm 2 with
   `imm.algorithm = "serialized"`) for the restricted contexts x̄ = the input tokens at the last `imm.j`
-  positions of every sequence, each with `imm.k` full contexts drawn from the training stream.
+  positions (0: all) of every sequence, each with `imm.k` full contexts drawn from the training stream.
 - The other batches add (with `imm.between = "smoothed"`) the official code's single-sample term:
   λ · CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)) on the batch itself, γ and p_cont from the bigram.
 
-Loss contract for Algorithm 2: the objective calls `.backward()` on the serialized IMM part itself,
-scaled by 1/optim.grad_accum, and returns only the rest; the trainer must call `loss.backward()`
-before `optimizer.zero_grad()` (the usual order) so that both parts reach the same update. Not usable
-with fp16 loss scaling (the serialized part would escape the GradScaler).
+Loss scale. Every IMM term is a mean over its contexts, weighted by λ against the CE's mean over tokens;
+the trainer multiplies the returned loss by T under `optim.loss_reduction = "sum_time"`, and the parts this
+objective back-propagates itself get the same factor. With j = all positions this is the official loss:
+Σ_t (1/B) Σ_b [CE_bt + λ · IMM_bt], main and IMM both summed over time and averaged over the batch.
+
+Parts back-propagated here (`.backward()` scaled by λ·T/optim.grad_accum, the rest returned as the loss):
+Algorithm 2, carried-state contexts (one BPTT position at a time), and with `imm.clip = "main"` every IMM
+part, whose gradient is then kept aside and added by `after_clip` once the trainer has clipped the CE
+gradient (the official code clips the main gradient only). The trainer must call `loss.backward()` before
+`optimizer.zero_grad()` (the usual order) and `after_clip` between clipping and the step. Not usable with
+fp16 loss scaling (those parts would escape the GradScaler).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.imm.induced import ContextIndex, imm_backward_serialized, imm_loss_sampled
+from lmlab.core.errors import LmlabError, NonFiniteLossError
+from lmlab.core.imm.induced import ContextIndex, imm_backward_carried, imm_backward_serialized, imm_loss_sampled
 from lmlab.core.imm.kn_bigram import KNBigram, load_or_build
 
 
 class IMMObjective:
     def __init__(self, cfg, train_tokens: np.ndarray, vocab_size: int, kn: KNBigram, device: torch.device):
-        self.cfg = cfg.imm
-        if self.cfg.k < 1 or self.cfg.j < 1 or self.cfg.every < 1:
-            raise LmlabError("imm.k, imm.j and imm.every must be >= 1")
+        self.cfg = c = cfg.imm
+        if c.k < 1 or c.j < 0 or c.every < 1:
+            raise LmlabError("imm.k and imm.every must be >= 1 and imm.j >= 0 (0: all positions)")
         if kn.vocab_size != vocab_size:
             raise LmlabError(f"KN bigram has vocabulary {kn.vocab_size} but the data has {vocab_size}; "
-                             f"rebuild it (delete {cfg.imm.bigram or 'kn_bigram.safetensors'} in the data dir)")
-        if self.cfg.algorithm == "serialized" and cfg.hardware.precision == "fp16":
-            raise LmlabError("imm.algorithm=serialized cannot run under fp16 loss scaling; use precision=bf16 or fp32")
-        length = self.cfg.context or cfg.data.bptt
+                             f"rebuild it (delete {c.bigram or 'kn_bigram.safetensors'} in the data dir)")
+        self.carried = c.sampled_start == "carried"
+        if self.carried and cfg.model.kind != "lstm":
+            raise LmlabError("imm.sampled_start=carried needs model.kind=lstm (a carried recurrent state); use zero")
+        if self.carried and c.algorithm == "serialized":
+            raise LmlabError("imm.sampled_start=carried runs Algorithm 1 one BPTT position at a time; use imm.algorithm=sampled")
+        if self.carried and c.context not in (0, cfg.data.bptt):
+            raise LmlabError("imm.context sets the zero-start window; with imm.sampled_start=carried leave it 0 (the history is i+1 tokens)")
+        if c.embedding_grad == "official" and (c.clip != "main" or cfg.model.output.tie):
+            raise LmlabError("imm.embedding_grad=official needs imm.clip=main and an untied output (model.output.tie=false)")
+        self.own_backward = c.algorithm == "serialized" or self.carried or c.clip == "main"
+        if self.own_backward and cfg.hardware.precision == "fp16":
+            raise LmlabError("imm.algorithm=serialized, imm.sampled_start=carried and imm.clip=main cannot run under fp16 "
+                             "loss scaling; use hardware.precision=bf16 or fp32")
+        length = cfg.data.bptt if self.carried else (c.context or cfg.data.bptt)
         if cfg.model.kind == "transformer":
             length = min(length, cfg.model.transformer.context)
         self.kn = kn
         self.index = ContextIndex(train_tokens, length, vocab_size)
         self.device = device
+        self.sum_time = cfg.optim.loss_reduction == "sum_time"
         self.grad_scale = 1.0 / max(cfg.optim.grad_accum, 1)
-        self.active = self.cfg.start_below_ppl <= 0
+        self.active = c.start_below_ppl <= 0
         self.calls = 0
+        self.pending: list[torch.Tensor | None] | None = None  # IMM gradient kept aside (clip = main)
+        self.imm_in_update = False
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         self.rng = np.random.default_rng([cfg.seed, 7919, rank])  # each data-parallel rank draws its own contexts
 
     # -- the loss -------------------------------------------------------------------------------
 
     def __call__(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, step: int):
-        h, state = model.hidden(inputs, state)  # (B, T, d)
+        h, new_state = model.hidden(inputs, state)  # (B, T, d)
         nll = model.output.nll(h, targets)  # (B, T)
         ce = nll.mean()
         metrics = {"loss_nats": float(ce.detach()), "imm_active": float(self.active)}
         if not (self.active and model.training):
-            return ce, state, metrics
+            return ce, new_state, metrics
         self.calls += 1
+        self.imm_in_update = True
         lam = self.cfg.weight
+        # the factor the trainer puts on a returned loss, for the parts back-propagated here
+        scale = lam * (inputs.shape[1] if self.sum_time else 1) * self.grad_scale
         if self.calls % self.cfg.every == 0:  # sampled IMM (Algorithm 1 / 2) on one batch in `every`
-            contexts, windows, mask = self._draw(inputs)
-            if self.cfg.algorithm == "sampled":
-                imm, extra = imm_loss_sampled(model, self.kn, contexts, windows, mask)
-                loss = ce + lam * imm
-            else:
-                extra = imm_backward_serialized(model, self.kn, contexts, windows, mask, scale=lam * self.grad_scale)
-                loss = ce
+            extra, imm = self._sampled(model, inputs, state, scale)
             metrics.update(extra)
-            return loss, state, metrics
-        if self.cfg.between == "smoothed":
-            smooth = self._smoothed_term(model, h, inputs, nll)
-            metrics["imm_smoothed_nats"] = float(smooth.detach())
-            return ce + lam * smooth, state, metrics
-        return ce, state, metrics
+            _check_finite(extra["imm_loss_nats"], "sampled IMM")
+            return (ce if imm is None else ce + lam * imm), new_state, metrics
+        if self.cfg.between != "smoothed":
+            return ce, new_state, metrics
+        separate = self.cfg.smoothed_forward == "separate"
+        if separate:  # the official single-sample graph: its own pass (own dropout masks) from the same carried state
+            h, _ = model.hidden(inputs, state)
+            nll = model.output.nll(h, targets)
+        smooth = self._smoothed_term(model, h, inputs, nll)
+        metrics["imm_smoothed_nats"] = float(smooth.detach())
+        if self.cfg.clip != "main":
+            return ce + lam * smooth, new_state, metrics
+        _check_finite(metrics["imm_smoothed_nats"], "smoothed IMM term")
+        with self._aside(model, keep_embedding=True):
+            (smooth * scale).backward(retain_graph=not separate)  # shared: the CE pass still needs its graph
+        return ce, new_state, metrics
+
+    def _sampled(self, model, inputs: torch.Tensor, state, scale: float):
+        """The sampled term: (metrics, differentiable mean IMM loss or None when back-propagated here)."""
+        contexts, windows, mask, positions = self._draw(inputs)
+        c = self.cfg
+        if c.algorithm == "sampled" and not self.carried and c.clip == "total":
+            imm, extra = imm_loss_sampled(model, self.kn, contexts.reshape(-1), windows, mask)
+            return extra, imm
+        with self._aside(model, keep_embedding=False) if c.clip == "main" else contextlib.nullcontext():
+            if self.carried:
+                B, P = contexts.shape
+                extra = imm_backward_carried(model, self.kn, contexts, windows.view(B, P, *windows.shape[1:]),
+                                             positions, state, mask.view(B, P), scale=scale)
+            elif c.algorithm == "serialized":
+                extra = imm_backward_serialized(model, self.kn, contexts.reshape(-1), windows, mask, scale=scale)
+            else:
+                imm, extra = imm_loss_sampled(model, self.kn, contexts.reshape(-1), windows, mask)
+                (imm * scale).backward()
+        return extra, None
+
+    def positions(self, length: int) -> list[int]:
+        """BPTT positions whose inputs are the restricted contexts: the last j (j = 0: all)."""
+        j = min(self.cfg.j or length, length)
+        return list(range(length - j, length))
 
     def _draw(self, inputs: torch.Tensor):
-        """Restricted contexts (B*j,) = the inputs at the last j positions; k windows for each."""
-        contexts = inputs[:, -self.cfg.j:].reshape(-1)  # (M,)
-        windows, found = self.index.sample(contexts.cpu().numpy(), self.cfg.k, self.rng)
+        """Restricted contexts (B, j) = the inputs at the last j positions; k windows (B*j, k, L) for each."""
+        positions = self.positions(inputs.shape[1])
+        contexts = inputs[:, positions[0]:]  # (B, j)
+        windows, found = self.index.sample(contexts.reshape(-1).cpu().numpy(), self.cfg.k, self.rng)
         to = dict(device=inputs.device)
-        return contexts, torch.from_numpy(windows).to(**to), torch.from_numpy(found).to(**to)
+        return contexts, torch.from_numpy(windows).to(**to), torch.from_numpy(found).to(**to), positions
 
     def _smoothed_term(self, model, h: torch.Tensor, inputs: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
         """Official code's non-sampled IMM batches: CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)), mean over (B, T)."""
@@ -92,6 +146,56 @@ class IMMObjective:
         cross = torch.logsumexp(logits, -1) - logits @ p_cont  # -Σ_y p_cont(y) log Q(y | x): (B, T)
         gamma = self.kn.gamma_of(inputs)  # (B, T)
         return ((1 - gamma) * nll.float() + gamma * cross).mean()
+
+    # -- the official clipping: IMM gradient kept aside, added after the CE gradient is clipped ----
+
+    @contextlib.contextmanager
+    def _aside(self, model, keep_embedding: bool):
+        """The .backward() calls inside accumulate into `self.pending` instead of .grad (without the
+        input embedding's part when keep_embedding is False: the official sampled IMM drops it)."""
+        params = list(model.parameters())
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            yield
+        finally:
+            skip = set() if keep_embedding else {id(p) for p in model.embed.parameters()}
+            if self.pending is None:
+                self.pending = [None] * len(params)
+            for n, (p, old) in enumerate(zip(params, saved)):
+                g = p.grad
+                if g is not None and id(p) not in skip:
+                    self.pending[n] = g if self.pending[n] is None else self.pending[n] + g
+                p.grad = old
+
+    def after_clip(self, model) -> None:
+        """Called by the trainer between clipping and the optimizer step: with imm.clip = main, add the
+        IMM gradient kept aside (unclipped), and with imm.embedding_grad = official double the clipped CE
+        gradient of the input embedding first."""
+        pending, self.pending = self.pending, None
+        imm_on, self.imm_in_update = self.imm_in_update, False
+        if not imm_on or self.cfg.clip != "main":
+            return
+        params = list(model.parameters())
+        if self.cfg.embedding_grad == "official":
+            for p in model.embed.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(2.0)
+        if pending is None:
+            return
+        pending = [torch.zeros_like(p) if g is None else g for p, g in zip(params, pending)]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flat = torch.cat([g.reshape(-1) for g in pending])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            pending = list(torch.split(flat, [g.numel() for g in pending]))
+        for p, g in zip(params, pending):
+            g = g.view_as(p)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
 
     # -- schedule and resume --------------------------------------------------------------------
 
@@ -116,6 +220,11 @@ class IMMObjective:
         self.active = bool(state["active"])
         self.calls = int(state["calls"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+def _check_finite(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"non-finite {what} ({value}); stopped without saving (try a lower optim.lr or imm.weight)")
 
 
 def build_imm_objective(cfg, train_tokens: np.ndarray, vocab_size: int, data_dir: Path, device: torch.device) -> IMMObjective:

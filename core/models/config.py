@@ -16,6 +16,7 @@ class LSTMConfig:
     embed_drop: float = option(0.0, "AWD-LSTM embedding dropout: drop whole word types", check=between(0, 1, hi_open=True))
     input_drop: float = option(-1.0, "dropout on the embeddings (-1: same as dropout)", check=either(-1.0, between(0, 1, hi_open=True)))
     init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)", check=greater_than(0))
+    forget_bias: float = option(0.0, "added to each layer's forget-gate bias after init (TensorFlow BasicLSTMCell and the official IMM code: 1.0)")
 
 
 @dataclass

@@ -47,6 +47,11 @@ class LSTMBody(nn.Module):
         self.drop_out = _dropout(cfg.dropout, cfg.variational)
         for p in self.parameters():
             nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+        if cfg.forget_bias:  # TF's BasicLSTMCell adds a constant to the forget-gate pre-activation: the same as a bias offset
+            with torch.no_grad():
+                for layer in self.layers:
+                    H = layer.hidden_size
+                    layer.bias_ih_l0[H: 2 * H] += cfg.forget_bias  # PyTorch gate order: input, forget, cell, output
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         return [(torch.zeros(1, batch_size, l.hidden_size, device=device),

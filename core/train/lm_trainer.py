@@ -224,6 +224,8 @@ class LMTrainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip if cfg.optim.clip > 0 else float("inf"))
+        if hasattr(self.objective, "after_clip"):  # IMM with imm.clip = main: its gradient joins unclipped
+            self.objective.after_clip(self.model)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

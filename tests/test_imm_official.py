@@ -1,0 +1,290 @@
+"""IMM through the trainer against the official code's update (uicdice/imm-language-modeling, lm.py), which
+these tests recompute from scratch on a tiny LSTM:
+
+    main  = Σ_t (1/B) Σ_b NLL_bt                                  (defaultLoss: sum over time, mean over batch)
+    IMM   = λ Σ_i (1/B) Σ_b CE(P̂(·|x_bi), Q̄_bi)                   (sampled batch: k dropout-free histories, the
+            last i+1 tokens of each, from row b's carried state;   every one of the 35 positions)
+          | λ Σ_t (1/B) Σ_b CE((1-γ)onehot(y) + γ p_cont, Q_bt)    (other batches: own forward, own dropout masks)
+    step  = p - lr · (clip(∇main) + ∇IMM), the input embedding getting 2·clip(∇main) (+ ∇IMM on the other batches)
+
+and the plateau schedule's switch-on (lr -> 0.5) and best-weight reload. Each check is also shown to
+distinguish the rule from the departure it replaces (clipping the sum, a mean-token IMM term, ...)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_train_config
+from lmlab.core.config import merge, resolve, to_dict
+from lmlab.core.models.builders import build_language_model
+from lmlab.core.models.config import ModelConfig
+from lmlab.core.train.config import TrainConfig
+from lmlab.core.train.lm_trainer import LMTrainer
+
+B, T, K, LAM = 4, 6, 3, 0.2
+
+
+def _preset(names: str) -> TrainConfig:
+    return resolve(TrainConfig, "train-lm", [names])
+
+
+OFFICIAL_IMM = to_dict(_preset("ptb-lstm-large,ptb-lstm-imm").imm)  # the options under test are the preset's own
+
+
+def _trainer(tmp_path, data, *, imm: dict, clip=0.05, grad_accum=1, dropout=0.3, reduction="sum_time",
+             schedule: dict | None = None) -> LMTrainer:
+    cfg = tiny_train_config(data, tmp_path / "run")
+    cfg = merge(cfg, {"data": {"batch_size": B, "bptt": T},
+                      "model": {"n_layers": 2, "lstm": {"hidden_size": 16, "dropout": dropout, "forget_bias": 1.0}},
+                      "optim": {"name": "sgd", "lr": 1.0, "clip": clip, "loss_reduction": reduction, "grad_accum": grad_accum},
+                      "objective": "imm", "schedule": schedule or {},
+                      "imm": {**OFFICIAL_IMM, "k": K, "weight": LAM, "start_below_ppl": 0.0, **imm}})
+    return LMTrainer(cfg)
+
+
+def _rows(state, b):
+    return None if state is None else [(h[:, b:b + 1], c[:, b:b + 1]) for h, c in state]
+
+
+def _sampled_imm(model, kn, x, state, windows, start: str):
+    """λ Σ_i (1/B) Σ_b CE(P̂, Q̄), Q̄ the mean of K dropout-free predictions; windows (B, T, K, L)."""
+    was = model.training
+    model.eval()
+    L = windows.shape[-1]
+    total = 0.0
+    for i in range(x.shape[1]):
+        for b in range(x.shape[0]):
+            qs = []
+            for j in range(K):
+                if start == "carried":  # the official: last i+1 tokens, from the row's carried state
+                    logits, _ = model(windows[b, i, j, L - (i + 1):][None], None, _rows(state, b))
+                else:  # lmlab's default: the whole window from a zero state
+                    logits, _ = model(windows[b, i, j][None])
+                qs.append(logits[0, -1].softmax(-1))
+            qbar = torch.stack(qs).mean(0)
+            p = kn.probs(x[b, i:i + 1])[0]
+            total = total - (p * qbar.log()).sum()
+    model.train(was)
+    return LAM * total / x.shape[0]
+
+
+def _smoothed_imm(model, kn, x, y, state, logits=None):
+    """λ Σ_t (1/B) Σ_b CE((1-γ(x)) onehot(y) + γ(x) p_cont, Q); its own forward unless logits are given."""
+    if logits is None:
+        logits, _ = model(x, None, state)
+    g = torch.from_numpy(kn.gamma)[x][..., None]
+    target = (1 - g) * F.one_hot(y, logits.shape[-1]) + g * torch.from_numpy(kn.p_cont)
+    return LAM * -(target * logits.log_softmax(-1)).sum() / x.shape[0]
+
+
+def _official_grads(model, kn, windows_of, x, y, state, sampled: bool, start="carried", own_forward=True, seed=None):
+    """(∇main, ∇IMM, new state) of one window, the main loss summed over time / batch."""
+    params = list(model.parameters())
+    logits, new_state = model(x, None, state)  # dropout masks: this pass first, as in the objective
+    nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+    g_main = torch.autograd.grad(nll.sum(1).mean(), params, retain_graph=True)
+    if sampled:
+        imm = _sampled_imm(model, kn, x, state, windows_of(x), start)
+    else:
+        imm = _smoothed_imm(model, kn, x, y, state, None if own_forward else logits)
+    g_imm = torch.autograd.grad(imm, params, allow_unused=True)
+    g_imm = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_imm)]
+    return list(g_main), g_imm, [(h.detach(), c.detach()) for h, c in new_state]
+
+
+def _clip(grads, clip):
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    return [g * min(1.0, clip / norm) for g in grads], norm
+
+
+def _windows_of(trainer, rng):
+    """The objective's own draws (same sampler, same generator state): (B, T, K, L)."""
+    def draw(x):
+        w, found = trainer.objective.index.sample(x.reshape(-1).numpy(), K, rng)
+        assert found.all()
+        return torch.from_numpy(w).view(x.shape[0], x.shape[1], K, -1)
+    return draw
+
+
+def _step(trainer, before) -> list[torch.Tensor]:
+    """What the update subtracted from each parameter (lr = 1: the gradient it applied)."""
+    return [(a - b).detach() for a, b in zip(before.parameters(), trainer.model.parameters())]
+
+
+def _same(step, grads, what, rtol=1e-5):
+    """Each parameter's step equals the expected gradient, relative to that gradient's norm."""
+    for n, (s, g) in enumerate(zip(step, grads)):
+        err, size = float((s - g).norm()), float(g.norm())
+        assert err <= rtol * size + 1e-12, f"{what}: parameter {n}: |step - expected| = {err:.3g}, |expected| = {size:.3g}"
+
+
+def _differs(step, grads) -> bool:
+    return any(float((s - g).norm()) > 1e-3 * float(g.norm()) for s, g in zip(step, grads))
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Parameters in float64, so that a step is measured without float32 rounding of the weights."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("batch", ["sampled", "smoothed"])
+def test_one_update_is_the_official_update(tmp_path, tiny_data, batch):
+    """The preset's IMM options, second update of an epoch (a nonzero carried state), clipping firing."""
+    every = 2 if batch == "sampled" else 3
+    trainer = _trainer(tmp_path, tiny_data, imm={"every": every})
+    trainer.train_update()  # update 1 (a smoothed batch): leaves a carried state
+    state, model = trainer.state, copy.deepcopy(trainer.model).train()
+    rng = copy.deepcopy(trainer.objective.rng)
+    x, y = trainer.batches.window(trainer.window)
+    emb = {id(p) for p in model.embed.parameters()}
+
+    torch.manual_seed(3)
+    g_main, g_imm, _ = _official_grads(model, trainer.objective.kn, _windows_of(trainer, rng), x, y, state, batch == "sampled")
+    clipped, norm = _clip(g_main, 0.05)
+    assert norm > 0.05  # the clip fires
+    params = list(model.parameters())
+    if batch == "sampled":  # the official drops the sampled IMM gradient of the embedding
+        g_imm = [torch.zeros_like(g) if id(p) in emb else g for p, g in zip(params, g_imm)]
+    official = [2 * c + i if id(p) in emb else c + i for p, c, i in zip(params, clipped, g_imm)]
+
+    torch.manual_seed(3)
+    metrics, _ = trainer.train_update()
+    assert metrics["imm_active"] == 1 and ("imm_loss_nats" in metrics) == (batch == "sampled")
+    assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-6)  # reported: the main gradient's norm
+    step = _step(trainer, model)
+    _same(step, official, batch)
+    # the departures this replaces give another update: the clip on CE + IMM, the IMM term without the
+    # factor T (a mean-token IMM under a sum-time CE), the plain embedding gradient
+    total, _ = _clip([a + b for a, b in zip(g_main, g_imm)], 0.05)
+    assert _differs(step, [t + (c if id(p) in emb else 0) for p, t, c in zip(params, total, clipped)])
+    assert _differs(step, [2 * c + i / T if id(p) in emb else c + i / T for p, c, i in zip(params, clipped, g_imm)])
+    assert _differs(step, [c + i for c, i in zip(clipped, g_imm)])
+
+
+@pytest.mark.parametrize("algorithm", ["sampled", "serialized"])
+def test_sum_time_scales_every_imm_part(tmp_path, tiny_data, algorithm):
+    """lmlab's own variant (zero-start windows, one clip on the sum): under sum_time the IMM term gets the
+    same factor T as the CE, also when Algorithm 2 back-propagates it itself."""
+    imm = {"every": 2, "sampled_start": "zero", "clip": "total", "embedding_grad": "plain", "smoothed_forward": "shared",
+           "algorithm": algorithm}
+    trainer = _trainer(tmp_path, tiny_data, imm=imm, clip=0.0, dropout=0.0)
+    trainer.train_update()
+    state, model = trainer.state, copy.deepcopy(trainer.model).train()
+    rng = copy.deepcopy(trainer.objective.rng)
+    x, y = trainer.batches.window(trainer.window)
+    g_main, g_imm, _ = _official_grads(model, trainer.objective.kn, _windows_of(trainer, rng), x, y, state, True, start="zero")
+    trainer.train_update()
+    step = _step(trainer, model)
+    _same(step, [a + b for a, b in zip(g_main, g_imm)], algorithm)
+    assert _differs(step, [a + b / T for a, b in zip(g_main, g_imm)])
+
+
+def test_gradient_accumulation_with_imm(tmp_path, tiny_data):
+    """Two windows in one update (a smoothed one, then a sampled one): the mean of their official losses,
+    the CE gradients summed then clipped, the IMM gradients of both windows added unclipped."""
+    trainer = _trainer(tmp_path, tiny_data, imm={"every": 2}, grad_accum=2)
+    model = copy.deepcopy(trainer.model).train()
+    rng = copy.deepcopy(trainer.objective.rng)
+    kn, params = trainer.objective.kn, list(model.parameters())
+    emb = {id(p) for p in model.embed.parameters()}
+    torch.manual_seed(4)
+    x1, y1 = trainer.batches.window(0)
+    m1, i1, state = _official_grads(model, kn, None, x1, y1, None, False)
+    x2, y2 = trainer.batches.window(1)
+    m2, i2, _ = _official_grads(model, kn, _windows_of(trainer, rng), x2, y2, state, True)
+    clipped, _ = _clip([(a + b) / 2 for a, b in zip(m1, m2)], 0.05)
+    official = [2 * c + a / 2 if id(p) in emb else c + (a + b) / 2 for p, c, a, b in zip(params, clipped, i1, i2)]
+    torch.manual_seed(4)
+    trainer.train_update()
+    step = _step(trainer, model)
+    _same(step, official, "grad_accum=2")
+    assert _differs(step, [2 * c if id(p) in emb else c + b / 2 for p, c, b in zip(params, clipped, i2)])  # window 1's IMM lost
+
+
+def test_switch_on_and_best_reload_through_the_trainer(tmp_path, tiny_data):
+    """Official schedule: IMM off until validation ppl < threshold, then lr 0.5 once; a validation
+    plateau halves the lr and reloads the best weights, IMM staying on and the lr not reset."""
+    trainer = _trainer(tmp_path, tiny_data, imm={"start_below_ppl": 1e9, "lr_at_start": 0.5, "every": 2}, clip=5.0,
+                       schedule={"name": "plateau", "decay": 2.0, "patience": 0, "reload_best": True})
+    trainer.run.prepare(trainer.config_record(), "auto", False)
+    m, _ = trainer.train_update()
+    assert m["imm_active"] == 0 and "imm_smoothed_nats" not in m and m["lr"] == 1.0
+    trainer._log_eval()  # first evaluation: best, and ppl < threshold switches IMM on
+    assert trainer.objective.active and trainer.schedule.lr == 0.5
+    best = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    m, _ = trainer.train_update()
+    assert m["imm_active"] == 1 and "imm_smoothed_nats" in m and m["lr"] == 0.5
+    with torch.no_grad():  # make the next evaluation worse than the best one
+        trainer.model.output.weight.mul_(-3.0)
+    trainer._log_eval()
+    assert trainer.schedule.lr == 0.25 and trainer.objective.active  # halved, not set back to 0.5
+    for k, v in trainer.raw_model.state_dict().items():
+        torch.testing.assert_close(v, best[k], rtol=0, atol=0)
+    m, _ = trainer.train_update()
+    assert m["lr"] == 0.25 and "imm_loss_nats" in m
+
+
+def test_presets_carry_the_official_settings():
+    base, imm = _preset("ptb-lstm-large"), _preset("ptb-lstm-large,ptb-lstm-imm")
+    for cfg in (base, imm):
+        assert (cfg.optim.lr, cfg.optim.clip, cfg.optim.loss_reduction) == (1.0, 5.0, "sum_time")
+        assert cfg.data.eval_batch_size == 20 and cfg.model.lstm.forget_bias == 1.0
+        assert (cfg.schedule.name, cfg.schedule.decay, cfg.schedule.patience, cfg.schedule.reload_best) == ("plateau", 2.0, 0, True)
+    i = imm.imm
+    assert (imm.objective, i.weight, i.k, i.j, i.every, i.start_below_ppl, i.lr_at_start) == ("imm", 0.2, 10, 0, 5, 90.0, 0.5)
+    assert (i.sampled_start, i.clip, i.embedding_grad, i.smoothed_forward, i.algorithm) == \
+        ("carried", "main", "official", "separate", "sampled")
+    # the pair differs by IMM alone
+    assert {k: v for k, v in to_dict(base).items() if k not in ("objective", "imm", "run")} == \
+        {k: v for k, v in to_dict(imm).items() if k not in ("objective", "imm", "run")}
+
+
+def test_cpu_pair_differs_by_imm_alone():
+    base, imm = _preset("ptb,ptb-lstm-small-dropout"), _preset("ptb,ptb-lstm-small-dropout,ptb-lstm-small-imm")
+    strip = ("objective", "imm", "run")
+    assert {k: v for k, v in to_dict(base).items() if k not in strip} == {k: v for k, v in to_dict(imm).items() if k not in strip}
+    assert base.objective == "ce" and imm.objective == "imm"
+    assert (base.optim.lr, base.optim.clip, base.optim.loss_reduction) == (1.0, 5.0, "sum_time")
+    assert (base.schedule.name, base.schedule.decay, base.schedule.reload_best) == ("plateau", 2.0, True)
+    assert 0.3 <= base.model.lstm.dropout <= 0.5 and 200 <= base.model.lstm.hidden_size <= 300
+    assert imm.imm.j == 0 and imm.imm.sampled_start == "carried" and imm.imm.clip == "main"
+    assert 90 < imm.imm.start_below_ppl < 200 and imm.imm.lr_at_start == 0.5
+
+
+def test_forget_bias_is_tensorflows_constant():
+    """forget_bias = 1 changes only the forget-gate slice of bias_ih (by exactly 1) and computes TF's
+    BasicLSTMCell: f = σ(W x + U h + b_f + 1); forget_bias = 0 leaves every parameter bitwise as without it."""
+    def build(fb):
+        torch.manual_seed(0)
+        m = ModelConfig(kind="lstm", d_model=8, n_layers=2)
+        m.lstm.hidden_size, m.lstm.init_range, m.lstm.dropout = 8, 0.1, 0.0
+        if fb is not None:
+            m.lstm.forget_bias = fb
+        return build_language_model(m, 11)
+    plain, zero, tf = build(None), build(0.0), build(1.0)
+    for (n, a), b, c in zip(plain.named_parameters(), zero.parameters(), tf.parameters()):
+        assert torch.equal(a, b)
+        diff = c - a
+        if n.endswith("bias_ih_l0"):
+            torch.testing.assert_close(diff[8:16], torch.ones(8), rtol=0, atol=1e-12)  # (a + 1) - a, rounded
+            assert not diff[:8].any() and not diff[16:].any()
+        else:
+            assert not diff.any()
+    # one step of the first layer by hand, from a nonzero state, the constant added to the forget gate
+    g = torch.Generator().manual_seed(1)
+    layer, x, h0, c0 = plain.body.layers[0], *(torch.randn(3, 8, generator=g) for _ in range(3))
+    gates = x @ layer.weight_ih_l0.T + h0 @ layer.weight_hh_l0.T + layer.bias_ih_l0 + layer.bias_hh_l0
+    i, f, u, o = gates.chunk(4, -1)
+    c = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(f + 1.0) * c0
+    out, _ = tf.body.layers[0](x[:, None], (h0[None], c0[None]))
+    torch.testing.assert_close(out[:, 0], torch.sigmoid(o) * torch.tanh(c))
