@@ -149,11 +149,12 @@ def test_joint_ppl_converges_to_exact_enumerated_value():
 
 
 # --- energy networks: padding never enters ------------------------------------------------------------
-@pytest.mark.parametrize("which", ["bit", "unit-transformer", "unit-lstm"])
+@pytest.mark.parametrize("which", ["bit", "bit-post", "unit-transformer", "unit-lstm"])
 def test_padding_does_not_change_energy(which):
     torch.manual_seed(0)
-    if which == "bit":
-        energy = BiTEnergy(7, 12, EnergyConfig(d_model=16, n_layers=2, n_heads=2, dropout=0.0))
+    if which.startswith("bit"):
+        norm = "post" if which == "bit-post" else "pre"
+        energy = BiTEnergy(7, 12, EnergyConfig(d_model=16, n_layers=2, n_heads=2, dropout=0.0, norm=norm))
     else:
         energy = UniTEnergy(tiny_lm(vocab=7, kind=which.split("-")[1]), 16)
         nn.init.normal_(energy.head.weight)
@@ -216,3 +217,28 @@ def test_algorithm1_approaches_the_joint_distribution_with_many_candidates():
     assert torch.allclose(freq, joint.float(), atol=0.03)
     base = sequence_logprob(lm, prefix.expand(9, -1), allc).exp()
     assert (freq - base.float()).abs().max() > 0.1  # and differs from the base LM
+
+
+# --- non-finite energies are refused, not dropped by logsumexp ---------------------------------------------------
+class InfOnToken(nn.Module):
+    """E = +inf on rows whose last token is `token` (exp(-E) = 0 would silently vanish from log Z), else 0."""
+
+    def __init__(self, token: int, value: float = float("inf")):
+        super().__init__()
+        self.token, self.value = token, value
+
+    def forward(self, tokens, mask=None):
+        return torch.where(tokens[:, -1] == self.token, torch.tensor(self.value), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_log_z_refuses_non_finite_energies(value):
+    from lmlab.core.errors import LmlabError
+    lm = tiny_lm(vocab=3, seed=2, sharpen=1.0)  # every token likely: some LM sample ends in token 1
+    windows = Windows(np.random.default_rng(3).integers(0, 3, 60), 2, 2)
+    model = ResidualModel(lm, InfOnToken(1, value), 2, 2)
+    with pytest.raises(LmlabError, match=r"non-finite \(nan/inf\) on \d+ of \d+ (LM samples|real continuations)"):
+        joint_ppl_from_windows(model, windows, samples=[8], max_examples=4, batch_size=4, seed=0)
+    ok = joint_ppl_from_windows(ResidualModel(lm, ZeroEnergy(), 2, 2), windows, samples=[8], max_examples=4,
+                                batch_size=4, seed=0)
+    assert math.isfinite(ok["joint"][0]["lower_ppl"])

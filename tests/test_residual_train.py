@@ -4,6 +4,8 @@ negatives file, sampling and joint perplexity entry points."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from lmlab.core.generate import load_lm
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.config import ModelConfig
 from lmlab.core.prep import prep
+from lmlab.core.reporting import NullReporter
 from lmlab.core.residual.config import Config
 from lmlab.core.residual.evaluate import eval_joint_ppl
 from lmlab.core.residual.negatives import main as negatives_main
@@ -122,3 +125,83 @@ def test_presets_parse(preset):
     cfg = resolve(Config, "train-ebm", [preset, "cpu"])
     assert cfg.window.prefix_len > 0 and cfg.run.dir.startswith("runs/residual")
     assert cfg.energy.kind == ("unit" if preset == "residual-unit" else "bit")
+
+
+# --- #18.2: the BiT presets are the paper's sizes and pre-train by MLM (no RoBERTa weights) ---------------------
+ROBERTA_VOCAB = 50265  # RoBERTa's BPE dictionary (GPT-2's 50,257 merges + specials), the paper's energy vocabulary
+
+
+@pytest.mark.parametrize("preset,paper_params", [("residual-bit-base", 125e6), ("residual-bit-large", 355e6)])
+def test_bit_presets_match_the_papers_parameter_counts(preset, paper_params):
+    """Table 1 lists joint BiT-Base as LM + 125M and BiT-Large* as LM + 355M (RoBERTa-Base/Large). Ours differ by
+    positions for the 160-token window only (RoBERTa: 514), no token-type row or pooler, and a 1-unit head."""
+    import tomllib
+    from pathlib import Path
+
+    import lmlab.presets
+    from lmlab.core.residual.energy import BiTEnergy
+
+    cfg = resolve(Config, "train-ebm", [preset])
+    with torch.device("meta"):  # 355M parameters without allocating them
+        energy = BiTEnergy(ROBERTA_VOCAB, cfg.window.prefix_len + cfg.window.continuation_len, cfg.energy)
+    params = sum(p.numel() for p in energy.parameters())
+    assert abs(params / paper_params - 1) < 0.02, params
+    assert cfg.energy.norm == "post"  # RoBERTa's layout
+    assert cfg.mlm.steps > 0 and cfg.mlm.batch_size > 0  # pre-trained by MLM on the training text by default
+    text = tomllib.loads((Path(lmlab.presets.__file__).parent / f"{preset}.toml").read_text())
+    assert "No RoBERTa weights are loaded" in text["description"]
+
+
+class StopDuringMLM(NullReporter):
+    """SIGTERM once the MLM phase has done `at` updates, as a scheduler would."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.phase = at, None
+
+    def start(self, total, desc=""):
+        self.phase = desc
+
+    def update(self, done, metrics=None):
+        if self.phase == "mlm" and done == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def mlm_rows(run):
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["mlm_step"] for r in rows if "mlm_step" in r]
+
+
+def test_mlm_phase_stops_on_sigterm_and_resumes_bit_for_bit(setup):
+    root, ckpt = setup
+    extra = dict(mlm={"steps": 4, "warmup_steps": 2, "batch_size": 4}, optim={"max_steps": 2})
+    out = train(make_cfg(root, ckpt, "run-mlm-cut", **extra), StopDuringMLM(2))
+    assert out["stopped_by"] == "SIGTERM" and out["step"] == 0
+    state = load_checkpoint(root / "run-mlm-cut/checkpoints/last.pt", "residual-ebm")
+    assert not state["mlm_done"] and state["mlm"]["step"] == 2
+    assert mlm_rows(root / "run-mlm-cut") == [1, 2]  # one line per MLM checkpoint (every update here)
+    assert train(make_cfg(root, ckpt, "run-mlm-cut", **extra))["step"] == 2  # rerun: MLM 2 -> 4, then NCE
+    assert mlm_rows(root / "run-mlm-cut") == [1, 2, 3, 4]  # none repeated by the resume
+    train(make_cfg(root, ckpt, "run-mlm-whole", **extra))
+    cut = load_checkpoint(root / "run-mlm-cut/checkpoints/last.pt", "residual-ebm")
+    whole = load_checkpoint(root / "run-mlm-whole/checkpoints/last.pt", "residual-ebm")
+    assert cut["mlm_done"] and cut["mlm"] is None
+    for k, v in whole["energy"].items():
+        assert torch.equal(cut["energy"][k], v), k
+
+
+# --- minor: eval-ppl refuses another tokenizer ------------------------------------------------------------------
+def test_eval_refuses_a_data_dir_with_another_tokenizer(setup, tmp_path):
+    import shutil
+    root, ckpt = setup
+    train(make_cfg(root, ckpt, "run-tok", optim={"max_steps": 1}))
+    state = load_checkpoint(root / "run-tok/checkpoints/last.pt", "residual-ebm")
+    other = tmp_path / "data-other"
+    shutil.copytree(root / "data", other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = "cat", "dog"
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, other ids
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(LmlabError, match="another tokenizer.json"):
+        eval_joint_ppl(state, str(other), "test", samples=[1], max_examples=2, batch_size=2, seed=0, device="cpu")

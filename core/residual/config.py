@@ -61,8 +61,8 @@ class MLMConfig:
                         "stands in for the paper's RoBERTa initialisation: no RoBERTa weights are loaded)", check=at_least(0))
     mask_prob: float = option(0.15, "fraction of tokens masked (BERT/RoBERTa: 0.15)", check=between(0, 1, lo_open=True, hi_open=True))
     lr: float = option(5e-4, "MLM peak learning rate (AdamW, betas 0.9/0.98, eps 1e-6 as RoBERTa)", check=greater_than(0))
-    warmup_steps: int = option(0, "MLM linear warmup updates, then linear decay to 0 at mlm.steps")
-    batch_size: int = option(0, "windows per MLM update (0: optim.batch_size)")
+    warmup_steps: int = option(0, "MLM linear warmup updates, then linear decay to 0 at mlm.steps", check=at_least(0))
+    batch_size: int = option(0, "windows per MLM update (0: optim.batch_size)", check=at_least(0))
 
 
 @dataclass
