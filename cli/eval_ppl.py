@@ -82,7 +82,7 @@ def eval_ppl(
         return
     if kind != "lm":
         raise LmlabError(f"checkpoint {checkpoint} holds a '{kind}' model; eval-ppl scores 'lm' and 'residual-ebm' checkpoints")
-    refuse(ctx, residual_only, "they are for residual-EBM checkpoints; this one is an LM")
+    refuse(ctx, residual_only, "residual-EBM checkpoints only; this one is an LM")
     from lmlab.core.evaluate import evaluate_lm
     from lmlab.core.generate import load_lm
     from lmlab.core.train.lm_trainer import autocast_factory

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, handle_errors, make_reporter, nested, print_config,
-                              resolve_config)
+                              resolve_config, strict_json)
 from lmlab.core.errors import LmlabError
 from lmlab.core.train.config import TrainConfig
 
@@ -59,6 +59,8 @@ def train_lm(
     """
     if task not in TASKS:
         raise LmlabError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    if imm and task != "lm":
+        raise LmlabError("--imm does not apply to --task translation: Induced Model Matching is a language-model objective")
     if steps is not None and epochs is not None:
         raise LmlabError("--steps and --epochs both given: train either N updates (--steps) or N epochs (--epochs)")
     cls_ref, fn_ref = TASKS[task]
@@ -75,7 +77,7 @@ def train_lm(
         _print_with_params(cfg, task)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet))
-    print(json.dumps(result, default=str))
+    print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
 
 
 def _print_with_params(cfg, task: str) -> None:
