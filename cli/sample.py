@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import typer
 
-from lmlab.cli.common import handle_errors
+from lmlab.cli.common import check_flag, handle_errors, refuse
 from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.errors import LmlabError
 
@@ -73,11 +73,13 @@ def sample(
       lmlab sample -c runs/gebm/checkpoints/best.pt --sampler kla -n 64 -o samples.png
     """
     from lmlab.core import distributed
-    if num_samples < 1:
-        raise LmlabError("--num-samples must be >= 1")
+    _check_values(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                  top_p=top_p, batch_size=batch_size, candidates=candidates, beam=beam, max_len_a=max_len_a,
+                  max_len_b=max_len_b, device=device)
     dev = distributed.pick_device(device)
     state = load_checkpoint(checkpoint, ("lm", "residual-ebm", "seq2seq", "gebm"))
     kind = state["kind"]
+    _refuse_ignored(ctx, kind, beam)
     if kind == "gebm":
         from pathlib import Path
         from lmlab.core.gebm.sample import sample as gebm_sample, write_samples
@@ -121,6 +123,37 @@ def sample(
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        batch_size=batch_size, generator=gen, with_scores=json_out)
     _write(prompts if prompts is not None else [""], outs, json_out)
+
+
+def _check_values(**values) -> None:
+    """Range checks of the flags every kind shares (GEBM sampler values are checked by its SamplerConfig)."""
+    from lmlab.core.config import DEVICE, at_least, between, greater_than
+    rules = {"num_samples": ("--num-samples", at_least(1)), "max_new_tokens": ("--max-new-tokens", at_least(1)),
+             "temperature": ("--temperature", greater_than(0)), "top_k": ("--top-k", at_least(0)),
+             "top_p": ("--top-p", between(0, 1, lo_open=True)), "batch_size": ("--batch-size", at_least(1)),
+             "candidates": ("--candidates", at_least(1)), "beam": ("--beam", at_least(0)),
+             "max_len_a": ("--max-len-a", at_least(0)), "max_len_b": ("--max-len-b", at_least(0)), "device": ("--device", DEVICE)}
+    for name, value in values.items():
+        flag, rule = rules[name]
+        check_flag(flag, value, rule)
+
+
+_MT_FLAGS = ("beam", "lenpen", "max_len_a", "max_len_b")
+_GEBM_FLAGS = ("sampler", "steps", "step_size", "beta", "friction", "mass", "decay_every", "decay", "out", "force")
+_IGNORED_BY = {  # flags a checkpoint kind would ignore: refused, never dropped silently
+    "lm": _MT_FLAGS + ("candidates",) + _GEBM_FLAGS,
+    "residual-ebm": _MT_FLAGS + _GEBM_FLAGS,
+    "seq2seq": ("num_samples", "max_new_tokens", "candidates") + _GEBM_FLAGS,
+    "gebm": ("input_", "max_new_tokens", "temperature", "top_k", "top_p", "json_out", "batch_size", "candidates") + _MT_FLAGS,
+}
+_KIND_NAME = {"lm": "a language model", "residual-ebm": "a residual EBM", "seq2seq": "a translation model", "gebm": "a GEBM"}
+
+
+def _refuse_ignored(ctx, kind: str, beam: int) -> None:
+    refuse(ctx, _IGNORED_BY.get(kind, ()), f"the checkpoint is {_KIND_NAME.get(kind, kind)}; `lmlab sample --help` "
+           "groups the flags by the kind of checkpoint they are for")
+    if kind == "seq2seq" and beam > 0:
+        refuse(ctx, ("temperature", "top_k", "top_p"), "a translation is sampled only with --beam 0; beam search is deterministic")
 
 
 def _write(prompts: list[str], outs: list[list], json_out: bool) -> None:
