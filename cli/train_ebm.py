@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
 
-from lmlab.cli.common import PRESET_HELP, SET_HELP, handle_errors, make_reporter, nested, print_config, resolve_config
+from lmlab.cli.common import PRESET_HELP, SET_HELP, handle_errors, make_reporter, nested, print_config, resolve_config, strict_json
 from lmlab.cli.train_lm import _load
 from lmlab.core.errors import LmlabError
 
@@ -50,4 +49,4 @@ def train_ebm(
         print_config(cfg)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet))
-    print(json.dumps(result, default=str))
+    print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
