@@ -16,11 +16,13 @@ import typer
 from lmlab.cli.common import check_flag, handle_errors, refuse
 from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.errors import LmlabError
+from lmlab.core.gebm.config import SamplerConfig
 
 LM = "Language model"
 RES = "Residual EBM (Deng et al. 2020, Algorithm 1)"
 MT = "Translation"
 GEBM = "GEBM Langevin (Arbel et al. 2021)"
+_S = SamplerConfig()  # the one set of GEBM sampler defaults (core/gebm/config.py)
 
 
 def _read_prompts(input_: Optional[str]) -> list[str] | None:
@@ -38,7 +40,7 @@ def sample(
     ctx: typer.Context,
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (.pt): lm, residual-ebm, seq2seq or gebm."),
     input_: Optional[str] = typer.Option(None, "--input", "-i", help="Prompts/sources, one per line ('-' or default: stdin when piped). No input: unconditional."),
-    num_samples: int = typer.Option(1, "--num-samples", "-n", help="Samples per prompt (GEBM: total samples)."),
+    num_samples: int = typer.Option(1, "--num-samples", "-n", help="Samples per prompt (GEBM: total samples; default the preset's num_samples, else 64)."),
     max_new_tokens: int = typer.Option(50, "--max-new-tokens", help="Tokens to generate per sample (stops early at <eos>); residual EBM: default the energy's continuation length."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", rich_help_panel=LM, help="Softmax temperature."),
     top_k: int = typer.Option(0, "--top-k", rich_help_panel=LM, help="Sample among the k most likely tokens (0: all)."),
@@ -52,14 +54,15 @@ def sample(
     lenpen: float = typer.Option(1.0, "--lenpen", rich_help_panel=MT, help="Length penalty: scores divided by length**lenpen."),
     max_len_a: float = typer.Option(1.2, "--max-len-a", rich_help_panel=MT, help="Max target length = a * source length + b."),
     max_len_b: int = typer.Option(10, "--max-len-b", rich_help_panel=MT, help="Max target length = a * source length + b."),
-    sampler: str = typer.Option("kla", "--sampler", rich_help_panel=GEBM, help="ula | kla | none (the generator alone)."),
-    steps: int = typer.Option(1000, "--steps", rich_help_panel=GEBM, help="Langevin steps."),
-    step_size: float = typer.Option(1e-4, "--step-size", rich_help_panel=GEBM, help="Langevin step size gamma."),
-    beta: float = typer.Option(100.0, "--beta", rich_help_panel=GEBM, help="Inverse temperature of the energy in U(z) = |z|^2/2 + beta E(G(z))."),
-    friction: float = typer.Option(100.0, "--friction", rich_help_panel=GEBM, help="KLA friction kappa."),
-    mass: float = typer.Option(1.0, "--mass", rich_help_panel=GEBM, help="KLA mass u."),
-    decay_every: int = typer.Option(200, "--decay-every", rich_help_panel=GEBM, help="Multiply the step size by --decay every this many steps."),
-    decay: float = typer.Option(0.1, "--decay", rich_help_panel=GEBM, help="Step-size decay factor."),
+    preset: Optional[str] = typer.Option(None, "--preset", rich_help_panel=GEBM, help="Presets (comma list) whose [sample] tables set the GEBM sampler; the flags below override them."),
+    sampler: str = typer.Option(_S.sampler, "--sampler", rich_help_panel=GEBM, help="kla | ula | none (the generator alone)."),
+    steps: int = typer.Option(_S.steps, "--steps", rich_help_panel=GEBM, help="Langevin steps."),
+    step_size: float = typer.Option(_S.step_size, "--step-size", rich_help_panel=GEBM, help="lambda (official --lmc_gamma): ULA step lambda, KLA time step h = 2 sqrt(lambda)."),
+    beta: float = typer.Option(_S.beta, "--beta", rich_help_panel=GEBM, help="Inverse temperature of the energy in U(z) = |z|^2/2 + beta E(G(z))."),
+    friction: float = typer.Option(_S.friction, "--friction", rich_help_panel=GEBM, help="KLA friction kappa."),
+    mass: float = typer.Option(_S.mass, "--mass", rich_help_panel=GEBM, help="KLA mass u."),
+    decay_every: int = typer.Option(_S.decay_every, "--decay-every", rich_help_panel=GEBM, help="Multiply lambda by --decay every this many steps."),
+    decay: float = typer.Option(_S.decay, "--decay", rich_help_panel=GEBM, help="Factor on lambda (KLA's h shrinks by its square root)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", rich_help_panel=GEBM, help="GEBM: output file (.png grid, .npy, .csv)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ):
@@ -82,16 +85,22 @@ def sample(
     _refuse_ignored(ctx, kind, beam)
     if kind == "gebm":
         from pathlib import Path
-        from lmlab.core.gebm.sample import sample as gebm_sample, write_samples
+        from lmlab.cli.common import given
+        from lmlab.core.gebm.sample import sample as gebm_sample, sampler_config, write_samples
         if out is None:
             raise LmlabError("GEBM sampling writes a file: pass --out samples.png (or .npy/.csv)")
         if Path(out).exists() and not force:
             raise LmlabError(f"--out {out} exists; pass --force to overwrite it")
-        samples = gebm_sample(state, num_samples=num_samples, sampler=sampler, steps=steps, step_size=step_size, beta=beta,
-                              friction=friction, mass=mass, decay_every=decay_every, decay=decay, seed=seed, device=str(dev))
+        flags = {"sampler": sampler, "steps": steps, "step_size": step_size, "beta": beta, "friction": friction,
+                 "mass": mass, "decay_every": decay_every, "decay": decay, "num_samples": num_samples}
+        flags = {k: flags[k] for k in given(ctx, *flags)}  # only the flags set on the command line
+        cfg = sampler_config([preset] if preset else None, **flags)  # SamplerConfig <- presets' [sample] <- flags
+        samples = gebm_sample(state, cfg, seed=seed, device=str(dev))
         write_samples(samples, out)
-        print(json.dumps({"out": out, "num_samples": int(samples.shape[0]), "sampler": sampler}))
+        print(json.dumps({"out": out, "num_samples": int(samples.shape[0]), "sampler": cfg.sampler}))
         return
+    if preset:
+        raise LmlabError("--preset sets the GEBM sampler ([sample] tables); this checkpoint is not a GEBM")
     prompts = _read_prompts(input_)
     if kind == "seq2seq":
         from lmlab.core.seq2seq.generate import translate_lines

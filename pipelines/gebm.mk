@@ -59,13 +59,14 @@ $(GEBM_UCI:%=results/gebm-%.json): results/gebm-%.json: $(RUNS)/gebm-uci-%/test-
 	$(RESULTS_DOC)
 
 # ---- images: CPU subset (gebm-cifar10-cpu) and the paper-size run (gebm-cifar10, GPU)
-SAMPLE_CPU = --steps 100 --step-size 1e-3 --beta 100 --friction 1 --decay-every 40 --decay 0.1 -n 64 --force
+# one sampler for grids and FID: the preset's [sample] table (SamplerConfig, core/gebm/config.py)
+SAMPLE_CPU = --preset gebm-cifar10-cpu -n 64 --force
 gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt  ## CIFAR-10 subset: train, ULA/KLA grids, FID/KID (CPU, ~15 min) [HW=cpu CIFAR10=tar.gz INCEPTION=weights]
 	@test -e $(CIFAR10) || { echo "missing $(CIFAR10) (set CIFAR10=...)"; exit 2; }
 	for s in none ula kla; do $(LMLAB) sample -c $< --device cpu --sampler $$s $(SAMPLE_CPU) \
 	  -o $(RUNS)/gebm-cifar10-cpu/samples-$$s.png || exit 1; done
-	$(EVAL) $< --real $(CIFAR10) --real-split test --real-count 1000 --num-samples 1000 --sampler kla \
-	  --steps 100 --step-size 1e-3 --beta 100 --decay-every 40 --device cpu $(if $(INCEPTION),--inception $(INCEPTION)) \
+	$(EVAL) $< --real $(CIFAR10) --real-split test --real-count 1000 --num-samples 1000 \
+	  --preset gebm-cifar10-cpu --sampler kla --device cpu $(if $(INCEPTION),--inception $(INCEPTION)) \
 	  --out $(RUNS)/gebm-cifar10-cpu/fid-kid.json
 	$(RECORD) gebm-cifar10-cpu --command '$(call made_by,gebm-cifar10-cpu)' --train $(RUNS)/gebm-cifar10-cpu.train.json \
 	  --json fid-kid=$(RUNS)/gebm-cifar10-cpu/fid-kid.json
@@ -79,9 +80,9 @@ $(RUNS)/gebm-cifar10-cpu.train.json:
 	$(train_done)
 
 gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID (GPU) [HW=gpu CIFAR10=tar.gz INCEPTION=weights]
-	$(LMLAB) sample -c $< --sampler kla --steps 1000 --step-size 1e-4 --beta 100 -n 64 --force -o $(RUNS)/gebm-cifar10/samples-kla.png
-	$(LMLAB) sample -c $< --sampler none -n 64 --force -o $(RUNS)/gebm-cifar10/samples-generator.png
-	$(EVAL) $< --real $(CIFAR10) --real-count 10000 --num-samples 10000 --steps 1000 --step-size 1e-4 --decay-every 200 \
+	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler kla -n 64 --force -o $(RUNS)/gebm-cifar10/samples-kla.png
+	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler none -n 64 --force -o $(RUNS)/gebm-cifar10/samples-generator.png
+	$(EVAL) $< --real $(CIFAR10) --real-count 10000 --num-samples 10000 --preset gebm-cifar10 --sampler kla \
 	  $(if $(INCEPTION),--inception $(INCEPTION)) --out $(RUNS)/gebm-cifar10/fid-kid.json
 	$(RECORD) gebm-cifar10 --command '$(call made_by,gebm-cifar10)' --train $(RUNS)/gebm-cifar10.train.json \
 	  --json fid-kid=$(RUNS)/gebm-cifar10/fid-kid.json

@@ -30,7 +30,7 @@ def test_zero_energy_gives_latent_prior(sampler):
     if sampler == "ula":
         z = ula(pot, z0, 400, 0.05, generator=g)
     else:
-        z = kla(pot, z0, 400, 0.2, friction=1.0, mass=1.0, generator=g)
+        z = kla(pot, z0, 400, (0.2 / 2) ** 2, friction=1.0, mass=1.0, generator=g)  # lambda: h = 2 sqrt(lambda) = 0.2
     mean, var = _moments(z)
     assert abs(mean) < 0.06
     assert abs(var - 1.0) < 0.08  # ULA's O(γ) bias is 1/(1-γ/4)-1 ≈ 0.013 here
@@ -47,7 +47,7 @@ def test_quadratic_energy_gives_its_gaussian(sampler):
     if sampler == "ula":
         z = ula(pot, z0, 500, 0.02, generator=g)
     else:
-        z = kla(pot, z0, 500, 0.1, friction=2.0, mass=0.5, generator=g)
+        z = kla(pot, z0, 500, (0.1 / 2) ** 2, friction=2.0, mass=0.5, generator=g)  # h = 0.1
     mean, var = _moments(z)
     assert abs(mean) < 0.03
     assert abs(var / target_var - 1.0) < 0.08

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from lmlab.core.config import Check, at_least, between, greater_than, option, section
 
 MILESTONES = Check(lambda v: all(int(x) >= 1 for x in v.split(",") if x.strip()),
-                   "a comma list of positive update counts, e.g. 50,500,750")
+                   "a comma list of positive update counts, e.g. 50,500,750", "50,x")
 DATASETS = ("cifar10", "redwine", "whitewine", "hepmass", "miniboone", "synthetic-images", "synthetic-density")
 
 
@@ -80,6 +80,9 @@ class EvalConfig:
     sample_steps: int = option(0, "image: Langevin steps for the GEBM FID at the end (0 = generator alone only)", check=at_least(0))
     sample_step_size: float = option(1e-4, "image: Langevin step size for the end-of-training FID", check=greater_than(0))
     beta: float = option(100.0, "image: temperature beta of the latent potential for the end-of-training FID", check=at_least(0))
+
+
+SAMPLERS = ("kla", "ula", "none")
 
 
 @dataclass

@@ -12,6 +12,7 @@ NLLs are in nats per row in the whitened coordinates, as in the official code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,7 +22,8 @@ from lmlab.core.errors import LmlabError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.fid import SmallExtractor, features, frechet_distance, kernel_inception_distance, load_inception
 from lmlab.core.gebm.models import from_state, resolve_device
-from lmlab.core.gebm.sample import sample as draw
+from lmlab.core.gebm.config import SamplerConfig
+from lmlab.core.gebm.sample import sample as draw, sampler_config
 
 
 @torch.no_grad()
@@ -87,25 +89,29 @@ def make_extractor(inception: str | None, device) -> torch.nn.Module:
     return load_inception(inception).to(device) if inception else SmallExtractor().to(device)
 
 
-def evaluate_images(state: dict, real: torch.Tensor | np.ndarray, *, inception: str | None = None,
-                    num_samples: int = 1000, sampler: str = "kla", steps: int = 100, step_size: float = 1e-4,
-                    beta: float = 100.0, friction: float = 1.0, mass: float = 1.0, decay_every: int = 200,
-                    decay: float = 0.1, seed: int = 0, device: str = "auto", kid_subset: int = 1000) -> dict:
-    """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images."""
+def evaluate_images(state: dict, real: torch.Tensor | np.ndarray, cfg: SamplerConfig | None = None, *,
+                    inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
+                    kid_subset: int = 1000, **overrides) -> dict:
+    """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images.
+
+    The GEBM is sampled with `cfg` (default SamplerConfig(), the one set of sampler defaults) plus keyword
+    overrides of its fields; `num_samples` is the number of fake images for FID/KID.
+    """
+    cfg = sampler_config(None, cfg, **overrides)
     dev = resolve_device(device)
     if isinstance(real, np.ndarray) and real.dtype == np.uint8:
         real = gdata.to_float(real)
     real = torch.as_tensor(real).float()
     extractor = make_extractor(inception, dev)
     f_real = features(extractor, real, device=dev)
-    kw = dict(num_samples=num_samples, steps=steps, step_size=step_size, beta=beta, friction=friction, mass=mass,
-              decay_every=decay_every, decay=decay, seed=seed, device=str(dev))
     out = {"extractor": "inception-v3" if inception else "small-random-conv", "real_images": len(real),
-           "fake_images": num_samples}
-    for name, which in (("generator", "none"), ("gebm_" + sampler, sampler)):
-        if which != "none" and steps <= 0:
+           "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
+    for name, which in (("generator", "none"), ("gebm_" + cfg.sampler, cfg.sampler)):
+        if name != "generator" and (which == "none" or cfg.steps <= 0):
             continue
-        f_fake = features(extractor, draw(state, sampler=which, **kw), device=dev)
+        fake = draw(state, dataclasses.replace(cfg, sampler=which), num_samples=num_samples, seed=seed,
+                    device=str(dev))
+        f_fake = features(extractor, fake, device=dev)
         kid, kid_std = kernel_inception_distance(f_real, f_fake, subset_size=kid_subset)
         out[f"fid_{name}"] = frechet_distance(f_real, f_fake)
         out[f"kid_{name}"], out[f"kid_{name}_std"] = kid, kid_std
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     Density: NLL of Q (IS log Z from the base, with s.e.) and of the base B on --split.
     Images: FID/KID of the generator alone and of the GEBM sampled by --sampler against --real images
     (an image folder/tarball/pickle dir; --real-split, --real-count); --inception for Inception-v3 weights.
+    The sampler settings are SamplerConfig's defaults <- --preset's [sample] table <- the sampler flags,
+    exactly as `lmlab sample` resolves them.
     """
     import argparse
     import json
@@ -133,14 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--real-split", default="test")
     ap.add_argument("--real-count", type=int, default=1000)
     ap.add_argument("--inception", default="", help="images: FID Inception-v3 state dict; empty = small random extractor")
-    ap.add_argument("--num-samples", type=int, default=1000)
-    ap.add_argument("--sampler", default="kla", choices=("ula", "kla"))
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--step-size", type=float, default=1e-3)
-    ap.add_argument("--beta", type=float, default=100.0)
-    ap.add_argument("--friction", type=float, default=1.0)
-    ap.add_argument("--decay-every", type=int, default=40)
-    ap.add_argument("--decay", type=float, default=0.1)
+    ap.add_argument("--num-samples", type=int, default=1000, help="images: fake images for FID/KID")
+    ap.add_argument("--preset", default="", help="images: presets whose [sample] tables set the sampler "
+                    "(comma list); flags below override; unset flags keep SamplerConfig's defaults")
+    d = SamplerConfig()
+    ap.add_argument("--sampler", default=None, choices=("ula", "kla"), help=f"default {d.sampler}")
+    ap.add_argument("--steps", type=int, default=None, help=f"default {d.steps}")
+    ap.add_argument("--step-size", type=float, default=None, help=f"lambda (KLA: h = 2 sqrt(lambda)); default {d.step_size}")
+    ap.add_argument("--beta", type=float, default=None, help=f"default {d.beta}")
+    ap.add_argument("--friction", type=float, default=None, help=f"KLA friction; default {d.friction}")
+    ap.add_argument("--mass", type=float, default=None, help=f"KLA mass; default {d.mass}")
+    ap.add_argument("--decay-every", type=int, default=None, help=f"default {d.decay_every}")
+    ap.add_argument("--decay", type=float, default=None, help=f"factor on lambda; default {d.decay}")
     ap.add_argument("--kid-subset", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -154,9 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    device=args.device)
         else:
             real = gdata.load_cifar10(args.real or cfg.data.path, args.real_split, args.real_count, seed=args.seed)
-            res = evaluate_images(state, real, inception=args.inception or None, num_samples=args.num_samples,
-                                  sampler=args.sampler, steps=args.steps, step_size=args.step_size, beta=args.beta,
-                                  friction=args.friction, decay_every=args.decay_every, decay=args.decay,
+            flags = {k: getattr(args, k) for k in ("sampler", "steps", "step_size", "beta", "friction", "mass",
+                                                   "decay_every", "decay") if getattr(args, k) is not None}
+            scfg = sampler_config([args.preset] if args.preset else None, **flags)
+            res = evaluate_images(state, real, scfg, inception=args.inception or None, num_samples=args.num_samples,
                                   seed=args.seed, device=args.device, kid_subset=args.kid_subset)
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,12 +1,14 @@
 """Sampling a trained GEBM: latent Langevin (ULA / KLA, Algorithms 2-3) pushed through the base G.
 
-`sample(state, ...)` returns images (N, 3, 32, 32) in [-1, 1] or density rows (N, D);
+`sampler_config(presets, **flags)` resolves the one set of sampler settings (SamplerConfig defaults, the
+presets' `[sample]` tables, flags); `sample(state, cfg, ...)` returns images (N, 3, 32, 32) in [-1, 1] or rows (N, D);
 `write_samples(samples, path)` writes a PNG grid (.png), a numpy array (.npy) or CSV (.csv).
 The PNG writer uses only numpy + zlib, so Pillow is not needed for output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -16,52 +18,78 @@ import numpy as np
 import torch
 
 from lmlab.core.checkpoint import atomic_write_bytes, atomic_write_text
+from lmlab.core.config import expand_env, merge, read_preset
 from lmlab.core.errors import LmlabError
+from lmlab.core.gebm.config import SAMPLERS, SamplerConfig
 from lmlab.core.gebm.langevin import kla, latent_potential, ula
 from lmlab.core.gebm.models import from_state, resolve_device
 
-SAMPLERS = ("ula", "kla", "none")
+
+def sampler_config(presets: list[str] | None = None, cfg: SamplerConfig | None = None, **overrides) -> SamplerConfig:
+    """SamplerConfig defaults (or `cfg`) <- each preset's `[sample]` table <- keyword overrides, validated.
+
+    A `[sample]` key this config does not know is an error (never ignored); presets without a table add nothing.
+    """
+    cfg = cfg if cfg is not None else SamplerConfig()
+    for name in presets or []:
+        for part in [p.strip() for p in name.split(",") if p.strip()]:
+            table = read_preset(part).get("sample", {})
+            cfg = merge(cfg, expand_env(table), f"preset '{part}' [sample]")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SamplerConfig)})
+    if unknown:
+        raise LmlabError(f"unknown sampler option '{unknown[0]}'")
+    cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.sampler not in SAMPLERS:
+        raise LmlabError(f"--sampler {cfg.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if cfg.sampler != "none" and cfg.steps > 0:
+        if not (cfg.step_size > 0 and math.isfinite(cfg.step_size)):
+            raise LmlabError(f"--step-size must be positive, got {cfg.step_size}")
+        if cfg.sampler == "kla" and not (cfg.friction > 0 and cfg.mass > 0):
+            raise LmlabError(f"--friction and --mass must be positive for KLA, got {cfg.friction}, {cfg.mass}")
+    if cfg.decay_every < 0 or cfg.decay < 0:
+        raise LmlabError(f"--decay-every and --decay must be >= 0, got {cfg.decay_every}, {cfg.decay}")
+    return cfg
 
 
-def sample_latents(base, energy, z0: torch.Tensor, *, sampler: str, steps: int, step_size: float, beta: float,
-                   friction: float = 1.0, mass: float = 1.0, decay_every: int = 0, decay: float = 1.0,
+def sample_latents(base, energy, z0: torch.Tensor, cfg: SamplerConfig,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Run the latent chain from z0 targeting exp(-½‖z‖² - β E(G(z)))."""
-    if sampler not in SAMPLERS:
-        raise LmlabError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    if sampler == "none" or steps <= 0:
+    if cfg.sampler == "none" or cfg.steps <= 0:
         return z0
-    if step_size <= 0 or not math.isfinite(step_size):
-        raise LmlabError(f"--step-size must be positive, got {step_size}")
-    potential = latent_potential(lambda z: energy(base(z)), beta)
-    if sampler == "ula":
-        return ula(potential, z0, steps, step_size, decay_every=decay_every, decay=decay, generator=generator)
-    return kla(potential, z0, steps, step_size, friction=friction, mass=mass, decay_every=decay_every,
-               decay=decay, generator=generator)
+    potential = latent_potential(lambda z: energy(base(z)), cfg.beta)
+    if cfg.sampler == "ula":
+        return ula(potential, z0, cfg.steps, cfg.step_size, decay_every=cfg.decay_every, decay=cfg.decay,
+                   generator=generator)
+    return kla(potential, z0, cfg.steps, cfg.step_size, friction=cfg.friction, mass=cfg.mass,
+               decay_every=cfg.decay_every, decay=cfg.decay, generator=generator)
 
 
-def sample(state: dict, *, num_samples: int, sampler: str = "kla", steps: int = 1000, step_size: float = 1e-4,
-           beta: float = 100.0, friction: float = 1.0, mass: float = 1.0, decay_every: int = 200,
-           decay: float = 0.1, seed: int = 0, device: str = "auto", batch_size: int = 500) -> torch.Tensor:
-    """GEBM samples G(z_T), z_T from the latent chain ("none" = the generator alone on the same z_0)."""
+def sample(state: dict, cfg: SamplerConfig | None = None, *, num_samples: int | None = None, seed: int = 0,
+           device: str = "auto", batch_size: int = 500, **overrides) -> torch.Tensor:
+    """GEBM samples G(z_T), z_T from the latent chain ("none" = the generator alone on the same z_0).
+
+    `cfg` (default SamplerConfig()) with keyword overrides of its fields (sampler=, steps=, ...);
+    num_samples defaults to cfg.num_samples.
+    """
+    cfg = sampler_config(None, cfg, **overrides)
+    num_samples = cfg.num_samples if num_samples is None else num_samples
     if num_samples <= 0:
         raise LmlabError(f"--num-samples must be positive, got {num_samples}")
     dev = resolve_device(device)
-    cfg, base, energy, _ = from_state(state, dev)
+    model_cfg, base, energy, _ = from_state(state, dev)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         z0 = base.sample(n, gen, dev)
-        z = sample_latents(base, energy, z0, sampler=sampler, steps=steps, step_size=step_size, beta=beta,
-                           friction=friction, mass=mass, decay_every=decay_every, decay=decay, generator=gen)
+        z = sample_latents(base, energy, z0, cfg, generator=gen)
         with torch.no_grad():
             x = base(z)
         if not torch.isfinite(x).all():
             raise LmlabError("sampling diverged (non-finite samples); lower --step-size or --beta")
         out.append(x.cpu())
     x = torch.cat(out)
-    return x.clamp(-1, 1) if cfg.data.kind == "image" else x
+    return x.clamp(-1, 1) if model_cfg.data.kind == "image" else x
 
 
 # ------------------------------------------------------------------------------------------ writing
