@@ -32,6 +32,7 @@ class Check:
     """A rule on a value: `ok(value)` is True when it holds; `text` completes "must be ..."."""
     ok: Callable[[Any], bool]
     text: str
+    bad: Any = None  # a value the check refuses (tests use it to prove every checked key names itself)
 
     def problem(self, value: Any) -> str | None:
         try:
@@ -49,32 +50,32 @@ def _finite(v: Any) -> bool:
 
 
 def at_least(lo: float) -> Check:
-    return Check(lambda v: _finite(v) and v >= lo, f">= {lo}")
+    return Check(lambda v: _finite(v) and v >= lo, f">= {lo}", lo - 1)
 
 
 def greater_than(lo: float) -> Check:
-    return Check(lambda v: _finite(v) and v > lo, f"> {lo}")
+    return Check(lambda v: _finite(v) and v > lo, f"> {lo}", lo)
 
 
 def between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
     """lo <= v <= hi, with either end open; the text is interval notation, e.g. "in [0, 1)"."""
     def ok(v):
         return _finite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    return Check(ok, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    return Check(ok, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}", hi + 1)
 
 
 def either(value: Any, check: Check) -> Check:
     """A sentinel `value` (e.g. -1 = "same as dropout", 0 = "off") or a value passing `check`."""
-    return Check(lambda v: v == value or check.ok(v), f"{value!r} or {check.text}")
+    return Check(lambda v: v == value or check.ok(v), f"{value!r} or {check.text}", check.bad)
 
 
 def each(check: Check) -> Check:
     """Every element of a list passes `check`."""
-    return Check(lambda v: all(check.ok(x) for x in v), f"a list of values {check.text}")
+    return Check(lambda v: all(check.ok(x) for x in v), f"a list of values {check.text}", [check.bad])
 
 
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
-DEVICE = Check(lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N")
+DEVICE = Check(lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N", "bogus")
 
 
 def _codec(name: Any) -> bool:
@@ -85,7 +86,7 @@ def _codec(name: Any) -> bool:
         return False
 
 
-ENCODING = Check(_codec, "a text encoding Python knows, e.g. utf-8 or latin-1")
+ENCODING = Check(_codec, "a text encoding Python knows, e.g. utf-8 or latin-1", "bogus")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, choices: tuple | None = None,

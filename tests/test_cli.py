@@ -130,3 +130,44 @@ def test_prep_routes_parallel_text_to_the_translation_prep(tmp_path):
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["splits"]["train"]["pairs"] == 50
     assert_one_line_error(invoke("prep", "--split", "a", "--split", "b"), "--src-lang")
+
+
+def _checked_keys(cls, prefix=""):
+    import dataclasses
+    for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value):
+            yield from _checked_keys(type(value), f"{prefix}{f.name}.")
+        elif f.metadata.get("check") is not None:
+            yield f"{prefix}{f.name}", f.metadata["check"]
+
+
+CONFIGS = ["lmlab.core.train.config:TrainConfig", "lmlab.core.residual.config:Config", "lmlab.core.gebm.config:Config",
+           "lmlab.core.seq2seq.config:Config", "lmlab.core.prep_config:PrepConfig"]
+
+
+@pytest.mark.parametrize("ref", CONFIGS)
+def test_every_range_checked_key_refuses_a_bad_value_naming_itself(ref):
+    import importlib
+    from lmlab.core.config import merge, set_dotted
+    from lmlab.core.errors import LmlabError
+    module, name = ref.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    keys = list(_checked_keys(cls))
+    assert len(keys) >= 3
+    for key, check in keys:
+        assert check.problem(check.bad), (key, check.bad)
+        override = {}
+        set_dotted(override, key, check.bad)
+        with pytest.raises(LmlabError) as exc:
+            merge(cls(), override, "--set")
+        assert str(exc.value).startswith(f"{key}: "), str(exc.value)
+
+
+def test_config_errors_through_the_cli_name_the_key_and_where_it_came_from(tmp_path):
+    assert_one_line_error(invoke("train-lm", "--set", "data.batch_size=0", "--print-config"), "data.batch_size", ">= 1")
+    preset = tmp_path / "bad.toml"
+    preset.write_text('description = "x"\n[train-lm]\nmodel.lstm.dropout = 1.5\n')
+    assert_one_line_error(invoke("train-lm", "--preset", str(preset), "--print-config"), "model.lstm.dropout", f"preset '{preset}'")
+    result = invoke("train-lm", "--preset", "demo,cpu", "--set", "optim.lr=0.5", "--print-config")
+    assert result.exit_code == 0 and json.loads(result.stdout)["optim"]["lr"] == 0.5
