@@ -88,7 +88,7 @@ def test_resume_never_refuses_and_nan_raises(tmp_path):
         train(merge(tiny_density_cfg(tmp_path / "r", base_steps=1), {"run": {"resume": "never"}}), NullReporter())
     from lmlab.core.errors import NonFiniteLossError
     with pytest.raises(NonFiniteLossError):
-        train(tiny_density_cfg(tmp_path / "nan", lr_energy=float("inf"), grad_transform=False), NullReporter())
+        train(tiny_density_cfg(tmp_path / "nan", lr_energy=1e30, grad_transform=False), NullReporter())
     with pytest.raises(LmlabError, match="lr_milestones"):
         train(tiny_density_cfg(tmp_path / "bad", lr_milestones="50,x"), NullReporter())
 
