@@ -112,12 +112,10 @@ def sample(
         _write(prompts, [[h] for h in hyps], json_out)
         return
     if kind == "residual-ebm":
-        from lmlab.cli.common import make_reporter
+        from lmlab.cli.common import given, make_reporter
         from lmlab.core.residual.sample import sample_lines as residual_sample
-        # --max-new-tokens not given: the energy's own continuation length (the LM's 50 may not fit its window).
-        # By name: typer vendors click, so its ParameterSource is not click.core.ParameterSource.
-        source = ctx.get_parameter_source("max_new_tokens")
-        length = None if getattr(source, "name", None) == "DEFAULT" else max_new_tokens
+        # --max-new-tokens not given: the energy's own continuation length (the LM's 50 may not fit its window)
+        length = max_new_tokens if given(ctx, "max_new_tokens") else None
         outs = residual_sample(state, prompts if prompts is not None else [""], num_samples=num_samples, candidates=candidates,
                                top_k=top_k, temperature=temperature, top_p=top_p, max_new_tokens=length,
                                batch_size=batch_size, seed=seed, device=str(dev), with_scores=json_out,
