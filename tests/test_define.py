@@ -36,6 +36,103 @@ def test_layout_known_widths_groups_and_mixer_inputs():
     assert [s.groups for s in define_layout(64, 512, 5, 8, "hgt")] == [8, 4, 2, 1, 1]
 
 
+def test_cyclic_schedule_restarts_the_halving_at_g_max():
+    from lmlab.core.models.define import group_schedule
+    assert group_schedule(7, 16, "hgt", "cyclic") == [16, 8, 4, 2, 1, 16, 8]
+    assert group_schedule(3, 8, "hgt", "cyclic") == group_schedule(3, 8, "hgt", "halving") == [8, 4, 2]
+    assert group_schedule(5, 4, "group-linear", "cyclic") == [4] * 5
+
+
+def test_official_layout_known_widths():
+    # n=256, k=1024, N=3, m=256, g_max=8: layers 1..2 expand to int(linspace(256, 1024, 3)[1:]) = 640, 1024
+    # (multiples of max(g_l, g_(l+1), 8)); layer 3 reduces the mixed [e ; y_2] (256 + 1024) to m with g_3 = 2
+    assert define_layout(256, 1024, 3, 8, "hgt", "cyclic", "official", 256) == [
+        LayerSpec(256, 640, 8), LayerSpec(896, 1024, 4), LayerSpec(1280, 256, 2)]
+    # widths rounded up: int(128 + 896 / 6) = 277 -> 288 (16 groups next)
+    assert define_layout(128, 1024, 7, 16, "hgt", "cyclic", "official", 400)[0] == LayerSpec(128, 288, 16)
+    assert [s.in_dim for s in define_layout(256, 1024, 3, 8, "hierarchical", "cyclic", "official", 256)] == [256, 640, 1024]
+    with pytest.raises(LmlabError, match="layers >= 2"):
+        define_layout(8, 32, 1, 4, "hgt", "cyclic", "official", 16)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_layout_shapes_counts_and_gradients(variant):
+    torch.manual_seed(0)
+    emb = DefineEmbedding(30, 16, n=8, k=32, layers=3, max_groups=4, variant=variant, schedule="cyclic",
+                          layout="official", activation="swish")
+    tokens = torch.randint(0, 30, (2, 7))
+    out = emb(tokens)
+    assert out.shape == (2, 7, 16)
+    out.square().sum().backward()
+    assert emb.adaptive_input.tables[0].grad[tokens.flatten()].abs().sum() > 0
+    specs = emb.specs
+    expected = 30 * 8 + sum(s.in_dim * s.out_dim // s.groups + s.out_dim for s in specs)  # map, weights, biases
+    expected += sum(2 * s.out_dim // s.groups for s in specs[:-1])  # LayerNorms; the reduce has none
+    assert count_parameters(emb) == expected
+
+
+def test_official_reduce_reads_the_mixed_input():
+    # with the mixer the reduce's group j sees chunk j of e: changing e's first chunk only moves group 0's output
+    torch.manual_seed(0)
+    emb = DefineEmbedding(10, 8, n=4, k=8, layers=2, max_groups=2, schedule="cyclic", layout="official", dropout=0.0)
+    assert emb.reduce.groups == 1 and emb.specs[-1] == LayerSpec(4 + 8, 8, 1)
+    emb2 = DefineEmbedding(10, 8, n=4, k=8, layers=2, max_groups=4, schedule="cyclic", layout="official")
+    assert [s.groups for s in emb2.specs] == [4, 2] and emb2.specs[-1] == LayerSpec(12, 8, 2)
+
+
+def test_swish_activation_is_x_sigmoid_x():
+    from lmlab.core.models.define import ACTIVATIONS
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(ACTIVATIONS["swish"](x), x * torch.sigmoid(x))
+
+
+def test_lstm_last_hidden_size_ties_to_the_narrow_map_without_projection():
+    m = ModelConfig(kind="lstm", d_model=16, n_layers=2)
+    m.lstm.hidden_size, m.lstm.last_hidden_size = 24, 8
+    m.embedding.kind = "define"
+    m.embedding.define.map_dim, m.embedding.define.expand_dim, m.embedding.define.layers = 8, 32, 3
+    m.output.kind, m.output.tie = "adaptive", True
+    lm = build_language_model(m, 40)
+    assert lm.body.out_dim == 8 and lm.body.layers[-1].hidden_size == 8 and lm.output.in_proj is None
+    assert lm.output.table0 is lm.embed.adaptive_input.tables[0]
+    tokens = torch.randint(0, 40, (3, 5))
+    nll, state = lm(tokens, tokens)
+    assert nll.shape == (3, 5) and state[-1][0].shape == (1, 3, 8)
+    m.embedding.kind, m.output.kind = "standard", "linear"  # a 16-wide table cannot tie to an 8-wide output
+    with pytest.raises(LmlabError, match="last_hidden_size"):
+        build_language_model(m, 40)
+
+
+def test_lstm_default_last_layer_is_d_model_wide():
+    from lmlab.core.models.config import LSTMConfig
+    from lmlab.core.models.lstm import LSTMBody
+    torch.manual_seed(0)
+    a = LSTMBody(16, 3, LSTMConfig(hidden_size=24))
+    torch.manual_seed(0)
+    b = LSTMBody(16, 3, LSTMConfig(hidden_size=24, last_hidden_size=16))  # = d_model: the same model
+    assert a.out_dim == 16 and [l.hidden_size for l in a.layers] == [24, 24, 16]
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_seq2seq_share_map_only_shares_the_map_not_the_unit():
+    from lmlab.core.seq2seq.config import Seq2SeqModelConfig
+    from lmlab.core.seq2seq.model import build_seq2seq
+    cfg = Seq2SeqModelConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, ffn_dim=32, share_map_only=True)
+    cfg.embedding.kind = "define"
+    cfg.embedding.define.map_dim, cfg.embedding.define.expand_dim, cfg.embedding.define.layers = 8, 32, 2
+    model = build_seq2seq(cfg, 50, 50)
+    src, tgt = model.src_embed, model.tgt_embed
+    assert src is not tgt and src.adaptive_input.tables[0] is tgt.adaptive_input.tables[0]
+    assert src.reduce.weight is not tgt.reduce.weight
+    assert model.output.weight is tgt.adaptive_input.tables[0]  # tied through a d_model -> n projection
+    whole = build_seq2seq(Seq2SeqModelConfig(**{**cfg.__dict__, "share_map_only": False}), 50, 50)
+    unit = count_parameters(src) - 50 * 8
+    assert count_parameters(model) == count_parameters(whole) + unit
+    out = model(torch.randint(4, 50, (2, 5)), torch.randint(4, 50, (2, 4)))
+    assert out.shape == (2, 4, 50)
+
+
 def test_layout_rejects_indivisible_widths():
     with pytest.raises(LmlabError, match="divisible"):
         define_layout(6, 32, 3, 4, "hgt")
@@ -130,7 +227,8 @@ def test_presets_parse_and_validate(chain):
     if "define" in chain:
         assert cfg.model.embedding.kind == "define"
         d = cfg.model.embedding.define
-        define_layout(d.map_dim, d.expand_dim, d.layers, d.max_groups, d.variant)  # widths split evenly
+        define_layout(d.map_dim, d.expand_dim, d.layers, d.max_groups, d.variant, d.schedule, d.layout,
+                      cfg.model.d_model)  # widths split evenly
 
 
 def test_ptb_preset_embedding_count_by_hand():
@@ -139,12 +237,16 @@ def test_ptb_preset_embedding_count_by_hand():
     cfg = resolve(TrainConfig, "train-lm", ["awd-lstm-define-ptb"])
     with torch.device("meta"):
         lm = build_language_model(cfg.model, 10000)
-    # map 10000x128; HGT k_l = 256..1024 step 128, g = 4, 2, 1...: sum n_l k_l / g_l; biases; LayerNorms; reduce
-    weights = 128 * 256 // 4 + 384 * 384 // 2 + sum(w * w for w in (512, 640, 768, 896, 1024))
-    assert weights == 3_194_880
-    layer_norms = 2 * (256 // 4 + 384 // 2 + 512 + 640 + 768 + 896 + 1024)
-    expected = 10000 * 128 + weights + sum(range(256, 1025, 128)) + layer_norms + 1024 * 400 + 400
-    assert count_parameters(lm.embed) == expected == 4_897_552
+    # map 10000 x 128; official layout, g = 16, 8, 4, 2, 1, 16, 8: layers 1-6 widen 128 -> 1024 (k_l =
+    # int(linspace(128, 1024, 7)[l]) rounded up to multiples of max(g_l, g_(l+1), 8)), each reads [e ; y_(l-1)];
+    # layer 7 reduces [e ; y_6] (1152) to m = 400
+    outs, groups = (288, 432, 576, 728, 880, 1024, 400), (16, 8, 4, 2, 1, 16, 8)
+    ins = (128,) + tuple(128 + o for o in outs[:-1])
+    weights = sum(i * o // g for i, o, g in zip(ins, outs, groups))
+    assert weights == 1_237_056
+    layer_norms = 2 * sum(o // g for o, g in zip(outs[:-1], groups[:-1]))  # the reduce has none
+    expected = 10000 * 128 + weights + sum(outs) + layer_norms
+    assert count_parameters(lm.embed) == expected == 2_524_432
 
 
 def test_cache_define_checkpoint_round_trips_through_the_config():

@@ -31,6 +31,9 @@ def build_linear_output(cfg: OutputConfig, vocab_size: int, d_model: int, embed:
         if tied is None:
             raise LmlabError("model.output.tie=true needs an input embedding whose table is d_model wide "
                              "(standard embedding with embedding.dim=0 or = d_model)")
+        if tied.size(1) != d_model:
+            raise LmlabError(f"model.output.tie=true: the tied table is {tied.size(1)} wide but the context model's "
+                             f"output is {d_model} (model.lstm.last_hidden_size): make them equal")
     init_range = model.lstm.init_range if model.kind == "lstm" else None
     return LinearOutput(d_model, vocab_size, tied_weight=tied, init_range=init_range)
 
@@ -64,13 +67,14 @@ def build_input_embedding(model: ModelConfig, vocab_size: int) -> nn.Module:
     return _resolve(EMBEDDINGS, model.embedding.kind, "embedding")(model.embedding, vocab_size, model.d_model, model)
 
 
-def build_output_layer(model: ModelConfig, vocab_size: int, embed: nn.Module) -> nn.Module:
-    return _resolve(OUTPUTS, model.output.kind, "output layer")(model.output, vocab_size, model.d_model, embed, model)
+def build_output_layer(model: ModelConfig, vocab_size: int, embed: nn.Module, d_in: int = 0) -> nn.Module:
+    """d_in: width of the context model's output (0: d_model; an LSTM's last_hidden_size may make it narrower)."""
+    return _resolve(OUTPUTS, model.output.kind, "output layer")(model.output, vocab_size, d_in or model.d_model, embed, model)
 
 
 def build_language_model(model: ModelConfig, vocab_size: int) -> LanguageModel:
     body = _resolve(BODIES, model.kind, "model kind")(model)
     embed = build_input_embedding(model, vocab_size)
-    output = build_output_layer(model, vocab_size, embed)
+    output = build_output_layer(model, vocab_size, embed, getattr(body, "out_dim", model.d_model))
     embed_drop = model.lstm.embed_drop if model.kind == "lstm" else 0.0
     return LanguageModel(embed, body, output, embed_drop=embed_drop)

@@ -17,6 +17,7 @@ class LSTMConfig:
     input_drop: float = option(-1.0, "dropout on the embeddings (-1: same as dropout)", check=either(-1.0, between(0, 1, hi_open=True)))
     init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)", check=greater_than(0))
     forget_bias: float = option(0.0, "added to each layer's forget-gate bias after init (TensorFlow BasicLSTMCell and the official IMM code: 1.0)")
+    last_hidden_size: int = option(0, "output width of the last LSTM layer (0: d_model); AWD-LSTM with tied weights makes it the tied table's width, e.g. DeFINE's map n")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class DefineConfig:
     variant: str = option("hgt", "ablation of the expansion", choices=("hgt", "linear", "group-linear", "hierarchical", "hgt-no-mixer", "hgt-residual"))
     map: str = option("lookup", "the Map step: plain lookup or adaptive input", choices=("lookup", "adaptive"))
     dropout: float = option(0.1, "dropout inside the DeFINE unit", check=between(0, 1, hi_open=True))
+    schedule: str = option("halving", "groups per layer: halving = max(g_max / 2^(l-1), 1) (the paper's Eq. 1); cyclic = the same halving, restarted at g_max after 1 (the official code repeats its group cycle)", choices=("halving", "cyclic"))
+    layout: str = option("paper", "paper = N layers n -> k, then a dense reduce k -> m; official = N layers including the reduce (the official define_config): layers 1..N-1 expand n -> k (widths rounded up to multiples of 8), layer N maps the mixed [e ; y_(N-1)] to m with g_N groups", choices=("paper", "official"))
+    activation: str = option("gelu", "activation between HGT layers (the official code's default is swish)", choices=("gelu", "swish"))
 
 
 @dataclass

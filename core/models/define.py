@@ -68,26 +68,49 @@ class LayerSpec:
     groups: int
 
 
-def group_schedule(layers: int, max_groups: int, variant: str) -> list[int]:
+def group_schedule(layers: int, max_groups: int, variant: str, schedule: str = "halving") -> list[int]:
     if variant == "linear":
         return [1] * layers
     if variant == "group-linear":
         return [max_groups] * layers
+    if schedule == "cyclic":  # g_max, g_max/2, ..., 1, g_max, g_max/2, ...
+        period = max_groups.bit_length()  # floor(log2 g_max) + 1 values per cycle
+        return [max(max_groups >> (l % period), 1) for l in range(layers)]
     return [max(max_groups // 2 ** l, 1) for l in range(layers)]  # Eq. 1: g_l = max(g_max / 2^(l-1), 1)
 
 
-def define_layout(n: int, k: int, layers: int, max_groups: int, variant: str = "hgt") -> list[LayerSpec]:
-    """In/out width and groups of each expansion layer; raises LmlabError on widths the groups cannot split."""
+def _official_widths(n: int, k: int, layers: int, groups: list[int]) -> list[int]:
+    """Outputs of layers 1..N-1 in the official layout: n..k spaced linearly (truncated, as numpy's
+    linspace().astype(int)), rounded up to a multiple of max(g_l, g_(l+1), 8)."""
+    outs = []
+    for l in range(1, layers):
+        q = max(groups[l - 1], groups[l], 8)
+        outs.append(q * math.ceil(int(n + (k - n) * l / (layers - 1)) / q))
+    return outs
+
+
+def define_layout(n: int, k: int, layers: int, max_groups: int, variant: str = "hgt", schedule: str = "halving",
+                  layout: str = "paper", out_dim: int = 0) -> list[LayerSpec]:
+    """In/out width and groups of each layer; raises LmlabError on widths the groups cannot split.
+
+    layout "paper": N expansion layers n -> k (the reduce is separate). layout "official": N layers in
+    all, the last being the reduce to `out_dim` (m), which reads the skip like the layers before it.
+    """
     if layers < 1 or n < 1 or k < 1 or max_groups < 1:
         raise LmlabError("model.embedding.define: map_dim, expand_dim, layers and max_groups must be >= 1")
-    groups = group_schedule(layers, max_groups, variant)
-    outs = []
-    for l in range(1, layers + 1):
-        if l == layers:
-            outs.append(k)
-            continue
-        q = max(groups[l - 1], groups[l])
-        outs.append(max(q, q * round((n + (k - n) * l / layers) / q)))
+    if layout == "official" and (layers < 2 or out_dim < 1):
+        raise LmlabError("model.embedding.define.layout=official needs layers >= 2 (layer N is the reduce)")
+    groups = group_schedule(layers, max_groups, variant, schedule)
+    if layout == "official":
+        outs = _official_widths(n, k, layers, groups) + [out_dim]
+    else:
+        outs = []
+        for l in range(1, layers + 1):
+            if l == layers:
+                outs.append(k)
+                continue
+            q = max(groups[l - 1], groups[l])
+            outs.append(max(q, q * round((n + (k - n) * l / layers) / q)))
     specs = []
     for l, (g, out) in enumerate(zip(groups, outs)):
         if l == 0:
@@ -125,18 +148,22 @@ class GroupLinear(nn.Module):
         return torch.block_diag(*[w.t() for w in self.weight])
 
 
-class HGTLayer(nn.Module):
-    """One expansion layer: group linear -> per-group LayerNorm -> GELU -> dropout; returns (..., out)."""
+ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu}  # swish(x) = x sigmoid(x), the official code's default
 
-    def __init__(self, spec: LayerSpec, dropout: float):
+
+class HGTLayer(nn.Module):
+    """One expansion layer: group linear -> per-group LayerNorm -> activation -> dropout; returns (..., out)."""
+
+    def __init__(self, spec: LayerSpec, dropout: float, activation: str = "gelu"):
         super().__init__()
         self.spec = spec
         self.glt = GroupLinear(spec.in_dim, spec.out_dim, spec.groups)
         self.norm = nn.LayerNorm(spec.out_dim // spec.groups)
         self.drop = nn.Dropout(dropout)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.norm(self.glt(x)))  # (..., g, out/g)
+        y = self.act(self.norm(self.glt(x)))  # (..., g, out/g)
         return self.drop(y.flatten(-2))  # (..., out)
 
 
@@ -152,18 +179,23 @@ class DefineEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, out_dim: int, n: int, k: int, layers: int, max_groups: int,
                  variant: str = "hgt", dropout: float = 0.1, cutoffs: list[int] | None = None,
-                 factor: float = 4.0):
+                 factor: float = 4.0, schedule: str = "halving", layout: str = "paper", activation: str = "gelu"):
         super().__init__()
-        self.vocab_size, self.out_dim, self.variant = vocab_size, out_dim, variant
-        self.specs = define_layout(n, k, layers, max_groups, variant)
+        self.vocab_size, self.out_dim, self.variant, self.layout = vocab_size, out_dim, variant, layout
+        self.specs = define_layout(n, k, layers, max_groups, variant, schedule, layout, out_dim)
         # Map: a lookup is an adaptive input with one band; kept as one module so outputs can tie to it.
         self.adaptive_input = AdaptiveInput(vocab_size, n, list(cutoffs or []), factor, dim=n,
                                             what="model.embedding.adaptive")
         self.map_scale = math.sqrt(n) if not cutoffs else 1.0
-        self.layers = nn.ModuleList(HGTLayer(s, dropout) for s in self.specs)
-        self.reduce = nn.Linear(k, out_dim)
-        nn.init.xavier_uniform_(self.reduce.weight)
-        nn.init.zeros_(self.reduce.bias)
+        if layout == "official":  # layer N is the reduce: a group linear on the mixed [e ; y_(N-1)], no norm
+            self.layers = nn.ModuleList(HGTLayer(s, dropout, activation) for s in self.specs[:-1])
+            last = self.specs[-1]
+            self.reduce = GroupLinear(last.in_dim, last.out_dim, last.groups)
+        else:
+            self.layers = nn.ModuleList(HGTLayer(s, dropout, activation) for s in self.specs)
+            self.reduce = nn.Linear(k, out_dim)
+            nn.init.xavier_uniform_(self.reduce.weight)
+            nn.init.zeros_(self.reduce.bias)
 
     tie_weight = None  # the map table is n wide, not out_dim: tie through an adaptive softmax instead
 
@@ -181,6 +213,10 @@ class DefineEmbedding(nn.Module):
                 y = layer(y) + F.pad(y, (0, layer.spec.out_dim - y.size(-1)))
             else:
                 y = layer(y)
+        if self.layout == "official":  # layer N reads the skip like the layers before it; no residual (k -> m shrinks)
+            g = self.reduce.groups
+            x = split_mix(e, y, g) if self.variant in MIXED else torch.cat([e, y], -1) if self.variant in CONCAT else y
+            return self.reduce(x).flatten(-2)  # (B, T, m)
         return self.reduce(y)  # (B, T, m)
 
     @torch.no_grad()
@@ -202,7 +238,7 @@ def build_define_embedding(cfg: EmbeddingConfig, vocab_size: int, d_model: int, 
     if d.map == "adaptive" and not cutoffs:
         raise LmlabError("model.embedding.define.map=adaptive needs model.embedding.adaptive.cutoffs (e.g. 20000,40000,200000)")
     return DefineEmbedding(vocab_size, d_model, d.map_dim, d.expand_dim, d.layers, d.max_groups, d.variant,
-                           d.dropout, cutoffs, cfg.adaptive.factor)
+                           d.dropout, cutoffs, cfg.adaptive.factor, d.schedule, d.layout, d.activation)
 
 
 def cache_define_state_dict(state: dict[str, torch.Tensor], model: ModelConfig, vocab_size: int

@@ -1,6 +1,8 @@
 """LSTM context model: Zaremba et al. (2014) with the AWD-LSTM regularisers of Merity et al. (2018) as options.
 
 Input and output are `d_model` wide; inner layers are `hidden_size` wide (AWD-LSTM: 400 -> 1150 -> 400).
+`last_hidden_size` makes the output narrower than the input (AWD-LSTM + DeFINE: 400 -> 1150 -> 128, the
+width of the tied map table); `out_dim` is the output width.
 The state carried between BPTT windows is a list of (h, c) per layer, each (1, B, H).
 """
 
@@ -37,8 +39,10 @@ def _dropout(p: float, variational: bool) -> nn.Module:
 class LSTMBody(nn.Module):
     def __init__(self, d_model: int, n_layers: int, cfg: LSTMConfig):
         super().__init__()
-        sizes = [cfg.hidden_size] * (n_layers - 1) + [d_model]
+        # AWD-LSTM with tied weights: the last layer is as wide as the tied table (last_hidden_size), e.g. DeFINE's map
+        sizes = [cfg.hidden_size] * (n_layers - 1) + [cfg.last_hidden_size or d_model]
         ins = [d_model] + sizes[:-1]
+        self.out_dim = sizes[-1]  # width of the output; d_model unless last_hidden_size is set
         self.layers = nn.ModuleList(nn.LSTM(i, o, batch_first=True) for i, o in zip(ins, sizes))
         self.weight_drop = cfg.weight_drop
         input_drop = cfg.dropout if cfg.input_drop < 0 else cfg.input_drop

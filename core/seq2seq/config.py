@@ -31,6 +31,7 @@ class Seq2SeqModelConfig:
     max_positions: int = option(1024, "longest source/target sequence (sinusoidal positions)", check=at_least(1))
     share_decoder_input_output: bool = option(True, "tie the output projection to the decoder's input table (DeFINE: its n-wide Map, through a d_model -> n projection)")
     share_all_embeddings: bool = option(True, "one input embedding for encoder and decoder (needs a joint vocabulary); with share_decoder_input_output, all three share it")
+    share_map_only: bool = option(False, "with share_all_embeddings and a DeFINE embedding: share only the Map table(s); encoder and decoder keep their own expansion and reduce (the official delight code)")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "input embedding of encoder and decoder (standard or DeFINE)")
 
     def problems(self):

@@ -211,6 +211,12 @@ def build_seq2seq(cfg: Seq2SeqModelConfig, src_vocab: int, tgt_vocab: int) -> Se
             raise LmlabError("model.share_all_embeddings=true needs a joint vocabulary (prep with joint BPE) "
                              "or --set model.share_all_embeddings=false")
         tgt_embed = src_embed
+        if cfg.share_map_only:  # a second DeFINE unit around the same Map (delight shares only map_layer)
+            if cfg.embedding.kind != "define":
+                raise LmlabError("model.share_map_only=true needs model.embedding.kind=define")
+            tgt_embed = _embedding(cfg, tgt_vocab)
+            for name, p in src_embed.adaptive_input.named_parameters():
+                getattr(tgt_embed.adaptive_input, name.split(".")[0])[int(name.split(".")[1])] = p
     else:
         tgt_embed = _embedding(cfg, tgt_vocab)
     if not cfg.share_decoder_input_output:
