@@ -169,8 +169,16 @@ class RunDir:
         return state
 
 
+# Sections read only by one objective: a run with another objective never uses them, so their
+# defaults may change between lmlab versions without changing that run's experiment.
+OBJECTIVE_SECTIONS = {"imm": "imm", "kn-noising": "noising"}
+
+
 def _strip(config: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config))
+    for objective, section in OBJECTIVE_SECTIONS.items():
+        if out.get("objective") != objective:
+            out.pop(section, None)
     for dotted in VOLATILE_KEYS:
         node = out
         parts = dotted.split(".")
