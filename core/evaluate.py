@@ -5,9 +5,9 @@ Two protocols for recurrent models:
 - `eval_streams` (eval-ppl): every token of the stream but the first is predicted exactly once, whatever
   the batch size. The stream is cut into `streams` contiguous segments read in parallel; segment 0 starts
   from the zero state at the first token, so with one stream each token is conditioned on the whole prefix
-  (the PTB test protocol). Segment c >= 1 starts from the zero state `burn_in` tokens before its first
-  input (those tokens are read, not scored), so its tokens see at least burn_in + 1 tokens of left context
-  but not the whole prefix; the remainder that does not fill a segment continues the last segment's state.
+  (the PTB test protocol). Segment c >= 1 starts from the zero state W = min(burn_in, segment length)
+  tokens before its first input (those tokens are read, not scored; eval-ppl: burn_in = bptt), so its
+  tokens see at least W + 1 tokens of left context but not the whole prefix; the remainder that does not fill a segment continues the last segment's state.
   Batching therefore changes which distant context a few tokens see, never which tokens are scored.
 - `eval_recurrent` (the trainer's validation, the classic PTB "batchify" convention kept bit for bit for
   existing runs): `columns` independent columns, the tail that does not fill a column dropped, and the
