@@ -9,23 +9,31 @@ Map -> Expand -> Reduce (Sec. 3):
           split into g_l chunks and chunk j of both is the input of group j: in_l = n + k_(l-1).
   Reduce  a linear map k -> m, the width the context model expects (m = d_model).
 
-Choices the paper leaves open, and where it and the official code (sacmehta/delight,
-`--define-iclr`, fairseq/delight_modules/dextra_unit.py) disagree:
-  - Group schedule: the paper's halving g_max, g_max/2, ..., 1 (Eq. 1), not the code's cycling
-    1, g_max, ..., 2, 1, g_max, ... schedule.
-  - No input projection: the first HGT layer reads e (width n) as in Fig. 3; the code first maps
-    e through an extra linear layer to m/2.
-  - Widths: k_l = n + (k - n) l / N, rounded to the nearest multiple of max(g_l, g_(l+1)) (only what
-    the grouping and the next split need), with k_N = k exactly; the code rounds to multiples of 8.
-  - Reduce: a plain linear k -> m on y_N (the paper's "reduce"); the code also mixes e into it and
-    normalises/activates the result.
-  - Between HGT layers (unstated in the paper): as in the code, LayerNorm over each group's outputs
-    (affine parameters shared by the groups, so groups stay independent), GELU, then dropout
-    (`define.dropout`).
+Two layer rules (`define.layout`, `define.schedule`; docs/define.md has the parameter counts):
+  paper/halving     (the defaults, as above) Eq. 1 read literally: N layers n -> k, groups
+                    max(g_max / 2^(l-1), 1), so layers past log2(g_max) + 1 are dense; then a dense
+                    reduce k -> m on y_N. Widths k_l = n + (k - n) l / N rounded to the nearest multiple
+                    of max(g_l, g_(l+1)), k_N = k.
+  official/cyclic   what reproduces the paper's own parameter counts (Tables 1a, 2, 4), following the
+                    official code (sacmehta/delight, `--define-iclr`, fairseq/delight_modules/
+                    dextra_unit.py, define_config) where the paper is silent: N layers including the
+                    reduce; layers 1..N-1 widen n -> k (int(linspace(n, k, N))[1:] rounded up to
+                    multiples of max(g_l, g_(l+1), 8)); layer N maps the mixed [e ; y_(N-1)] to m with
+                    g_N groups (no norm or activation: the paper's reduce is linear). Groups halve from
+                    g_max as Eq. 1 and restart at g_max after 1 (the code's cycle also restarts, in the
+                    opposite phase: 1, 2, ..., g_max reversed, so its reduce is always dense).
+Other choices, and where the paper and the official code disagree:
+  - No input projection: the first layer reads e (width n) as in Fig. 3; the code first maps e
+    through an extra linear layer to m/2, and adds an output layer on [y_N ; that projection].
+  - Between layers (unstated in the paper): as in the code, LayerNorm over each group's outputs
+    (affine parameters shared by the groups, so groups stay independent), an activation
+    (`define.activation`: GELU by default; the code's default is swish, which the paper presets use),
+    then dropout (`define.dropout`).
   - Map scale: a lookup map is scaled by sqrt(n) (the code's fairseq embedding scale, rows ~ N(0, 1));
     an adaptive-input map is not (as in the code). Unscaled N(0, 1) rows were tried on the demo and
     trained worse under SGD lr 20 (docs/define.md).
-  - g_max: the paper does not give it per experiment; `define.max_groups` (default 4) sets it.
+  - g_max: the paper does not give it per experiment; `define.max_groups` (default 4) sets it; the
+    paper presets take the code's default 2^ceil(log2(m / 32)).
 
 Ablations (`define.variant`, the paper's transformation and skip-connection ablations):
   hgt            the full DeFINE unit above
