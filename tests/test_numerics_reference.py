@@ -1,0 +1,71 @@
+"""Numerics unchanged (issue #13): a short seeded run of every trainer gives, bit for bit, the per-update losses
+and final parameters recorded from the code at the commit named in tests/data/numerics_reference.json.
+
+The cases (LSTM / Transformer / DeFINE-LSTM LM, translation, residual EBM with BiT and UniT energies, GEBM on
+images, on UCI-style density data and its MLE baseline) are defined in tests/make_numerics_reference.py, which
+also recorded the references; its docstring says how to record them again from another commit. A change that
+is meant to move the numbers updates the references in the same commit and says why.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from make_numerics_reference import CASES, REFERENCE, environment, run_case
+
+REF = json.loads(REFERENCE.read_text(encoding="utf-8"))
+
+
+def _first_difference(want: list, got: list, unit: str) -> str | None:
+    for i, (a, b) in enumerate(zip(want, got)):
+        if a != b:
+            return f"first differs at {unit} {i + 1} of {len(want)}: recorded {a!r}, now {b!r}"
+    if len(want) != len(got):
+        return f"recorded {len(want)} entries, now {len(got)}"
+    return None
+
+
+def _digests(label: str, want: dict[str, str], got: dict[str, str]) -> list[str]:
+    differ = [k for k in want if k in got and want[k] != got[k]]
+    out = [f"{label}: {k} differs ({want[k]} -> {got[k]})" for k in differ[:5]]
+    if len(differ) > 5:
+        out.append(f"{label}: ... {len(differ)} of {len(want)} tensors differ")
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing:
+        out.append(f"{label}: recorded tensors missing now: {missing}")
+    if extra:
+        out.append(f"{label}: tensors not in the recording: {extra}")
+    return out
+
+
+def differences(want: dict, got: dict) -> list[str]:
+    """Every way `got` departs from the recording, the inputs first (a changed data dir explains the rest)."""
+    out = []
+    for file in sorted(set(want.get("data", {})) | set(got.get("data", {}))):
+        if want.get("data", {}).get(file) != got.get("data", {}).get(file):
+            out.append(f"data file {file} differs from the recording (prep or the fixture changed, not the trainer)")
+    if "base_lm" in want:
+        out += _digests("base LM (built before training)", want["base_lm"], got.get("base_lm", {}))
+    for part, unit in (("train", "update"), ("valid", "evaluation")):
+        for key, values in want[part].items():  # series added since the recording are not compared
+            diff = _first_difference(values, got[part].get(key, []), unit)
+            if diff:
+                out.append(f"{part} {key}: {diff}")
+    out += _digests("final parameters", want["params"], got["params"])
+    return out
+
+
+def test_references_cover_every_case():
+    assert sorted(REF["cases"]) == sorted(CASES), "rerun tests/make_numerics_reference.py for new or removed cases"
+
+
+@pytest.mark.parametrize("name", sorted(REF["cases"]))
+def test_numerics_unchanged(name):
+    here, then = environment(), REF["environment"]
+    if (here["torch"], here["cpu_capability"], here["machine"]) != (then["torch"], then["cpu_capability"], then["machine"]):
+        pytest.skip(f"references recorded with {then}, this is {here}: bitwise equality is only defined on the same "
+                    "torch build and CPU kernels (record them here with tests/make_numerics_reference.py)")
+    problems = differences(REF["cases"][name], run_case(name))
+    assert not problems, (f"{name}: numerics differ from commit {REF['commit'][:10]}'s:\n  " + "\n  ".join(problems))
