@@ -2,7 +2,11 @@
 in docs/ (`make results` renders the tables from them; nothing is typed by hand).
 
 A record: {"name", "command", "commit", "dirty", "date", "machine": {...}, "wall_s", "seeds", "metrics": {...},
-"paper": {...} (the paper's figures beside ours, optional), "notes" (optional)}.
+"kind" (how lmlab.core.results_doc renders it: lm, metrics, markdown, reliability), "paper": {...} (the paper's
+figures beside ours, optional), "markdown" (kind markdown: the table its script printed), "notes" (optional)}.
+"machine" is lmlab.core.machine.machine_info() at the start (CPU model, cores, torch, GPU, load) plus
+"load_avg_at_end". NAME is the make target that writes the record; `python -m lmlab.core.records` (main below)
+assembles one from the files a pipeline wrote.
 """
 
 from __future__ import annotations
