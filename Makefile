@@ -33,12 +33,12 @@ help:  ## this list
 #   	@mkdir -p $(@D)
 #   	$(LMLAB_TRAIN) train-lm ... --run-dir runs/X > $@.tmp
 #   	$(train_done)
-# train-lm and train-ebm print a JSON summary on stdout; a run stopped by SIGTERM/SIGUSR1 saves, exits 0 and says
+# train-lm and train-ebm print a JSON summary on stdout (one line per rank under torchrun); a run stopped by SIGTERM/SIGUSR1 saves, exits 0 and says
 # so in it ("stopped_by"), so train_done fails ("rerun to resume") and leaves no stamp: the next `make` resumes
 # the run instead of decoding a partial best.pt. Ctrl-C or a crash leaves no stamp either, and since no rule
 # names a checkpoint as its target, .DELETE_ON_ERROR never deletes one (.PRECIOUS says the same to any that does).
 define train_done
-@$(PYTHON) -c "import json,sys; p=sys.argv[1]; r=json.load(open(p)); s=r.get('stopped_by') or r.get('stopped') or (r.get('completed') is False and 'an unfinished budget'); sys.exit(f'{p}: training stopped by {s}; rerun make to resume it' if s else 0)" $@.tmp
+@$(PYTHON) -c "import json,sys; p=sys.argv[1]; rs=[json.loads(l) for l in open(p) if l.strip()] or [{'stopped_by': 'unknown (the trainer printed no summary)'}]; s=[x for r in rs for x in [r.get('stopped_by') or r.get('stopped') or (r.get('completed') is False and 'an unfinished budget')] if x]; sys.exit(f'{p}: training stopped by {s[0]}; rerun make to resume it' if s else 0)" $@.tmp
 mv $@.tmp $@
 endef
 .PRECIOUS: %.pt runs/%/checkpoints/best.pt runs/%/checkpoints/last.pt
