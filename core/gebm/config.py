@@ -96,14 +96,15 @@ class SamplerConfig:
     """
     sampler: str = option("kla", "kla (Algorithm 3), ula (Algorithm 2) or none (the generator alone on the same z0)",
                           choices=SAMPLERS)
-    steps: int = option(1000, "Langevin steps")
-    step_size: float = option(1e-4, "lambda, the official --lmc_gamma: ULA step lambda; KLA time step h = 2 sqrt(lambda)")
-    beta: float = option(100.0, "inverse temperature of the energy in U(z) = |z|^2/2 + beta E(G(z))")
-    friction: float = option(100.0, "KLA friction kappa (official lmc_kappa)")
-    mass: float = option(1.0, "KLA mass u (official: 1)")
-    decay_every: int = option(200, "multiply lambda by `decay` every this many steps (0 = never)")
-    decay: float = option(0.1, "factor on lambda (KLA's h shrinks by its square root)")
-    num_samples: int = option(64, "samples drawn by `lmlab sample` when -n is not given")
+    steps: int = option(1000, "Langevin steps", check=at_least(0))
+    step_size: float = option(1e-4, "lambda, the official --lmc_gamma: ULA step lambda; KLA time step h = 2 sqrt(lambda)",
+                             check=greater_than(0))
+    beta: float = option(100.0, "inverse temperature of the energy in U(z) = |z|^2/2 + beta E(G(z))", check=at_least(0))
+    friction: float = option(100.0, "KLA friction kappa (official lmc_kappa)", check=greater_than(0))
+    mass: float = option(1.0, "KLA mass u (official: 1)", check=greater_than(0))
+    decay_every: int = option(200, "multiply lambda by `decay` every this many steps (0 = never)", check=at_least(0))
+    decay: float = option(0.1, "factor on lambda (KLA's h shrinks by its square root)", check=at_least(0))
+    num_samples: int = option(64, "samples drawn by `lmlab sample` when -n is not given", check=at_least(1))
 
 
 @dataclass

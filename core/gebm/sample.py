@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lmlab.core.checkpoint import atomic_write_bytes, atomic_write_text
-from lmlab.core.config import expand_env, merge, read_preset
+from lmlab.core.config import expand_env, from_dict, merge, read_preset
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.config import SAMPLERS, SamplerConfig
 from lmlab.core.gebm.langevin import kla, latent_potential, ula
@@ -48,7 +48,7 @@ def sampler_config(presets: list[str] | None = None, cfg: SamplerConfig | None =
             raise LmlabError(f"--friction and --mass must be positive for KLA, got {cfg.friction}, {cfg.mass}")
     if cfg.decay_every < 0 or cfg.decay < 0:
         raise LmlabError(f"--decay-every and --decay must be >= 0, got {cfg.decay_every}, {cfg.decay}")
-    return cfg
+    return from_dict(SamplerConfig, dataclasses.asdict(cfg), "sampler settings")  # types and the other ranges
 
 
 def sample_latents(base, energy, z0: torch.Tensor, cfg: SamplerConfig,
