@@ -215,7 +215,9 @@ def draw_figure(samples: dict, energy: nn.Module, cfg: ToyConfig, metrics: dict,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     names = list(samples)
-    fig = Figure(figsize=(3.2 * len(names), 3.4))
+    labels = {"generator": "generator alone G(z0)", "ula": "ULA, shipped defaults (β 100)",
+              "kla": "KLA, shipped defaults (β 100)", "kla_beta1": "KLA at β 1 (the GEBM Q)"}
+    fig = Figure(figsize=(3.2 * len(names), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     lim = cfg.radius * 1.6
     grid = torch.linspace(-lim, lim, 200)
@@ -229,7 +231,7 @@ def draw_figure(samples: dict, energy: nn.Module, cfg: ToyConfig, metrics: dict,
             title = "held-out data, energy E"
         else:
             m = metrics[name]
-            title = f"{name}\nMMD² {m['mmd2']:.3f}  SW1 {m['sw1']:.3f}  HQ {m['hq_frac']:.2f}"
+            title = f"{labels.get(name, name)}\nMMD² {m['mmd2']:.3f}  SW1 {m['sw1']:.3f}  HQ {m['hq_frac']:.2f}"
         x = samples[name].numpy()
         ax.scatter(x[:, 0], x[:, 1], s=2, c="k" if name == "data" else "C3", alpha=0.5, linewidths=0)
         ax.set_xlim(-lim, lim)
@@ -238,7 +240,6 @@ def draw_figure(samples: dict, energy: nn.Module, cfg: ToyConfig, metrics: dict,
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
