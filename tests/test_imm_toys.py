@@ -228,3 +228,20 @@ def test_paired_statistics_by_hand():
     assert d["mean"][0] == pytest.approx(5 / 3) and d["sd"][0] == pytest.approx(math.sqrt(7 / 3))
     assert d["se"][0] == pytest.approx(math.sqrt(7 / 9)) and (d["n_better"], d["n_worse"]) == ([2], [0])
     assert summary(np.array([1.0, 3.0]))["sd"] == pytest.approx(math.sqrt(2))
+
+
+def test_entry_points_write_a_record_and_a_figure(tmp_path):
+    import json
+    threads = torch.get_num_threads()  # main() sets its own thread count; give the session's back
+    lg.main(["--seeds", "2", "--sizes", "4,8", "--ratios", "0.5", "--steps", "3", "--n-eval", "50",
+             "--out", str(tmp_path), "--figure", str(tmp_path / "l.png")])
+    rf.main(["--seeds", "2", "--epochs", "1,2", "--sweep-epochs", "1", "--sweep-ratios", "0.0,0.5",
+             "--out", str(tmp_path), "--figure", str(tmp_path / "r.png")])
+    torch.set_num_threads(threads)
+    for name, fig in (("imm-logistic", "l.png"), ("imm-reinforce", "r.png")):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["seeds"] == [1, 2] and record["wall_s"] is not None and record["machine"]["cores"]
+        assert (tmp_path / fig).stat().st_size > 10_000
+    record = json.loads((tmp_path / "imm-logistic.json").read_text())
+    assert set(record["metrics"]["paired_vs_mle"]) == {"imm", "rkd", "noising"}
+    assert len(record["metrics"]["methods"]["imm"]["test_acc"]["per_seed"]) == 2  # one row per size
