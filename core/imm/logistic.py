@@ -28,7 +28,6 @@ normalises its SGD step):
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
