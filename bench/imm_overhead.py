@@ -48,6 +48,10 @@ def main() -> None:
         return w[:, :-1], w[:, 1:]
 
     imm = build_imm_objective(cfg, train, data.vocab_size, Path(cfg.data.dir), device)
+    with torch.no_grad():  # a carried state, as mid-epoch (imm.sampled_start = carried runs from it)
+        _, state = model(batch()[0])
+        state = model.detach_state(state)
+    j = min(cfg.imm.j or T, T)
 
     def timed(objective, calls_mod):
         times = []
@@ -58,9 +62,11 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            loss, _, _ = objective(model, x, y, None, i)
+            loss, _, _ = objective(model, x, y, state, i)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            if hasattr(objective, "after_clip"):  # imm.clip = main: the IMM gradient joins after clipping
+                objective.after_clip(model)
             opt.step()
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
@@ -76,8 +82,9 @@ def main() -> None:
     amortised = (sampled + (every - 1) * smoothed) / every
     print(json.dumps({
         "device": str(device), "model": f"{cfg.model.kind} d={cfg.model.d_model} L={cfg.model.n_layers}",
-        "batch": B, "bptt": T, "k": cfg.imm.k, "j": cfg.imm.j, "every": every, "algorithm": cfg.imm.algorithm,
-        "windows_per_sampled_step": B * cfg.imm.j * cfg.imm.k,
+        "batch": B, "bptt": T, "k": cfg.imm.k, "j": j, "every": every, "algorithm": cfg.imm.algorithm,
+        "sampled_start": cfg.imm.sampled_start, "smoothed_forward": cfg.imm.smoothed_forward,
+        "windows_per_sampled_step": B * j * cfg.imm.k, "plain_tokens_per_s": round(B * T / plain),
         "plain_step_s": round(plain, 4), "sampled_step_s": round(sampled, 4), "smoothed_step_s": round(smoothed, 4),
         "sampled_over_plain": round(sampled / plain, 2), "smoothed_over_plain": round(smoothed / plain, 2),
         "amortised_over_plain": round(amortised / plain, 2)}))

@@ -99,3 +99,43 @@ results/kn-noising-ptb.json: runs/ptb-lstm-kn-noising/eval-test.json
 
 kn-noising-ptb: results/kn-noising-ptb.json  ## the KN-noising baseline (Xie et al. 2017) on the same LSTM (GPU) [HW=gpu LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print kn-noising-ptb
+
+# ---- CPU tier: ptb-lstm-small-dropout vs + IMM (ptb-lstm-small-imm) on a quarter of PTB, seeds paired ----------
+# The first 1/IMM_CPU_FRACTION of the PTB training lines, encoded with data/ptb's tokenizer (same 10k vocabulary,
+# full validation and test sets); the KN bigram is counted on that quarter too. Each arm trains to its plateau stop
+# (about an hour on 2 cores for dropout-only; IMM costs ~2.5x a plain step once on); the record pairs the seeds.
+IMM_CPU_SEEDS ?= 1 2 3
+IMM_CPU_FRACTION ?= 4
+IMM_CPU_DATA ?= data/ptb-quarter
+IMM_CPU_RUNS ?= runs/imm-ptb-cpu
+IMM_PTB_TEXT = $(or $(LMLAB_PTB),../shared/data/ptb)
+
+$(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
+	n=$$(wc -l < $(IMM_PTB_TEXT)/ptb.train.txt); head -n $$((n / $(IMM_CPU_FRACTION))) $(IMM_PTB_TEXT)/ptb.train.txt | \
+	  $(LMLAB) prep --train - --valid $(IMM_PTB_TEXT)/ptb.valid.txt --test $(IMM_PTB_TEXT)/ptb.test.txt \
+	  --tokenizer data/ptb/tokenizer.json --out $(IMM_CPU_DATA) --force
+
+# $(call imm_cpu_arm,ARM,PRESETS,SEED): the stamp $(IMM_CPU_RUNS)/ARM-sSEED.train.json, trained by train_lm (lm.mk)
+define imm_cpu_arm
+$(IMM_CPU_RUNS)/$(1)-s$(3).train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $(3)
+$(IMM_CPU_RUNS)/$(1)-s$(3).train.json: $(IMM_CPU_DATA)/meta.json $(if $(filter imm,$(1)),$(IMM_CPU_DATA)/kn_bigram.safetensors)
+	$$(call train_lm,$(2),$(IMM_CPU_RUNS)/$(1)-s$(3))
+endef
+$(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,dropout,ptb ptb-lstm-small-dropout,$(s))))
+$(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,imm,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(s))))
+
+$(IMM_CPU_RUNS)/%/eval-test.json: $(IMM_CPU_RUNS)/%.train.json
+	$(LMLAB) eval-ppl -c $(IMM_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
+
+IMM_CPU_ARMS = $(foreach s,$(IMM_CPU_SEEDS),dropout-s$(s) imm-s$(s))
+
+results/imm-ptb-cpu.json: $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%/eval-test.json)
+	@mkdir -p $(@D)
+	$(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --json $(IMM_CPU_RUNS)/paired.json > $(IMM_CPU_RUNS)/paired.md
+	$(RECORD) imm-ptb-cpu --command '$(call made_by,imm-ptb-cpu)' $(foreach a,$(IMM_CPU_ARMS),--train $(a)=$(IMM_CPU_RUNS)/$(a).train.json) \
+	  --json paired=$(IMM_CPU_RUNS)/paired.json --markdown $(IMM_CPU_RUNS)/paired.md --seed '$(IMM_CPU_SEEDS)'
+	$(RESULTS_DOC)
+
+imm-ptb-cpu: results/imm-ptb-cpu.json  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, ~1 h a dropout-only run) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print imm-ptb-cpu
+.PHONY: imm-ptb-cpu

@@ -257,7 +257,9 @@ def test_cpu_pair_differs_by_imm_alone():
     assert (base.optim.lr, base.optim.clip, base.optim.loss_reduction) == (1.0, 5.0, "sum_time")
     assert (base.schedule.name, base.schedule.decay, base.schedule.reload_best) == ("plateau", 2.0, True)
     assert 0.3 <= base.model.lstm.dropout <= 0.5 and 200 <= base.model.lstm.hidden_size <= 300
-    assert imm.imm.j == 0 and imm.imm.sampled_start == "carried" and imm.imm.clip == "main"
+    i = imm.imm  # the official options, with 5 restricted positions a row for CPU cost
+    assert (i.weight, i.k, i.j, i.every, i.sampled_start, i.clip, i.embedding_grad, i.smoothed_forward) == \
+        (0.2, 10, 5, 5, "carried", "main", "official", "separate")
     assert 90 < imm.imm.start_below_ppl < 200 and imm.imm.lr_at_start == 0.5
 
 
@@ -288,3 +290,27 @@ def test_forget_bias_is_tensorflows_constant():
     c = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(f + 1.0) * c0
     out, _ = tf.body.layers[0](x[:, None], (h0[None], c0[None]))
     torch.testing.assert_close(out[:, 0], torch.sigmoid(o) * torch.tanh(c))
+
+
+def test_paired_seed_statistics_by_hand(tmp_path):
+    """bench/imm_paired.py: best validation ppl per run, mean ± sd per arm, paired difference ± SE."""
+    import importlib.util
+    import json
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("imm_paired", REPO / "bench" / "imm_paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    best = {"dropout": [140.0, 150.0, 145.0], "imm": [138.0, 146.0, 144.0]}  # differences -2, -4, -1
+    for arm, values in best.items():
+        for seed, v in zip((1, 2, 3), values):
+            run = tmp_path / f"{arm}-s{seed}"
+            run.mkdir()
+            rows = [{"step": 1, "valid_ppl": v + 20}, {"step": 2, "train_loss_nats": 5.0}, {"step": 3, "valid_ppl": v}]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--json", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())["valid_ppl"]
+    assert out["dropout"]["mean"] == pytest.approx(145.0) and out["dropout"]["sd"] == pytest.approx(5.0)
+    d = out["difference"]  # mean -7/3, sd sqrt(((1/3)^2 + (5/3)^2 + (4/3)^2) / 2) = sqrt(7/3)
+    assert d["mean"] == pytest.approx(-7 / 3) and d["sd"] == pytest.approx(math.sqrt(7 / 3))
+    assert d["se"] == pytest.approx(math.sqrt(7 / 3) / math.sqrt(3))
+    assert "test_ppl" not in json.loads((tmp_path / "out.json").read_text())  # no eval-test.json yet

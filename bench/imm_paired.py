@@ -1,0 +1,78 @@
+"""Paired seeds of a two-arm comparison (dropout-only vs + IMM): best validation perplexity of each run
+(test perplexity too where RUN/eval-test.json exists), mean ± sd per arm, and the paired difference
+(IMM − dropout-only) with its standard error, as Markdown; --json writes the same numbers.
+
+    python bench/imm_paired.py runs/imm-ptb-cpu --seeds 1 2 3 [--base dropout --arm imm] [--json out.json]
+
+Runs are RUNS/<base>-s<seed> and RUNS/<arm>-s<seed> (the layout of `make imm-ptb-cpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+
+def best_valid_ppl(run: Path) -> float:
+    ppl = [json.loads(line).get("valid_ppl") for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ppl = [p for p in ppl if p is not None]
+    if not ppl:
+        raise SystemExit(f"{run}/metrics.jsonl has no validation record yet")
+    return min(ppl)
+
+
+def test_ppl(run: Path) -> float | None:
+    path = run / "eval-test.json"
+    return float(json.loads(path.read_text())["ppl"]) if path.exists() else None
+
+
+def summary(values: list[float]) -> dict:
+    n = len(values)
+    return {"n": n, "mean": statistics.fmean(values), "sd": statistics.stdev(values) if n > 1 else None}
+
+
+def paired(base: list[float], arm: list[float]) -> dict:
+    d = [a - b for a, b in zip(arm, base)]
+    s = summary(d)
+    s["se"] = s["sd"] / math.sqrt(s["n"]) if s["sd"] is not None else None
+    return s
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--seeds", nargs="+", required=True)
+    ap.add_argument("--base", default="dropout")
+    ap.add_argument("--arm", default="imm")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm}
+    for metric, read in (("valid_ppl", best_valid_ppl), ("test_ppl", test_ppl)):
+        base = [read(args.runs / f"{args.base}-s{s}") for s in args.seeds]
+        arm = [read(args.runs / f"{args.arm}-s{s}") for s in args.seeds]
+        if any(v is None for v in base + arm):
+            continue
+        out[metric] = {"per_seed": {s: {args.base: b, args.arm: a} for s, b, a in zip(args.seeds, base, arm)},
+                       args.base: summary(base), args.arm: summary(arm), "difference": paired(base, arm)}
+        for s, b, a in zip(args.seeds, base, arm):
+            rows.append(f"| {metric} | {s} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
+        sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
+        rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
+                    f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
+    print(f"| metric | seed | {args.base} | {args.arm} | {args.arm} − {args.base} |")
+    print("|---|---|---:|---:|---:|")
+    print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
