@@ -81,6 +81,7 @@ class LMTrainer:
         self.tokens_seen = 0
         self.valid_history: list[float] = []
         self.averaging = False  # NT-ASGD has switched to its averaging phase
+        self.wall_s_before = 0.0  # wall time of the processes this run resumed from
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -104,7 +105,12 @@ class LMTrainer:
                 "best_valid_nats": self.best_valid, "carried_state": self._gather_state(), "rng": rng_state(),
                 "config": to_dict(self.cfg), "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "params": self.params}
+                "params": self.params, "wall_s": self._wall_s()}
+
+    def _wall_s(self) -> float:
+        """Training wall time over every process of this run (resumes add up; evaluations included)."""
+        start = getattr(self, "_wall_t0", None)
+        return self.wall_s_before + (time.perf_counter() - start if start is not None else 0.0)
 
     def _gather_state(self):
         if self.state is None or not isinstance(self.state, list):
@@ -140,6 +146,7 @@ class LMTrainer:
             per = self.cfg.data.batch_size // self.dist.world_size
             sl = slice(self.dist.rank * per, (self.dist.rank + 1) * per)
             self.state = [(h[:, sl].to(self.device), c[:, sl].to(self.device)) for h, c in carried]
+        self.wall_s_before = float(ckpt.get("wall_s") or 0.0)
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------
@@ -287,6 +294,7 @@ class LMTrainer:
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
+        self._wall_t0 = wall_t0
         t0, tokens0 = time.perf_counter(), self.tokens_seen
         stop = StopFlag().install()
         stopped_by = None
@@ -318,7 +326,8 @@ class LMTrainer:
         machine = {**machine_at_start, "load_avg_at_end": load_average()}
         evaluated = math.isfinite(self.best_valid)  # False when the run stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid if evaluated else None,
-                "wall_s": round(time.perf_counter() - wall_t0, 1), "machine": machine,
+                "wall_s": round(self._wall_s(), 1), "wall_s_this_process": round(time.perf_counter() - wall_t0, 1),
+                "machine": machine,
                 "best_valid_ppl": math.exp(min(self.best_valid, 700)) if evaluated else None, "stopped_by": stopped_by,
                 **self.params}
 
