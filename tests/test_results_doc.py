@@ -58,9 +58,10 @@ def test_a_figure_typed_outside_the_record_or_a_stale_record_is_caught(tmp_path)
     (res / "bench.json").write_text(json.dumps(rec))
     assert any("results.md" in p for p in results_doc.update_docs(docs, res, check=True))
     (res / "orphan.json").write_text(json.dumps({**rec, "name": "orphan"}))
-    problems = results_doc.update_docs(docs, res)
-    assert problems == ["results/orphan.json: no <!-- generated:orphan --> region in " + f"{docs}/*.md shows it"]
+    assert results_doc.update_docs(docs, res) == []  # make results renders (and warns about the orphan)
     assert "2,000,000" in (docs / "results.md").read_text()
+    assert results_doc.update_docs(docs, res, check=True) == [
+        "results/orphan.json: no <!-- generated:orphan --> region in " + f"{docs}/*.md shows it"]
 
 
 def test_a_region_without_a_record_says_not_yet_recorded_and_names_the_target():
