@@ -7,3 +7,4 @@ PYTHON ?= python3
 .PHONY: gebm-toy
 gebm-toy:  ## 2-D ring: generator vs ULA/KLA (shipped sampler) vs KLA at beta 1, exact metrics, 3 seeds (CPU, ~4 min) -> results/gebm-toy.json + docs/figures/gebm-toy.png [GEBM_TOY_SEEDS=0,1,2]
 	$(PYTHON) -m lmlab.core.gebm.toy --seeds $(GEBM_TOY_SEEDS) --figure docs/figures/gebm-toy.png
+	$(RESULTS_DOC)

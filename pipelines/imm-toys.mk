@@ -10,10 +10,12 @@ IMM_REINFORCE_ARGS ?=
 
 .PHONY: imm-logistic imm-reinforce imm-toys
 
-imm-logistic:
+imm-logistic:  ## logistic regression: MLE vs IMM vs reverse KD vs noising across sizes (CPU, minutes) [IMM_LOGISTIC_ARGS=...]
 	$(PYTHON) -m lmlab.core.imm.logistic --out results --figure docs/figures/imm-logistic.png $(IMM_LOGISTIC_ARGS)
+	$(RESULTS_DOC)
 
-imm-reinforce:
+imm-reinforce:  ## REINFORCE on the 11x11 grid MDP with and without IMM (CPU, minutes) [IMM_REINFORCE_ARGS=...]
 	$(PYTHON) -m lmlab.core.imm.reinforce --out results --figure docs/figures/imm-reinforce.png $(IMM_REINFORCE_ARGS)
+	$(RESULTS_DOC)
 
-imm-toys: imm-logistic imm-reinforce
+imm-toys: imm-logistic imm-reinforce  ## both IMM toy experiments
