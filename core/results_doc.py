@@ -40,10 +40,17 @@ def duration(seconds: float | None) -> str:
     return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
 
 
-def _load(machine: dict[str, Any]) -> str:
+def _resumed(rec: dict[str, Any]) -> bool:
+    """Whether a training step of the record was resumed (its machine facts are then its last process's)."""
+    return any(isinstance(v, dict) and v.get("wall_s") and v.get("wall_s_this_process")
+               and abs(v["wall_s"] - v["wall_s_this_process"]) > 1 for v in rec.get("metrics", {}).values())
+
+
+def _load(machine: dict[str, Any], resumed: bool = False) -> str:
     start, end = machine.get("load_avg_1_5_15"), machine.get("load_avg_at_end")
     if start and end:
-        return f"load average (1 min) {start[0]:.2f} at start, {end[0]:.2f} at end"
+        at = "at the start of its last (resumed) training process" if resumed else "at start"
+        return f"load average (1 min) {start[0]:.2f} {at}, {end[0]:.2f} at end"
     if start:
         return f"load average (1 min) {start[0]:.2f}"
     return "load average not recorded"
@@ -56,7 +63,7 @@ def provenance(rec: dict[str, Any]) -> str:
                                f"torch {m['torch']}" if m.get("torch") else None) if x)
     commit = (rec.get("commit") or "unknown")[:10] + (" + uncommitted changes" if rec.get("dirty") else "")
     lines = [f"Recorded in `results/{rec['name']}.json` by `{rec['command']}`: commit {commit}, {rec.get('date', '?')}; "
-             f"{hw or 'machine not recorded'}; {_load(m)}"
+             f"{hw or 'machine not recorded'}; {_load(m, _resumed(rec))}"
              + (f"; wall {duration(rec['wall_s'])}" if rec.get("wall_s") is not None else "") + "."]
     if rec.get("notes"):
         lines.append(rec["notes"])
@@ -100,7 +107,12 @@ def render_lm(rec: dict[str, Any]) -> str:
     if train.get("step"):
         facts.append(f"{train['step']:,} updates in {duration(rec.get('wall_s'))}")
     if train.get("tokens_per_s"):
-        facts.append(f"{train['tokens_per_s']:,.0f} training tokens/s (mean over the run)")
+        whole, last = train.get("wall_s"), train.get("wall_s_this_process")
+        if whole and last and abs(whole - last) > 1 and train.get("tokens"):  # resumed: the figure is the last process's
+            facts.append(f"{train['tokens_per_s']:,.0f} training tokens/s in its last (resumed) process; "
+                         f"{train['tokens'] / whole:,.0f} tokens/s over the whole wall time, evaluations included")
+        else:
+            facts.append(f"{train['tokens_per_s']:,.0f} training tokens/s (mean over the run)")
     out = "\n".join(rows)
     if facts:
         out += "\n\n" + "; ".join(facts) + "."

@@ -135,3 +135,14 @@ def test_record_since_a_start_file_gives_wall_time_and_load_at_both_ends(tmp_pat
     assert 89 < rec["wall_s"] < 120 and rec["machine"]["load_avg_at_end"] == [3.0, 2.0, 1.0]
     assert "time" not in rec["machine"] and rec["metrics"]["rows"] == [{"a": 1}, {"a": 2}] and rec["kind"] == "markdown"
     assert results_doc.render("t", {"t": rec}).endswith("## Title\n\n| a |\n|---|\n| 1 |")
+
+
+def test_a_resumed_run_says_its_throughput_and_load_are_its_last_processs(tmp_path):
+    _lm_files(tmp_path)
+    summary = json.loads((tmp_path / "x.train.json").read_text())
+    (tmp_path / "x.train.json").write_text(json.dumps({**summary, "wall_s": 100.0, "wall_s_this_process": 40.0}))
+    records.main(["x", "--kind", "lm", "--command", "make x", "--train", str(tmp_path / "x.train.json"),
+                  "--results-dir", str(tmp_path / "r")])
+    out = results_doc.render("x", records.read_records(tmp_path / "r"))
+    assert "1,235 training tokens/s in its last (resumed) process; 40 tokens/s over the whole wall time" in out
+    assert "1.50 at the start of its last (resumed) training process, 2.50 at end; wall 1 min 40 s" in out
