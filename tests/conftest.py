@@ -50,6 +50,17 @@ def tiny_data(tmp_path_factory, tiny_text) -> Path:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread contention (restored afterwards for other tests).
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_train_config(data_dir: Path, run_dir: Path, **overrides):
     """A seconds-long LSTM config on the tiny data."""
     from lmlab.core.config import merge

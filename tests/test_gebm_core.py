@@ -8,13 +8,7 @@ import torch
 from lmlab.core.gebm.kale import base_loss, energy_loss, gradient_penalty, init_log_partition, log_mean_exp
 from lmlab.core.gebm.langevin import kla, latent_potential, ula
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention (restored afterwards for other tests)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -17,12 +17,7 @@ from lmlab.core.gebm.langevin import grad_potential, kla, latent_potential, ula
 from lmlab.core.gebm.sample import sample, sample_latents, sampler_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The toy of issue #19: z in R^100, G = identity, E(x) = ½‖x − 1‖², β = 100. The latent posterior

@@ -11,12 +11,7 @@ from lmlab.core.gebm.toy import (ToyConfig, default_arms, draw_figure, evaluate_
                                  summarise, train_kale)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mmd2_known_values():

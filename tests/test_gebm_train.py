@@ -16,13 +16,7 @@ from lmlab.core.gebm.sample import sample, write_samples
 from lmlab.core.gebm.train import Config, train
 from lmlab.core.reporting import NullReporter
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention (restored afterwards for other tests)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

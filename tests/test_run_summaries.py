@@ -39,12 +39,7 @@ class StopAt(NullReporter):
             os.kill(os.getpid(), self.sig)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _strict_json(summary):
