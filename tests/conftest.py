@@ -75,6 +75,23 @@ def tiny_train_config(data_dir: Path, run_dir: Path, **overrides):
     return merge(cfg, overrides) if overrides else cfg
 
 
+def invoke(*args, input=None):
+    """Run an `lmlab` command in-process (typer's CliRunner); exceptions propagate."""
+    from typer.testing import CliRunner
+    from lmlab.cli.main import app
+    return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+
+
+def train_tiny_lm(data_dir: Path, run_dir: Path, steps: int) -> Path:
+    """The tiny LSTM config trained for `steps` updates, evaluated every 30; returns its checkpoints dir."""
+    from lmlab.core.config import merge
+    from lmlab.core.reporting import NullReporter
+    from lmlab.core.train.lm_trainer import train_lm
+    train_lm(merge(tiny_train_config(data_dir, run_dir), {"schedule": {"max_steps": steps}, "run": {"eval_interval": 30}}),
+             NullReporter())
+    return run_dir / "checkpoints"
+
+
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `lmlab ...` in a subprocess (what a shell user does)."""

@@ -4,26 +4,13 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import tiny_train_config
-from lmlab.cli.main import app
-from lmlab.core.reporting import NullReporter
-from lmlab.core.train.lm_trainer import train_lm
-
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, list(args), input=input, catch_exceptions=False)
+from conftest import invoke, train_tiny_lm
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
-    run = tmp_path_factory.mktemp("runs") / "lm"
-    from lmlab.core.config import merge
-    train_lm(merge(tiny_train_config(tiny_data, run), {"schedule": {"max_steps": 60}, "run": {"eval_interval": 30}}), NullReporter())
-    return run / "checkpoints" / "best.pt"
+    return train_tiny_lm(tiny_data, tmp_path_factory.mktemp("runs") / "lm", steps=60) / "best.pt"
 
 
 def assert_one_line_error(result, *fragments):

@@ -9,27 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import tiny_train_config
-from lmlab.cli.main import app
+from conftest import invoke, train_tiny_lm
 from lmlab.core.evaluate import eval_recurrent, eval_streams, evaluate_lm, unigram_ppl
-
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, list(args), input=input, catch_exceptions=False)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
-    from lmlab.core.config import merge
-    from lmlab.core.reporting import NullReporter
-    from lmlab.core.train.lm_trainer import train_lm
-    run = tmp_path_factory.mktemp("eval") / "lm"
-    train_lm(merge(tiny_train_config(tiny_data, run), {"schedule": {"max_steps": 30}, "run": {"eval_interval": 30}}), NullReporter())
-    return run / "checkpoints" / "last.pt"
+    return train_tiny_lm(tiny_data, tmp_path_factory.mktemp("eval") / "lm", steps=30) / "last.pt"
 
 
 @pytest.fixture(scope="module")
