@@ -10,7 +10,9 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +165,40 @@ class RunDir:
             for old in steps[:-keep]:
                 old.unlink(missing_ok=True)
 
-    def load_last(self, kind: str | tuple[str, ...], map_location="cpu") -> dict[str, Any]:
-        state = load_checkpoint(self.last, kind, map_location)
+    def load_last(self, kind: str | tuple[str, ...], map_location="cpu",
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The checkpoint to resume from: last.pt, or, when a crash or a full disk left it unreadable, the
+        newest readable step-N.pt (said through `log`; the unreadable file is kept as last.pt.corrupt-<time>)."""
+        try:
+            state = load_checkpoint(self.last, kind, map_location)
+        except LmlabError as exc:
+            if "truncated or corrupt" not in str(exc) and "is corrupt" not in str(exc) and "is empty" not in str(exc):
+                raise  # a refused or foreign file is not a crash to recover from
+            state, used = self._newest_readable_step(kind, map_location)
+            if state is None:
+                raise LmlabError(f"{exc}; no readable step checkpoint to fall back to in {self.checkpoint_dir} "
+                                 "(start over with --resume never --force, which moves the run aside)") from exc
+            if self.is_main:
+                aside = self.last.with_name(f"last.pt.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                shutil.copyfile(self.last, aside)  # copied, never moved: other ranks may be reading last.pt
+                shutil.copyfile(used, self.checkpoint_dir / ".last.tmp")
+                os.replace(self.checkpoint_dir / ".last.tmp", self.last)
+                (log or _stderr)(f"{self.last} was unreadable (kept as {aside.name}); resuming from {used.name}, "
+                                 f"the newest readable step checkpoint")
         self._write_pending_config()
         return state
+
+    def _newest_readable_step(self, kind, map_location) -> tuple[dict[str, Any] | None, Path | None]:
+        for path in sorted(self.checkpoint_dir.glob("step-*.pt"), reverse=True):
+            try:
+                return load_checkpoint(path, kind, map_location), path
+            except LmlabError:
+                continue
+        return None, None
+
+
+def _stderr(message: str) -> None:
+    print(f"lmlab: {message}", file=sys.stderr, flush=True)
 
 
 # Sections read only by one objective: a run with another objective never uses them, so their

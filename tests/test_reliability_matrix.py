@@ -175,6 +175,8 @@ def _truncated_last(ctx, tmp, m):
     run, argv = _resume_run(ctx, tmp)
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:2000])
+    for step in run.glob("checkpoints/step-*.pt"):  # nothing to fall back to (test_resume_fallback covers that)
+        step.unlink()
     return argv, None, [run]
 
 
@@ -226,7 +228,7 @@ ROWS = [
     Row("train-other-config", "train-lm", "resume with a changed config", lambda c, t, m: (lambda r: (r[1] + ["--set", "optim.lr=0.5"], None, [r[0]]))(_resume_run(c, t)), ("optim.lr",)),
     Row("train-evil-last", "train-lm", "malicious pickle planted as last.pt (resume)", _resume_with_planted("evil"), ("refused",)),
     Row("train-gebm-last", "train-lm", "checkpoint of another model kind as last.pt", _resume_with_planted("gebm"), ("'gebm'",)),
-    Row("train-truncated-last", "train-lm", "truncated last.pt (resume)", _truncated_last, ("last.pt", "truncated or corrupt")),
+    Row("train-truncated-last", "train-lm", "truncated last.pt, no step checkpoint (resume)", _truncated_last, ("last.pt", "truncated or corrupt", "no readable step checkpoint")),
     Row("train-disk-full", "train-lm", "disk full (ENOSPC, tmpfs) on resume", _disk_full_train, ("No space left",)),
     Row("train-read-only", "train-lm", "read-only run dir", _readonly_train, ("not writable",)),
     Row("train-batch-size-0", "train-lm", "--set data.batch_size=0", lambda c, t, m: (_train("--data", str(c["data"]), "--run-dir", str(t / "r"), *['--set', 'data.batch_size=0']), None, [c["data"]]), ('data.batch_size',)),

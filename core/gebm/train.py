@@ -129,7 +129,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             return base(z)
 
     if resuming:
-        st = rundir.load_last(KIND, map_location=device)
+        st = rundir.load_last(KIND, map_location=device, log=reporter.log)
         base.load_state_dict(st["base"])
         energy.load_state_dict(st["energy"])
         with torch.no_grad():

@@ -219,7 +219,7 @@ class ResidualTrainer:
         cfg = self.cfg
         resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force)
         if resumed:
-            self._restore(self.run.load_last(KIND, map_location="cpu"))
+            self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
             self.run.truncate_metrics_after(self.step)
             self.reporter.log(f"resumed {self.run.path} at update {self.step}")
         else:

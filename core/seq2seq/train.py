@@ -95,7 +95,7 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.schedule, cfg.optim.lr))
     step, epoch, batch_pos, best = 0, 0, 0, float("inf")
     if resuming:
-        state = run.load_last(KIND, map_location=device)
+        state = run.load_last(KIND, map_location=device, log=reporter.log)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

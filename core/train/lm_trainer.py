@@ -286,7 +286,7 @@ class LMTrainer:
         resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force)
         distributed.barrier()
         if resumed:
-            self._restore(self.run.load_last(self.KIND, map_location="cpu"))
+            self._restore(self.run.load_last(self.KIND, map_location="cpu", log=self.reporter.log))
             self.run.truncate_metrics_after(self.step)
             self.reporter.log(f"resumed {self.run.path} at update {self.step} (epoch {self.epoch}, window {self.window})")
         else:
