@@ -33,15 +33,19 @@ def transformer_flops_per_token(vocab: int, d: int, layers: int, ffn: int, conte
 
 # ---- parsers ---------------------------------------------------------------------------------------------
 def lmlab_train_metrics(metrics_path: Path, warmup: int) -> dict:
-    """tokens/s over the updates after `warmup` (metrics.jsonl logs cumulative tokens and tokens/s since the
-    start of training, so elapsed = tokens / tokens_per_s) and the final validation loss."""
+    """tokens/s over the updates after `warmup` and the final validation loss. metrics.jsonl logs cumulative
+    tokens and `train_s`, this process's training seconds without evaluations (older runs: tokens/s since the
+    start, so elapsed = tokens / tokens_per_s)."""
     rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
     train = [r for r in rows if "tokens_per_s" in r]
     valid = [r for r in rows if "valid_loss_nats" in r]
     if len(train) <= warmup:
         raise ValueError(f"{metrics_path}: {len(train)} updates logged, need more than the {warmup} warm-up ones")
-    a, b = train[warmup - 1] if warmup else {"tokens": 0, "tokens_per_s": 1.0}, train[-1]
-    elapsed = lambda r: r["tokens"] / r["tokens_per_s"] if r["tokens"] else 0.0  # noqa: E731
+    a, b = train[warmup - 1] if warmup else {"tokens": 0, "tokens_per_s": 1.0, "train_s": 0.0}, train[-1]
+    if "train_s" in b:
+        elapsed = lambda r: r["train_s"]  # noqa: E731
+    else:
+        elapsed = lambda r: r["tokens"] / r["tokens_per_s"] if r["tokens"] else 0.0  # noqa: E731
     tps = (b["tokens"] - a["tokens"]) / (elapsed(b) - elapsed(a))
     return {"tokens_per_s": tps, "updates": len(train), "tokens": b["tokens"],
             "valid_loss_nats": valid[-1]["valid_loss_nats"] if valid else None,

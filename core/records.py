@@ -125,6 +125,8 @@ def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
         if trained:
             facts["tokens"] = trained[-1].get("tokens")
             facts["tokens_per_s"] = round(trained[-1]["tokens_per_s"], 1)
+    if summary.get("train_tokens_per_s"):  # training-only mean over the (last) process; metrics rows hold interval rates
+        facts["tokens_per_s"] = summary["train_tokens_per_s"]
     return facts
 
 

@@ -107,6 +107,16 @@ def test_lmlab_metrics_parser_excludes_warmup_time(tmp_path):
     assert lm_arms.lmlab_train_metrics(tmp_path / "metrics.jsonl", warmup=0)["tokens_per_s"] == pytest.approx(25.0)
 
 
+def test_lmlab_metrics_parser_uses_training_seconds(tmp_path):
+    # train_s: 10 s for the first update, then 1 s each; a 50 s evaluation between updates 2 and 3 is not in it
+    rows = [{"step": 1, "tokens": 100, "tokens_per_s": 10.0, "train_s": 10.0, "train_loss_nats": 9.0},
+            {"step": 2, "tokens": 200, "tokens_per_s": 100 / 11 * 2, "train_s": 11.0, "train_loss_nats": 8.0},
+            {"step": 2, "valid_loss_nats": 6.5},
+            {"step": 3, "tokens": 300, "tokens_per_s": 100.0, "train_s": 12.0, "train_loss_nats": 7.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert lm_arms.lmlab_train_metrics(tmp_path / "metrics.jsonl", warmup=1)["tokens_per_s"] == pytest.approx(100.0)
+
+
 def test_flops_per_token_matches_6n_plus_attention():
     # V d + L (4 d^2 + 2 d f) = 10*4 + 1*(64 + 64) = 168 weights; attention 6 L T d = 6*1*8*4
     assert lm_arms.transformer_flops_per_token(10, 4, 1, 8, 8) == 6 * 168 + 6 * 8 * 4

@@ -295,22 +295,28 @@ class LMTrainer:
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
         self._wall_t0 = wall_t0
-        t0, tokens0 = time.perf_counter(), self.tokens_seen
+        tokens0, train_s = self.tokens_seen, 0.0  # this process's training tokens and seconds (evaluations excluded)
+        since_eval_tokens, since_eval_s = 0, 0.0
         stop = StopFlag().install()
         stopped_by = None
         try:
             while self.step < self.total_updates and not self.schedule.finished():
+                t0, tokens_before = time.perf_counter(), self.tokens_seen
                 metrics, epoch_ended = self.train_update()
-                now = time.perf_counter()
-                tps = (self.tokens_seen - tokens0) / max(now - t0, 1e-9)
+                seconds = time.perf_counter() - t0
+                train_s += seconds
+                since_eval_s += seconds
+                since_eval_tokens += self.tokens_seen - tokens_before
+                tps = since_eval_tokens / max(since_eval_s, 1e-9)  # training only, over the updates since the last evaluation
                 record = {"step": self.step, "epoch": self.epoch, "train_loss_nats": metrics.pop("loss_nats"), **metrics,
-                          "tokens": self.tokens_seen, "tokens_per_s": tps}
+                          "tokens": self.tokens_seen, "tokens_per_s": tps, "train_s": train_s}
                 record["train_ppl"] = math.exp(min(record["train_loss_nats"], 700))
                 self.run.log_metrics(record)
                 self.reporter.update(self.step, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
                                                  "lr": record["lr"], "tok/s": round(tps)})
                 if self._eval_due(epoch_ended) or self.step == self.total_updates:
                     self._log_eval()
+                    since_eval_tokens, since_eval_s = 0, 0.0
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
                     self._save(is_best=False)
                 if distributed.any_true(stop.requested, self.device):
@@ -327,7 +333,7 @@ class LMTrainer:
         evaluated = math.isfinite(self.best_valid)  # False when the run stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid if evaluated else None,
                 "wall_s": round(self._wall_s(), 1), "wall_s_this_process": round(time.perf_counter() - wall_t0, 1),
-                "machine": machine,
+                "machine": machine, "train_tokens_per_s": round((self.tokens_seen - tokens0) / max(train_s, 1e-9), 1),
                 "best_valid_ppl": math.exp(min(self.best_valid, 700)) if evaluated else None, "stopped_by": stopped_by,
                 **self.params}
 
