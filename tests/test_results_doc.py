@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from conftest import REPO
 from lmlab.core import records, results_doc
+
+DOCS_WITH_REGIONS = sorted(p.name for p in (REPO / "docs").glob("*.md") if results_doc.REGION.search(p.read_text()))
 
 
 def test_committed_docs_equal_what_the_records_render():
@@ -25,6 +29,10 @@ def test_every_record_has_a_region_and_every_region_renders():
     assert set(recs) <= names
     for name in names:  # every region renders (from its record, or as "not yet recorded")
         assert results_doc.render(name, recs).strip()
+    keys = {m["key"] for doc in (REPO / "docs").glob("*.md") for m in results_doc.REGION.finditer(doc.read_text())}
+    assert set(results_doc.VIEWS) <= keys, "a view no doc shows"
+    papers = {"define.md", "imm.md", "residual.md", "gebm.md", "translation.md", "bench.md"}
+    assert papers | {"results.md"} <= set(DOCS_WITH_REGIONS)
 
 
 def _copy(tmp_path):
@@ -49,6 +57,22 @@ def test_a_hand_edit_of_a_generated_figure_is_caught_and_make_results_restores_i
     assert results_doc.main(["--check", "--docs", str(docs), "--results", str(res)]) == 1
     assert results_doc.update_docs(docs, res) == []  # make results
     assert path.read_text() == original
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_REGIONS)
+def test_a_hand_edit_of_any_region_of_any_doc_is_caught(tmp_path, doc):
+    """Every region of every doc (whole records, views, "not yet recorded"): a digit typed into it is caught by
+    --check and removed by `make results`."""
+    docs, res = _copy(tmp_path)
+    path = docs / doc
+    original = path.read_text()
+    for m in results_doc.REGION.finditer(original):
+        start = m.start("body")
+        path.write_text(original[:start] + "7" + original[start:])
+        problems = results_doc.update_docs(docs, res, check=True)
+        assert len(problems) == 1 and doc in problems[0] and f"\n-7{m['body'][:20]}" in problems[0], (m["key"], problems)
+        assert results_doc.update_docs(docs, res) == []
+        assert path.read_text() == original, m["key"]
 
 
 def test_a_figure_typed_outside_the_record_or_a_stale_record_is_caught(tmp_path):
@@ -146,3 +170,58 @@ def test_a_resumed_run_says_its_throughput_and_load_are_its_last_processs(tmp_pa
     out = results_doc.render("x", records.read_records(tmp_path / "r"))
     assert "1,235 training tokens/s in its last (resumed) process; 40 tokens/s over the whole wall time" in out
     assert "1.50 at the start of its last (resumed) training process, 2.50 at end; wall 1 min 40 s" in out
+
+
+def test_pm_shows_the_spread_to_two_significant_digits():
+    assert results_doc._pm(0.07009, 0.003196) == "0.0701 ± 0.0032"
+    assert results_doc._pm(17.71, 2.49) == "17.7 ± 2.5"
+    assert results_doc._pm(-0.0517, 0.004) == "-0.0517 ± 0.0040"
+    assert results_doc._pm(8.0, 0.0) == "8 ± 0"
+
+
+def _toy_record():
+    arm = lambda m, sd, d, se: {"mean": m, "sd": sd, "diff_vs_generator": d, "diff_se": se}  # noqa: E731
+    summary = {a: {"mmd2": arm(v, 0.01, v - 0.5, 0.02), "sw1": arm(v, 0.1, 0.0, 0.0), "hq_frac": arm(v, 0.1, 0.0, 0.0),
+                   "mode_tv": arm(v, 0.1, 0.0, 0.0), "modes_covered": arm(8, 0, 0, 0), "modes": arm(8, 0, 0, 0)}
+               for a, v in (("generator", 0.5), ("ula", 0.25))}
+    seed = {a: {"mmd2": v, "sw1": v, "hq_frac": v} for a, v in (("generator", 0.5), ("ula", 0.25))}
+    return {"name": "toy", "command": "make toy", "commit": "a" * 40, "dirty": False, "date": "2026-01-01",
+            "machine": {"load_avg_1_5_15_start": [1.0, 1, 1], "load_avg_1_5_15_end": [2.0, 2, 2]}, "wall_s": 5,
+            "arms": {"generator": {"sampler": "none", "beta": 100.0}, "ula": {"sampler": "ula", "beta": 100.0}},
+            "config": {"penalty": 0.1},
+            "metrics": {"summary": summary, "per_seed": {"0": seed, "1": seed},
+                        "train": {"0": {"kale_last10pct_mean": 0.5}},
+                        "penalty1_ablation": {"0": {"train": {"kale_last10pct_mean": 0.01}, "metrics": seed}}}}
+
+
+def test_a_view_renders_one_table_of_its_record_with_a_one_line_provenance(monkeypatch):
+    rec = _toy_record()
+    monkeypatch.setitem(results_doc.VIEWS, "toy:arms", results_doc.view_gebm_toy_arms)
+    monkeypatch.setitem(results_doc.VIEWS, "toy:ablation", results_doc.view_gebm_toy_ablation)
+    text = ("<!-- generated:toy:arms -->\nold 0.9\n<!-- /generated:toy:arms -->\n"
+            "<!-- generated:toy:ablation -->\n<!-- /generated:toy:ablation -->\n")
+    out = results_doc.render_text(text, {"toy": rec})
+    assert "old 0.9" not in out and out.count("From `results/toy.json` (`make toy`; commit aaaaaaaaaa, 2026-01-01).") == 2
+    assert "| generator alone, G(z₀) | 0.500 ± 0.010 | 0.50 ± 0.10 | 0.50 ± 0.10 | 0.50 ± 0.10 | 8/8 |" in out
+    assert "| ULA, β 100 | -0.250 ± 0.020 | 0 ± 0 | 0 ± 0 | 0 ± 0 |" in out  # paired to the generator
+    assert "| ULA, β 100 | 0.250 / 0.250 | 0.250 / 0.250 |" in out  # per seed
+    assert "| seed | quantity | penalty 0.1 | penalty 1 |" in out
+    assert "| 0 | KALE, mean of the last 10% of training | 0.500 | 0.010 |" in out
+    assert results_doc.region_names(out) == ["toy", "toy"]  # a view shows its record: no orphan
+    assert "Not yet recorded: `make toy`" in results_doc.render_text(text, {})
+
+
+def test_an_unknown_view_is_one_problem_line_not_a_traceback(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "x.md").write_text("<!-- generated:gebm-toy:nope -->\n<!-- /generated:gebm-toy:nope -->\n")
+    problems = results_doc.update_docs(tmp_path / "docs", REPO / "results", check=True)
+    assert any("x.md: no such view: gebm-toy:nope" in p for p in problems)
+    with pytest.raises(ValueError, match="no such view"):
+        results_doc.render("gebm-toy", {}, "nope")
+
+
+def test_provenance_reads_the_toy_writers_load_keys():
+    rec = _toy_record()
+    assert "load average (1 min) 1.00 at start, 2.00 at end" in results_doc.provenance(rec)
+    rec["machine"] = {"load_avg_1_5_15": [3.0, 1, 1], "load_avg_end": [4.0, 1, 1]}
+    assert "load average (1 min) 3.00 at start, 4.00 at end" in results_doc.provenance(rec)
