@@ -167,3 +167,32 @@ def test_presets_parse(name):
     for command in ("train-ebm",):
         cfg = resolve(Config, command, [name])
         assert cfg.optim.batch_size > 0
+
+
+def test_stop_inside_the_energy_phase_saves_and_resumes_identically(tmp_path, monkeypatch):
+    """A signal during a long energy phase (energy_steps_init) stops after the current energy update, not at
+    the end of the base step; the resumed run makes the remaining energy updates and ends bitwise equal."""
+    import lmlab.core.gebm.train as gebm_train
+    full = train(tiny_density_cfg(tmp_path / "full"), NullReporter())
+    real, calls = gebm_train.energy_loss, {"n": 0}
+
+    def loss_then_signal(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # base step 2's 2nd of 3 energy updates (base step 1 made 3)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(gebm_train, "energy_loss", loss_then_signal)
+    first = train(tiny_density_cfg(tmp_path / "cut"), NullReporter())
+    monkeypatch.setattr(gebm_train, "energy_loss", real)
+    assert not first["completed"] and first["step"] == 1 and first["stopped_by"] == "SIGTERM"
+    assert first["updates"] == 3 + 1 + 2 and calls["n"] == 5
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt", "gebm")
+    assert saved["step"] == 1 and saved["energy_steps_done"] == 2
+    second = train(tiny_density_cfg(tmp_path / "cut"), NullReporter())
+    assert second["completed"] and second["updates"] == full["updates"]
+    sa, wa = _weights(tmp_path / "full" / "checkpoints" / "last.pt")
+    sb, wb = _weights(tmp_path / "cut" / "checkpoints" / "last.pt")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert torch.equal(sa["log_partition"], sb["log_partition"])

@@ -114,6 +114,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = Batches(train_x, o.batch_size, cfg.seed)
     step, best, updates = 0, math.inf, 0
+    energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     lr_steps = milestones(o.lr_milestones)
     n_fake = o.noise_factor * o.batch_size
 
@@ -137,6 +138,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         opt_e.load_state_dict(st["opt_energy"])
         opt_b.load_state_dict(st["opt_base"])
         step, best, updates = int(st["step"]), float(st["best_metric"]), int(st.get("updates", 0))
+        energy_done = int(st.get("energy_steps_done", 0))  # stopped inside a base step's energy phase
         gen.set_state(st["rng"]["generator"])
         torch.set_rng_state(st["rng"]["torch"])
         batches = Batches(train_x, o.batch_size, cfg.seed, *st["data_pos"])
@@ -153,6 +155,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         return {"config": to_dict(cfg), "objective": o.objective, "step": step, "best_metric": best, "updates": updates,
                 "data_dim": data_dim, "base": base.state_dict(), "energy": energy.state_dict(),
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
+                "energy_steps_done": energy_done,
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}}
 
@@ -182,7 +185,9 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 energy.train()
                 for p in base.parameters():  # a combined energy reads log b(x): no base grads in the energy step
                     p.requires_grad_(False)
-                for _ in range(n_e):  # energy step of Algorithm 1
+                for _ in range(energy_done, n_e):  # energy step of Algorithm 1
+                    if stop.requested:  # a long energy phase (100 steps at init) must not delay a SLURM stop
+                        break
                     real = prep(batches.next()).to(device)
                     fake = fake_batch(n_fake, False)
                     e_real, e_fake = energy(real), energy(fake)
@@ -199,6 +204,12 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                     updates += 1
                     rec["energy_loss_nats"] = _check(loss.detach(), "energy loss", step)
                     rec["grad_penalty"] = float(pen.detach())
+                    energy_done += 1
+                if energy_done < n_e:  # stopped mid-phase: save it, the resumed run makes the remaining energy steps
+                    for p in base.parameters():
+                        p.requires_grad_(True)
+                    break
+                energy_done = 0
                 rec["kale_nats"] = -rec.get("energy_loss_nats", float("nan"))
                 for p in base.parameters():
                     p.requires_grad_(True)
@@ -241,7 +252,8 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                     reporter.log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
                 rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.eval.keep)
         if stop.requested and step < o.base_steps:
-            reporter.log(f"{stop.signal_name}: saving base step {step} and stopping")
+            inside = f" after {energy_done} energy updates of base step {step + 1}" if energy_done else ""
+            reporter.log(f"{stop.signal_name}: saving base step {step}{inside} and stopping")
             rundir.save(state(), KIND, step, is_best=False, keep=cfg.eval.keep)
     finally:
         stop.uninstall()
