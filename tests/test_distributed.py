@@ -42,3 +42,45 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
     # the carried LSTM state of all columns is gathered into the checkpoint
     assert b["carried_state"][0][0].shape == a["carried_state"][0][0].shape
     (tmp_path / "figure.json").write_text(json.dumps({"max_abs_diff_train_loss": max(abs(x - y) for x, y in zip(one, two))}))
+
+
+def _banded_corpus(tmp_path):
+    """Frequent words everywhere, rare words only in the second half of the training stream: with 2 ranks the
+    first rank's columns hold no target of the adaptive softmax's tail band (those parameters get no .grad)."""
+    import random
+    from lmlab.core.prep import prep
+    from lmlab.core.textio import TextSource
+    rng = random.Random(0)
+    common = [f"c{i}" for i in range(8)]
+    rare = [f"r{i}" for i in range(20)]
+    lines = [" ".join(rng.choice(common) for _ in range(8)) for _ in range(150)]
+    lines += [" ".join(rng.choice(common + rare) for _ in range(8)) for _ in range(150)]
+    text = tmp_path / "text"
+    text.mkdir()
+    for split, body in (("train", lines), ("valid", lines[::10]), ("test", lines[5::10])):
+        (text / f"{split}.txt").write_text("\n".join(body) + "\n")
+    out = tmp_path / "banded"
+    prep(out, {s: [TextSource(str(text / f"{s}.txt"))] for s in ("train", "valid", "test")})
+    return out
+
+
+def test_torchrun_adaptive_softmax_with_untouched_tail_band(tmp_path):
+    data = _banded_corpus(tmp_path)
+    adaptive = ["--set", "model.output.kind=adaptive", "--set", "model.output.adaptive.cutoffs=[12]",
+                "--set", "model.output.tie=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, *adaptive, "--data", str(data), "--run-dir", str(tmp_path / "one")],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
+                            "-m", "lmlab", *COMMON, *adaptive, "--data", str(data), "--run-dir", str(tmp_path / "two")],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 8
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm")["model"]
+    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

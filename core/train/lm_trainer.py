@@ -183,14 +183,23 @@ class LMTrainer:
     def _sync_gradients(self) -> None:
         if not self.dist.distributed:
             return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # Every rank sends every parameter: an adaptive-softmax band with no target in this rank's batch has no
+        # .grad here (zeros sent) but may have one on another rank. A presence count rides along, so a parameter
+        # no rank touched stays without a gradient, as in one process over the global batch.
+        params = list(self.model.parameters())
+        present = [p.grad is not None for p in params]
+        flat = torch.cat([(p.grad if has else torch.zeros_like(p)).reshape(-1) for p, has in zip(params, present)]
+                         + [torch.tensor(present, dtype=params[0].dtype, device=params[0].device)])
         dist.all_reduce(flat)
         flat /= self.dist.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+        offset, touched = 0, flat[-len(params):] > 0
+        for p, has, anyone in zip(params, present, touched.tolist()):
+            part = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if has:
+                p.grad.copy_(part)
+            elif anyone:
+                p.grad = part.clone()
 
     def train_update(self) -> tuple[dict[str, float], bool]:
         """One optimizer update over `grad_accum` windows. Returns (metrics, epoch ended)."""
