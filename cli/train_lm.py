@@ -10,6 +10,7 @@ import typer
 
 from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, handle_errors, make_reporter, nested, print_config,
                               resolve_config, strict_json)
+from lmlab.core import distributed
 from lmlab.core.errors import LmlabError
 from lmlab.core.train.config import TrainConfig
 
@@ -77,7 +78,8 @@ def train_lm(
         _print_with_params(cfg, task)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet))
-    print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
+    if distributed.detect()[0] == 0:  # one summary line per job, not one per process under torchrun
+        print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
 
 
 def _print_with_params(cfg, task: str) -> None:

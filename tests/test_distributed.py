@@ -84,3 +84,28 @@ def test_torchrun_adaptive_softmax_with_untouched_tail_band(tmp_path):
     b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_torchrun_translation_with_a_batch_count_not_divisible_by_the_world_size(tmp_path):
+    """An odd number of token batches on 2 processes: both ranks make the same number of updates (the last
+    batch of each shuffled epoch is left out) instead of one waiting for the other until the timeout."""
+    from lmlab.core.seq2seq.config import Config
+    from lmlab.core.seq2seq.data import load_split, read_meta, token_batches
+    from lmlab.core.seq2seq.prep import prep_parallel
+    from seq2seq_fixtures import write_corpus
+    data = tmp_path / "data"
+    prep_parallel(data, src_lang="de", tgt_lang="en", splits=write_corpus(tmp_path, 120, 10), vocab_size=200)
+    train_split = load_split(data, "train", read_meta(data))
+    max_positions = Config().model.max_positions
+    max_tokens = next(t for t in range(200, 800, 10) if len(token_batches(train_split, t // 2, max_positions)) % 2)
+    n_batches = len(token_batches(train_split, max_tokens // 2, max_positions))
+    args = ["train-lm", "--task", "translation", "--data", str(data), "--device", "cpu", "--epochs", "2", "-q",
+            "--set", f"data.max_tokens={max_tokens}", "--set", "model.d_model=16", "--set", "model.encoder_layers=1",
+            "--set", "model.decoder_layers=1", "--set", "model.n_heads=2", "--set", "model.ffn_dim=32",
+            "--set", "hardware.threads=1", "--set", "hardware.dist_timeout_s=60", "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29575",
+                            "-m", "lmlab", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    summary = json.loads(multi.stdout.strip().splitlines()[-1])
+    assert n_batches % 2 == 1 and summary["step"] == 2 * (n_batches // 2)

@@ -87,6 +87,9 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     valid_batches = token_batches(valid_split, per_rank_tokens, cfg.model.max_positions)
     if not batches:
         raise LmlabError(f"data dir {cfg.data.dir}: no training pairs fit model.max_positions={cfg.model.max_positions}")
+    if len(batches) < dist.world_size:
+        raise LmlabError(f"{len(batches)} training batches for {dist.world_size} processes: lower data.max_tokens "
+                         f"(now {cfg.data.max_tokens}) or run fewer processes")
 
     torch.manual_seed(cfg.seed)
     model = build_seq2seq(cfg.model, vocab["src"], vocab["tgt"]).to(device)
@@ -112,7 +115,7 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
 
     max_steps = cfg.schedule.max_steps
     if cfg.schedule.epochs > 0:
-        max_steps = min(max_steps, cfg.schedule.epochs * math.ceil(len(batches) / (dist.world_size * cfg.optim.grad_accum)))
+        max_steps = min(max_steps, cfg.schedule.epochs * math.ceil(len(batches) // dist.world_size / cfg.optim.grad_accum))
     eval_interval = cfg.run.eval_interval or max(max_steps // 10, 1)
     save_interval = cfg.run.save_interval or eval_interval
     reporter.log(f"seq2seq: {sizes['params']:,} parameters ({sizes['embedding_params']:,} in embeddings), "
@@ -134,7 +137,9 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     try:
         while step < max_steps:
             order = epoch_order(len(batches), cfg.seed, epoch)
-            mine = order[dist.rank::dist.world_size]
+            # equal shares: ranks that step a different number of times wait for each other forever (DDP)
+            usable = len(order) - len(order) % dist.world_size
+            mine = order[:usable][dist.rank::dist.world_size]
             while batch_pos < len(mine) and step < max_steps:
                 group = mine[batch_pos:batch_pos + cfg.optim.grad_accum]
                 bs = [{k: v.to(device) for k, v in collate(train_split, batches[bi]).items()} for bi in group]
