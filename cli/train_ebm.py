@@ -38,6 +38,9 @@ def train_ebm(
     """
     if kind not in KINDS:
         raise LmlabError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if distributed.detect()[2] > 1:  # each process would train alone into the same run dir
+        raise LmlabError("train-ebm runs as one process (it is not data-parallel): launch it without torchrun "
+                         "or srun --ntasks > 1, on one device (--device cuda:N)")
     cls_ref, fn_ref = KINDS[kind]
     extra = {"run.dir": run_dir, "hardware.device": device, "seed": seed, "run.resume": resume,
              "run.force": True if force else None}
@@ -50,5 +53,4 @@ def train_ebm(
         print_config(cfg)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet))
-    if distributed.detect()[0] == 0:  # one summary line per job, not one per process under torchrun
-        print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
+    print(strict_json(result, default=str))  # null, never a bare Infinity/NaN

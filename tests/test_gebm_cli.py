@@ -45,3 +45,18 @@ def test_train_sample_evaluate_cli(tmp_path, monkeypatch):
     r = evaluate_main([str(best), "--is-samples", "2000", "--device", "cpu", "--out", str(tmp_path / "nll.json")])
     assert r["rows"] == 159 and np.isfinite(r["nll_gebm_nats"]) and np.isfinite(r["nll_gebm_exact_nats"])
     assert json.loads((tmp_path / "nll.json").read_text())["nll_base_nats"] == pytest.approx(r["nll_base_nats"])
+
+
+def test_device_cuda_n_is_accepted_and_checked_and_torchrun_is_refused(tmp_path, monkeypatch):
+    """`--device cuda:1`, as --help advertises, reaches the device check (not a choices refusal); under
+    torchrun (WORLD_SIZE > 1) train-ebm refuses to run N copies into one run dir."""
+    import torch
+    from conftest import invoke
+    from test_cli import assert_one_line_error
+    args = ["train-ebm", "--kind", "gebm", "--set", "data.dataset=synthetic-density", "--set", "data.kind=density",
+            "--run-dir", str(tmp_path / "r"), "-q"]
+    if not torch.cuda.is_available():
+        assert_one_line_error(invoke(*args, "--device", "cuda:1"), "hardware.device=cuda:1", "no CUDA device")
+    assert_one_line_error(invoke(*args, "--device", "cuda:x"), "hardware.device")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_one_line_error(invoke(*args), "one process", "torchrun")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.core.config import Check, at_least, between, greater_than, option, section
+from lmlab.core.config import DEVICE, Check, at_least, between, greater_than, option, section
 
 MILESTONES = Check(lambda v: all(int(x) >= 1 for x in v.split(",") if x.strip()),
                    "a comma list of positive update counts, e.g. 50,500,750", "50,x")
@@ -118,7 +118,7 @@ class RunConfig:
 
 @dataclass
 class HardwareConfig:
-    device: str = option("auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps (auto picks cuda when available)", check=DEVICE)
     threads: int = option(0, "torch CPU threads (0 = torch default)", check=at_least(0))
 
 

@@ -39,8 +39,12 @@ def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Modul
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LmlabError("hardware.device=cuda but no CUDA device is visible; use --set hardware.device=cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LmlabError(f"hardware.device={name} but no CUDA device is visible; use --set hardware.device=cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise LmlabError(f"hardware.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise LmlabError("hardware.device=mps but MPS is not available on this machine")
     return torch.device(name)
 
 
