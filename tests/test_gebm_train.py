@@ -196,3 +196,34 @@ def test_stop_inside_the_energy_phase_saves_and_resumes_identically(tmp_path, mo
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert torch.equal(sa["log_partition"], sb["log_partition"])
+
+
+def test_resumed_run_logs_the_same_metric_rows_with_log_every_2(tmp_path, monkeypatch):
+    """The rows averaged since the last metrics line are in the checkpoint: a run stopped after base step 3
+    (of a 2-step logging window) logs the same step-4 row on resume as the uninterrupted run."""
+    import lmlab.core.gebm.train as gebm_train
+    from lmlab.core.rundir import RunDir
+
+    def cfg(run):
+        return merge(tiny_density_cfg(run), {"run": {"log_every": 2}})
+
+    train(cfg(tmp_path / "full"), NullReporter())
+    real, calls = gebm_train.energy_loss, {"n": 0}
+
+    def loss_then_signal(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:  # the energy update of base step 3 (steps 1-2 made 3 each)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(gebm_train, "energy_loss", loss_then_signal)
+    first = train(cfg(tmp_path / "cut"), NullReporter())
+    monkeypatch.setattr(gebm_train, "energy_loss", real)
+    assert first["step"] == 3 and not first["completed"]
+    train(cfg(tmp_path / "cut"), NullReporter())
+
+    def rows(run):
+        return [{k: v for k, v in r.items() if k != "s_per_step"} for r in RunDir(run).read_metrics() if "base_loss_nats" in r]
+
+    assert [r["step"] for r in rows(tmp_path / "full")] == [2, 4, 6]
+    assert rows(tmp_path / "cut") == rows(tmp_path / "full")

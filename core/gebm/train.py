@@ -115,6 +115,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     batches = Batches(train_x, o.batch_size, cfg.seed)
     step, best, updates = 0, math.inf, 0
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
+    window = {"sums": {}, "count": 0}
     lr_steps = milestones(o.lr_milestones)
     n_fake = o.noise_factor * o.batch_size
 
@@ -139,6 +140,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         opt_b.load_state_dict(st["opt_base"])
         step, best, updates = int(st["step"]), float(st["best_metric"]), int(st.get("updates", 0))
         energy_done = int(st.get("energy_steps_done", 0))  # stopped inside a base step's energy phase
+        window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
         torch.set_rng_state(st["rng"]["torch"])
         batches = Batches(train_x, o.batch_size, cfg.seed, *st["data_pos"])
@@ -155,7 +157,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         return {"config": to_dict(cfg), "objective": o.objective, "step": step, "best_metric": best, "updates": updates,
                 "data_dim": data_dim, "base": base.state_dict(), "energy": energy.state_dict(),
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
-                "energy_steps_done": energy_done,
+                "energy_steps_done": energy_done, "metrics_window": {"sums": dict(sums), "count": count},
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}}
 
@@ -174,7 +176,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
 
     # loop -------------------------------------------------------------------------------------
     stop = StopFlag().install()
-    t0, start_step, sums, count = time.monotonic(), step, {}, 0
+    t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
     reporter.start(o.base_steps, "gebm")
     try:
         while step < o.base_steps and not stop.requested:
