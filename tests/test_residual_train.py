@@ -205,3 +205,18 @@ def test_eval_refuses_a_data_dir_with_another_tokenizer(setup, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(LmlabError, match="another tokenizer.json"):
         eval_joint_ppl(state, str(other), "test", samples=[1], max_examples=2, batch_size=2, seed=0, device="cpu")
+
+
+def test_hardware_precision_is_applied_not_ignored(setup):
+    """hardware.precision=bf16 runs the energy's forward under autocast (fp32 weights and loss): the same seed
+    gives close but different losses; fp32 stays the default path."""
+    root, ckpt = setup
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        train(make_cfg(root, ckpt, f"run-{precision}", hardware={"precision": precision}, optim={"max_steps": 3}))
+        metrics = [json.loads(l) for l in (root / f"run-{precision}/metrics.jsonl").read_text().splitlines()]
+        rows[precision] = [r["train_loss_nats"] for r in metrics if "train_loss_nats" in r]
+        state = load_checkpoint(root / f"run-{precision}/checkpoints/last.pt", "residual-ebm")
+        assert all(v.dtype == torch.float32 for v in state["energy"].values() if v.is_floating_point())
+    assert rows["fp32"] != rows["bf16"]
+    assert max(abs(a - b) for a, b in zip(rows["fp32"], rows["bf16"])) < 0.05

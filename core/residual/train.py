@@ -11,6 +11,7 @@ data dir, tokenizer, top-k, temperature, prefix hash); `run.resume=auto` continu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -35,7 +36,7 @@ from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
-from lmlab.core.train.lm_trainer import rng_state, seed_everything, set_rng_state
+from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -70,6 +71,10 @@ class ResidualTrainer:
         self.train_windows = Windows(self.data.split(cfg.data.train_split), P, C, f"{cfg.data.dir}:{cfg.data.train_split}")
         self.valid_windows = Windows(self.data.split(cfg.valid.split), P, C, f"{cfg.data.dir}:{cfg.valid.split}")
         self.energy = build_energy(cfg.energy, self.data.vocab_size, P + C, self.lm).to(self.device)
+        # the scoring forward: compiled and autocast when asked; the weights, optimizer and checkpoints stay fp32
+        self.energy_forward = torch.compile(self.energy) if cfg.hardware.compile else self.energy
+        self.autocast = autocast_factory(self.device, cfg.hardware.precision) or contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.hardware.precision == "fp16" else None
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.energy.parameters(), lr=o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)
@@ -144,16 +149,23 @@ class ResidualTrainer:
     def train_update(self) -> dict[str, float]:
         self.energy.train()
         prefixes, pos, neg = self._batch()
-        e = score(self.energy, prefixes, torch.cat([pos, neg], dim=1))  # (B, 1+K)
+        with self.autocast():
+            e = score(self.energy_forward, prefixes, torch.cat([pos, neg], dim=1)).float()  # (B, 1+K)
         loss = nce_loss(e[:, 0], e[:, 1:])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"NCE loss became {loss.item()} at update {self.step}; last good checkpoint: "
                                      f"{self.run.last} (lower optim.lr)")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.cfg.optim.clip)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.schedule.step()
         self.step += 1
         acc = classification_accuracy(e[:, 0].detach(), e[:, 1:].detach())
@@ -175,7 +187,8 @@ class ResidualTrainer:
         self.energy.eval()
         e_pos, e_neg = [], []
         for prefixes, pos, neg in self._valid_set:
-            e = score(self.energy, prefixes, torch.cat([pos, neg], dim=1), chunk=512)
+            with self.autocast():
+                e = score(self.energy_forward, prefixes, torch.cat([pos, neg], dim=1), chunk=512).float()
             e_pos.append(e[:, 0])
             e_neg.append(e[:, 1:])
         e_pos, e_neg = torch.cat(e_pos), torch.cat(e_neg)
