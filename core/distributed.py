@@ -2,7 +2,8 @@
 
 - torchrun sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT: used as they are.
 - Under `srun` without torchrun, SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS give rank, local rank
-  and world size (MASTER_ADDR/PORT must then be exported by the batch script).
+  and world size (MASTER_ADDR/PORT must then be exported by the batch script). SLURM_NTASKS > 1 without
+  MASTER_ADDR is refused: srun would start that many copies that each train alone into one run dir.
 - Otherwise: a single process on one device (never all GPUs of a shared node).
 """
 
@@ -42,11 +43,16 @@ def _env_int(*names: str) -> int | None:
 
 
 def detect() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's variables, else SLURM's, else one process."""
     world = _env_int("WORLD_SIZE")
     if world is not None:
         return _env_int("RANK") or 0, _env_int("LOCAL_RANK") or 0, world
     world = _env_int("SLURM_NTASKS")
-    if world is not None and world > 1 and "MASTER_ADDR" in os.environ:
+    if world is not None and world > 1:
+        if not os.environ.get("MASTER_ADDR"):
+            raise LmlabError(f"SLURM_NTASKS={world} but no MASTER_ADDR: this would be {world} copies each training alone into "
+                             "the same run dir; submit pipelines/slurm.sbatch (srun + torchrun), launch with torchrun, or "
+                             "export MASTER_ADDR and MASTER_PORT before srun")
         return _env_int("SLURM_PROCID") or 0, _env_int("SLURM_LOCALID") or 0, world
     return 0, 0, 1
 
@@ -77,9 +83,21 @@ def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
 
 
+_stopping = False  # every rank agreed to stop on a signal (any_true): rank 0 is writing the last checkpoint
+
+
 def shutdown() -> None:
+    global _stopping
     if dist.is_initialized():
+        if _stopping:
+            # After a signal every rank leaves together: a rank that exits first ends its node's torchrun with a
+            # non-zero status, and `srun --kill-on-bad-exit` would then kill rank 0 while it writes the checkpoint.
+            try:
+                dist.barrier()
+            except RuntimeError:
+                pass  # a lost rank: nothing to wait for
         dist.destroy_process_group()
+    _stopping = False
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
@@ -94,8 +112,10 @@ def any_true(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on one (e.g. a stop signal reached one rank)."""
     if not dist.is_initialized():
         return flag
+    global _stopping
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    _stopping = _stopping or bool(t.item() > 0)
     return bool(t.item() > 0)
 
 

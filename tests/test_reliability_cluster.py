@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
+from fake_slurm import (SLOW_RANK0_SAVE, checkpoint_step, clean_env, finish, left_running, render_slurm,
+                        slurm_log, smoke_dir, submit, summaries, wait_for_text)
 from test_reliability_doc import record, writing
 
 TRAIN = ["train-lm", "--device", "cpu", "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16",
@@ -21,18 +26,10 @@ TRAIN = ["train-lm", "--device", "cpu", "--set", "data.batch_size=4", "--set", "
          "--set", "run.eval_interval=1000000", "--set", "hardware.threads=1", "--set", "hardware.dist_timeout_s=30"]
 
 
-def _env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-    for k in ("LMLAB_DEBUG", "WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_ID"):
-        if k not in extra:
-            env.pop(k, None)
-    return env
-
-
 def _wait_for(path: Path, procs, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not path.exists():
-        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        assert all(p.poll() is None for p in procs), [(p.communicate()[1] or "")[-2000:] for p in procs]
         time.sleep(0.1)
     assert path.exists(), f"{path} never appeared"
 
@@ -60,7 +57,7 @@ def test_a_dead_rank_stops_the_job_with_a_clear_error(tmp_path, tiny_data):
     run = tmp_path / "srun"
     args = [sys.executable, "-m", "lmlab", *TRAIN, "--steps", "100000", "--data", str(tiny_data), "--run-dir", str(run), "-q"]
     common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29613", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    ranks = [subprocess.Popen(args, cwd=REPO, env=_env(**common, RANK=str(r)), stdout=subprocess.PIPE,
+    ranks = [subprocess.Popen(args, cwd=REPO, env=clean_env(**common, RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     try:
         _wait_for(run / "checkpoints" / "last.pt", ranks)
@@ -82,7 +79,7 @@ def test_a_dead_rank_stops_the_job_with_a_clear_error(tmp_path, tiny_data):
     run = tmp_path / "torchrun"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29614",
                              "-m", "lmlab", *TRAIN, "--steps", "100000", "--data", str(tiny_data), "--run-dir", str(run), "-q"],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(run / "checkpoints" / "last.pt", [proc])
         workers = {_rank_of(pid): pid for pid in _children(proc.pid)}
@@ -113,85 +110,235 @@ def _render_dead_rank(observed: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ slurm
-FAKE_SCONTROL = """#!/usr/bin/env bash
-echo "scontrol $*" >> "$FAKE_LOG"
-if [ "$1" = show ] && [ "$2" = hostnames ]; then echo node001; echo node002; fi
-"""
-# srun: log the command, then run the lmlab part as one local process (exec: signals reach python itself)
-FAKE_SRUN = """#!/usr/bin/env bash
-echo "srun $*" >> "$FAKE_LOG"
-while [ "$#" -gt 0 ] && [ "$1" != "-m" ]; do shift; done
-shift 2
-exec "$FAKE_PYTHON" -m lmlab "$@"
-"""
+# pipelines/slurm.sbatch run as SLURM runs it (bash, SLURM_* variables, signals to the batch shell only, as
+# --signal=B:USR1@90 sends them), with the fake srun and scontrol of tests/fake_slurm.py on PATH.
+TORCHRUN_SIGNALS = "--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+_SLURM: dict[str, dict] = {}  # what the requeue scenarios observed, for docs/reliability.md (_record_slurm)
 
 
-def _sbatch(tmp_path, lmlab_args, env_extra=None):
-    fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (fake / name).write_text(text)
-        (fake / name).chmod(0o755)
-    env = _env(PATH=f"{fake}:{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "slurm.log"), FAKE_PYTHON=sys.executable,
-               SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[001-002]", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1",
-               **(env_extra or {}))
-    return subprocess.Popen(["bash", str(REPO / "pipelines" / "slurm.sbatch"), "lmlab", *lmlab_args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(tmp_path):
+    """A failing test must not leave a 100000-step run behind (a worker orphaned by its torchrun would train on)."""
+    yield
+    out = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    for pid in map(int, out.split()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_slurm_script_forwards_the_signal_and_requeues_only_near_the_time_limit(tmp_path, tiny_data, sig):
-    from lmlab.core.checkpoint import load_checkpoint
+def test_slurm_lmlab_mode_usr1_saves_and_requeues_then_the_requeued_job_resumes(tmp_path, tiny_data):
+    """`sbatch slurm.sbatch lmlab train-lm ...`: USR1 near the time limit -> saved + requeued; the requeued job (same
+    command) resumes from that step; SIGTERM (scancel --batch) -> saved, not requeued."""
     run = tmp_path / "run"
-    args = [*TRAIN, "--steps", "100000", "--data", str(tiny_data), "--run-dir", str(run), "-q"]
-    job = _sbatch(tmp_path, args)
-    try:
-        _wait_for(run / "checkpoints" / "last.pt", [job])
-        time.sleep(0.5)
-        job.send_signal(sig)  # --signal=B:USR1@90: SLURM signals the batch shell only
-        t0 = time.time()
-        out, err = job.communicate(timeout=120)
-        seconds = time.time() - t0
-    finally:
-        if job.poll() is None:
-            job.kill()
-    log = (tmp_path / "slurm.log").read_text().splitlines()
+    args = ["lmlab", *TRAIN, "--steps", "100000", "--data", tiny_data, "--run-dir", run]
+    job = submit(tmp_path, "first", args)
+    _wait_for(run / "checkpoints" / "last.pt", [job])
+    job.send_signal(signal.SIGUSR1)
+    seconds = finish(job)
+    err = (tmp_path / "first.err").read_text()
+    log = slurm_log(tmp_path)
     srun = next(l for l in log if l.startswith("srun "))
-    step = load_checkpoint(run / "checkpoints" / "last.pt", "lm")["step"]
-    stopped = json.loads(out.strip().splitlines()[-1])["stopped_by"] if out.strip() else None
-    result = {"signal": sig.name, "script_exit": job.returncode, "seconds_to_exit": round(seconds, 2),
-              "training_stopped_by": stopped, "checkpoint_step": step, "requeue_called": "scontrol requeue 4242" in log,
-              "srun_command": srun[:200]}
-    _SLURM[sig.name] = result
-    assert job.returncode == 0, err[-2000:]
-    assert stopped == sig.name, (out, err[-2000:])  # forwarded as received; lmlab saved and exited 0
-    # USR1 (--signal=B:USR1@90, the time limit is near) requeues; TERM (scancel/preemption) does not
-    assert result["requeue_called"] == (sig == signal.SIGUSR1) and step > 0 and seconds < 90
-    assert "--kill-on-bad-exit=1 torchrun --nnodes 2 --nproc_per_node 1" in srun and "--rdzv_endpoint node001:29500" in srun
-    if len(_SLURM) == 2:
-        record("slurm", dict(_SLURM), render=_render_slurm)
+    stopped = summaries(tmp_path / "first.out")
+    step = checkpoint_step(run)
+    observed = {"lmlab mode, SIGUSR1": {"exit": job.returncode, "seconds": seconds, "stopped_by": [s["stopped_by"] for s in stopped],
+                                        "step": step, "requeue": log.count("scontrol requeue 4242"), "orphans": left_running(run),
+                                        "srun": srun.replace(str(tmp_path), "$TMP").replace(str(tiny_data), "$DATA")}}
+    assert job.returncode == 0, err[-3000:]
+    assert [s["stopped_by"] for s in stopped] == ["SIGUSR1"], err[-3000:]  # the worker itself saved, on USR1
+    assert 0 < step < 100000 and stopped[0]["step"] == step
+    assert log.count("scontrol requeue 4242") == 1 and not left_running(run)
+    assert srun.startswith("srun --kill-on-bad-exit=1 torchrun --nnodes 1 --nproc_per_node 1 --rdzv_id 4242 ")
+    assert TORCHRUN_SIGNALS in srun and "--rdzv_endpoint localhost:24242" in srun  # port 20000 + job id % 20000
+    assert srun.endswith(f"--run-dir {run} --preset cpu")  # HW appended, as make mode appends $(HW)
+    assert "srun env: SRUN_CPUS_PER_TASK=3" in log  # srun does not inherit --cpus-per-task (Slurm >= 22.05)
+
+    # the requeued job: SLURM reruns the same script with the same arguments and job id
+    job = submit(tmp_path, "requeued", args)
+    wait_for_text(tmp_path / "requeued.err", f"resumed {run} at update {step} ", [job])
+    deadline = time.time() + 60
+    while checkpoint_step(run) <= step and job.poll() is None and time.time() < deadline:  # the requeued job trains on
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)
+    seconds = finish(job)
+    err = (tmp_path / "requeued.err").read_text()
+    stopped = summaries(tmp_path / "requeued.out")
+    observed["requeued job, then SIGTERM"] = {"exit": job.returncode, "seconds": seconds, "resumed_at": step,
+                                              "stopped_by": [s["stopped_by"] for s in stopped], "step": checkpoint_step(run),
+                                              "requeue": slurm_log(tmp_path).count("scontrol requeue 4242") - 1,
+                                              "orphans": left_running(run)}
+    _record_slurm(observed)
+    assert job.returncode == 0, err[-3000:]
+    assert [s["stopped_by"] for s in stopped] == ["SIGTERM"] and checkpoint_step(run) == stopped[0]["step"] > step
+    assert slurm_log(tmp_path).count("scontrol requeue 4242") == 1 and not left_running(run)  # TERM: no requeue
 
 
-_SLURM: dict[str, dict] = {}
+def test_slurm_make_mode_usr1_reaches_the_training_step_and_the_requeued_make_resumes_it(tmp_path, tiny_data):
+    """`sbatch slurm.sbatch make TARGET`: make's training step (pipelines/smoke.mk, srun + torchrun through
+    LMLAB_TRAIN) gets the USR1, saves, and leaves no stamp, so the requeued make reruns the step, which resumes."""
+    smoke = smoke_dir(tmp_path, tiny_data)
+    run, stamp = smoke / "run", smoke / "run.train.json"
+    train = [a for a in TRAIN[1:] if a != "--device" and a != "cpu"]  # make mode: --preset demo,$(HW) with HW=cpu
+
+    def make_args(steps):
+        return ["make", stamp, f"SMOKE_DIR={smoke}", f"PYTHON={sys.executable}",
+                "SMOKE_TRAIN_ARGS=" + " ".join([*train, "--steps", str(steps)])]
+
+    job = submit(tmp_path, "first", make_args(100000), job_id=7001)
+    _wait_for(run / "checkpoints" / "last.pt", [job])
+    job.send_signal(signal.SIGUSR1)
+    seconds = finish(job)
+    err = (tmp_path / "first.err").read_text()
+    log = slurm_log(tmp_path)
+    step = checkpoint_step(run)
+    stopped = summaries(Path(f"{stamp}.tmp"))
+    srun = next(l for l in log if l.startswith("srun "))
+    observed = {"make mode, SIGUSR1": {"exit": job.returncode, "seconds": seconds, "stopped_by": [s["stopped_by"] for s in stopped],
+                                       "step": step, "requeue": log.count("scontrol requeue 7001"), "stamp": stamp.exists(),
+                                       "orphans": left_running(run), "srun": srun.replace(str(tmp_path), "$TMP")}}
+    assert job.returncode == 0, err[-3000:]
+    assert [s["stopped_by"] for s in stopped] == ["SIGUSR1"] and 0 < step < 100000, err[-3000:]
+    assert not stamp.exists()  # the step is not done: make will rerun it
+    assert log.count("scontrol requeue 7001") == 1 and "srun: forwarding SIGUSR1" in log and not left_running(run)
+    assert srun.startswith("srun --kill-on-bad-exit=1 torchrun --nnodes 1 --nproc_per_node 1 --rdzv_id 7001 ") and TORCHRUN_SIGNALS in srun
+    assert "--preset demo,cpu" in srun
+
+    # the requeued job, here given a budget it can finish (schedule.max_steps may change on resume)
+    job = submit(tmp_path, "requeued", make_args(step + 3), job_id=7001)
+    seconds = finish(job)
+    err = (tmp_path / "requeued.err").read_text()
+    observed["requeued make, runs to the end"] = {"exit": job.returncode, "seconds": seconds, "resumed_at": step,
+                                                  "step": checkpoint_step(run), "stamp": stamp.exists(), "stopped_by": [],
+                                                  "orphans": left_running(run),
+                                                  "requeue": slurm_log(tmp_path).count("scontrol requeue 7001") - 1}
+    _record_slurm(observed)
+    assert job.returncode == 0, err[-3000:]
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss_nats" in r] == list(range(1, step + 4))  # resumed: no step twice
+    assert stamp.exists() and json.loads(stamp.read_text())["step"] == step + 3 == checkpoint_step(run)
+    assert slurm_log(tmp_path).count("scontrol requeue 7001") == 1
 
 
-def test_slurm_script_does_not_requeue_a_failed_job(tmp_path):
-    job = _sbatch(tmp_path, ["train-lm", "--preset", "no-such-preset"])
-    out, err = job.communicate(timeout=180)
-    log = (tmp_path / "slurm.log").read_text()
-    assert job.returncode != 0 and "requeue" not in log
-    assert err.rstrip().splitlines()[-1].startswith("lmlab: error: unknown preset")
+def test_slurm_make_mode_usr1_between_training_steps_stops_make_and_requeues(tmp_path):
+    """USR1 while make runs no training step (a prep or an eval): make is stopped (it kills that recipe and deletes its
+    partial target) instead of running on into the next training step past the time limit."""
+    (tmp_path / "Makefile").write_text(f"{tmp_path}/prepped:\n\ttouch {tmp_path}/started && sleep 60 && touch $@\n")
+    job = submit(tmp_path, "job", ["make", "-f", tmp_path / "Makefile", tmp_path / "prepped"], job_id=6060)
+    _wait_for(tmp_path / "started", [job])
+    job.send_signal(signal.SIGUSR1)
+    seconds = finish(job)
+    err = (tmp_path / "job.err").read_text()
+    assert job.returncode == 0 and seconds < 20, err
+    assert "make runs no training step; stopping make" in err and not (tmp_path / "prepped").exists()
+    assert slurm_log(tmp_path).count("scontrol requeue 6060") == 1
 
 
-def _render_slurm(observed: dict) -> str:
-    rows = ["| signal to the batch shell | script exit | seconds to exit | lmlab stopped by | checkpoint step | `scontrol requeue` |",
-            "|---|---|---|---|---|---|"]
-    rows += [f"| {o['signal']} | {o['script_exit']} | {o['seconds_to_exit']} | {o['training_stopped_by']} | "
-             f"{o['checkpoint_step']} | {'called' if o['requeue_called'] else 'NOT called'} |" for o in observed.values()]
-    srun = next(iter(observed.values()))["srun_command"]
-    return ("`bash pipelines/slurm.sbatch lmlab train-lm ...` with fake `srun` (logs, then execs the lmlab part) and "
-            "`scontrol` on PATH, SLURM_JOB_ID=4242, two nodes. A job whose training fails (bad preset) exits non-zero and "
-            f"is not requeued.\n\nsrun was called as: `{srun}`\n\n" + "\n".join(rows))
+def test_slurm_two_nodes_usr1_every_rank_waits_for_rank0s_checkpoint(tmp_path, tiny_data):
+    """Two nodes (two srun tasks, each a torchrun with one worker). After USR1 the ranks leave together: a rank that
+    exited first would end its torchrun with status 1, and srun --kill-on-bad-exit would kill rank 0 mid-write."""
+    site, run = tmp_path / "site", tmp_path / "run"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_RANK0_SAVE)
+    train = [a if a != "run.save_interval=1" else "run.save_interval=0" for a in TRAIN]  # the stop's is the only save
+    args = ["lmlab", *train, "--steps", "100000", "--data", tiny_data, "--run-dir", run]
+    job = submit(tmp_path, "job", args, job_id=5151, nodes=2, PYTHONPATH=str(site))
+    wait_for_text(run / "metrics.jsonl", '"step": 2,', [job])
+    job.send_signal(signal.SIGUSR1)
+    seconds = finish(job)
+    err = (tmp_path / "job.err").read_text()
+    log = slurm_log(tmp_path)
+    stopped = summaries(tmp_path / "job.out")  # rank 0's summary, if it printed it before the step was killed
+    stop_steps = {int(n) for n in re.findall(r"SIGUSR1: saved \S+ at update (\d+);", err)}  # logged by every rank
+    _record_slurm({"two nodes, SIGUSR1 (rank 0's writes slowed to 3 s)": {
+        "exit": job.returncode, "seconds": seconds, "stopped_by": [s["stopped_by"] for s in stopped], "step": checkpoint_step(run),
+        "stop_step_logged": sorted(stop_steps), "requeue": log.count("scontrol requeue 5151"), "orphans": left_running(run)}})
+    assert job.returncode == 0, err[-3000:]
+    assert next(l for l in log if l.startswith("srun ")).startswith("srun --kill-on-bad-exit=1 torchrun --nnodes 2 ")
+    # Every rank stopped at the same update, and rank 0 wrote that update's checkpoint before any rank left. (The
+    # first torchrun to exit still ends the step with status 1, which may kill rank 0 before it prints its summary.)
+    assert len(stop_steps) == 1 and stop_steps == {checkpoint_step(run)}, (log, err[-3000:])
+    assert [(s["stopped_by"], s["step"]) for s in stopped] in ([], [("SIGUSR1", checkpoint_step(run))])
+    assert log.count("scontrol requeue 5151") == 1 and not left_running(run)
+
+
+@pytest.mark.parametrize("mode", ["lmlab", "make"])
+def test_slurm_script_does_not_requeue_a_failed_job(tmp_path, tiny_data, mode):
+    if mode == "lmlab":
+        args = ["lmlab", "train-lm", "--preset", "no-such-preset"]
+    else:  # a training step that fails inside srun + torchrun
+        smoke = smoke_dir(tmp_path, tiny_data)
+        args = ["make", smoke / "run.train.json", f"SMOKE_DIR={smoke}", f"PYTHON={sys.executable}",
+                "SMOKE_TRAIN_ARGS=--set model.no_such_key=1"]
+    job = submit(tmp_path, "failed", args, job_id=4343, HW=None if mode == "lmlab" else "cpu")  # None: the default HW
+    finish(job, timeout=180)
+    err = (tmp_path / "failed.err").read_text()
+    log = slurm_log(tmp_path)
+    assert job.returncode not in (0, None) and not any("requeue" in l for l in log), err[-2000:]
+    assert any(l.startswith("lmlab: error: ") for l in err.splitlines()), err[-2000:]  # the worker's one-line error
+    if mode == "lmlab":
+        assert any(l.startswith("lmlab: error: unknown preset") for l in err.splitlines()), err[-2000:]
+        assert next(l for l in log if l.startswith("srun ")).endswith("train-lm --preset no-such-preset --preset slurm")
+    else:
+        assert "no_such_key" in err and not (tmp_path / "smoke" / "run.train.json").exists()
+
+
+def test_slurm_script_outside_slurm_or_without_a_mode_is_one_error_line(tmp_path):
+    script = str(REPO / "pipelines" / "slurm.sbatch")
+    outside = subprocess.run(["bash", script, "lmlab", "train-lm"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    assert outside.returncode == 2 and outside.stderr == "lmlab: error: pipelines/slurm.sbatch runs under SLURM: submit it with sbatch\n"
+    job = submit(tmp_path, "job", ["train-lm"])
+    assert finish(job) is not None and job.returncode == 2
+    assert (tmp_path / "job.err").read_text().startswith("lmlab: error: usage: sbatch pipelines/slurm.sbatch lmlab COMMAND")
+
+
+def test_srun_tasks_without_a_rendezvous_are_refused(tmp_path, tiny_data):
+    """`srun --ntasks 2 lmlab train-lm ...` outside the sbatch script: two copies would each train alone into one
+    run dir; each stops with a one-line error naming what to do."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "lmlab", *TRAIN, "--steps", "3", "--data", str(tiny_data), "--run-dir", str(run)],
+                          cwd=REPO, env=clean_env(SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_JOB_ID="99"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode not in (0, None) and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("lmlab: error: SLURM_NTASKS=2 but no MASTER_ADDR"), proc.stderr
+    assert "pipelines/slurm.sbatch" in proc.stderr and "torchrun" in proc.stderr and not run.exists()
+
+
+def test_the_global_batch_is_shared_and_an_impossible_split_names_the_sizes_that_work():
+    from lmlab.core.errors import LmlabError
+    from lmlab.core.train.batches import StreamBatches
+    stream = np.arange(20 * 10)
+    one = StreamBatches(stream, 20, 4).columns  # (20, 10): one column per batch row
+    four = [StreamBatches(stream, 20, 4, rank=r, world_size=4).columns for r in range(4)]
+    assert [c.shape for c in four] == [(5, 10)] * 4 and torch.equal(torch.cat(four), one)  # 4 ranks x 5 = the same 20
+    with pytest.raises(LmlabError) as e:
+        StreamBatches(stream, 20, 4, world_size=32)
+    assert "--set data.batch_size=32," in str(e.value) and "divides 20 (1, 2, 4, 5, 10, 20)" in str(e.value)
+    with pytest.raises(LmlabError, match=r"data.batch_size=16 or --set data.batch_size=24"):
+        StreamBatches(stream, 20, 4, world_size=8)
+
+
+def test_the_sbatch_header_examples_divide_their_global_batch():
+    """The examples at the top of pipelines/slurm.sbatch run: their presets' batch divides nodes x GPUs per node."""
+    from lmlab.cli.common import resolve_config
+    from lmlab.core.train.config import TrainConfig
+    header = (REPO / "pipelines" / "slurm.sbatch").read_text()
+    default_gpus = int(re.search(r"#SBATCH --gpus-per-node=(\d+)", header)[1])
+    make_presets = {"ptb-zaremba-large": ["ptb", "zaremba-large"]}
+    examples = re.findall(r"#   sbatch --nodes (\d+)(?: --gpus-per-node (\d+))? pipelines/slurm.sbatch (.*)", header)
+    assert len(examples) == 2
+    for nodes, gpus, command in examples:
+        words = command.split()
+        presets = make_presets[words[1]] if words[0] == "make" else words[words.index("--preset") + 1].split(",")
+        batch = resolve_config(TrainConfig, "train-lm", presets, None).data.batch_size
+        assert batch % (int(nodes) * int(gpus or default_gpus)) == 0, (command, batch)
+
+
+def _record_slurm(observed: dict) -> None:
+    """Write the slurm block of docs/reliability.md once the three scenarios that feed it have run."""
+    _SLURM.update(observed)
+    if len(_SLURM) == 5:
+        record("slurm", dict(_SLURM), render=render_slurm)
 
 
 # ------------------------------------------------------------------------------------------------ torchrun figure

@@ -14,7 +14,7 @@ from lmlab.core.errors import LmlabError
 class StreamBatches:
     def __init__(self, stream: np.ndarray, batch_size: int, bptt: int, rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
-            raise LmlabError(f"data.batch_size={batch_size} must be divisible by the number of processes ({world_size})")
+            raise LmlabError(batch_not_divisible(batch_size, world_size))
         length = len(stream) // batch_size
         if length < 2:
             raise LmlabError(f"the train split ({len(stream)} tokens) is too small for data.batch_size={batch_size}")
@@ -29,3 +29,15 @@ class StreamBatches:
         start = index * self.bptt
         seq = min(self.bptt, self.columns.size(1) - 1 - start)
         return self.columns[:, start: start + seq], self.columns[:, start + 1: start + 1 + seq]
+
+
+def batch_not_divisible(batch_size: int, world_size: int) -> str:
+    """The error for a global batch that the processes cannot share: the nearest global batch sizes that
+    work at this world size, and the process counts that work with this batch (a paper preset's batch is
+    part of its result, so changing the process count is often the better fix)."""
+    lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
+    sizes = " or ".join(f"--set data.batch_size={b}" for b in (lower, upper) if b > 0)
+    counts = ", ".join(str(n) for n in range(1, batch_size + 1) if batch_size % n == 0)
+    return (f"data.batch_size={batch_size} is the global batch and must be divisible by the number of processes "
+            f"({world_size}); the nearest that work are {sizes}, or keep it and run a number of processes that divides "
+            f"{batch_size} ({counts})")
