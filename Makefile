@@ -33,7 +33,7 @@ help:  ## this list
 #   	@mkdir -p $(@D)
 #   	$(LMLAB_TRAIN) train-lm ... --run-dir runs/X > $@.tmp
 #   	$(train_done)
-# train-lm and train-ebm print a JSON summary on stdout (one line per rank under torchrun); a run stopped by SIGTERM/SIGUSR1 saves, exits 0 and says
+# train-lm and train-ebm print a JSON summary line on stdout (rank 0 only under torchrun); a run stopped by SIGTERM/SIGUSR1 saves, exits 0 and says
 # so in it ("stopped_by"), so train_done fails ("rerun to resume") and leaves no stamp: the next `make` resumes
 # the run instead of decoding a partial best.pt. Ctrl-C or a crash leaves no stamp either, and since no rule
 # names a checkpoint as its target, .DELETE_ON_ERROR never deletes one (.PRECIOUS says the same to any that does).
