@@ -14,6 +14,20 @@ HW ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
+# Datasets. The presets take every dataset path from an LMLAB_* variable and have no defaults (README, "Data");
+# the pipelines default them under one root, LMLAB_DATA, laid out as on this project's development machines
+# (../shared/data/ptb, .../multi30k, ...). Elsewhere: make TARGET LMLAB_DATA=/your/datasets (the same layout),
+# or set each LMLAB_* variable (in the environment or on the command line; either wins over these defaults).
+LMLAB_DATA ?= ../shared/data
+export LMLAB_PTB ?= $(LMLAB_DATA)/ptb
+export LMLAB_WIKITEXT2 ?= $(LMLAB_DATA)/wikitext-2
+export LMLAB_WIKITEXT103 ?= $(LMLAB_DATA)/wikitext-103
+export LMLAB_MULTI30K ?= $(LMLAB_DATA)/multi30k
+export LMLAB_WMT14 ?= $(LMLAB_DATA)/wmt14-en-de
+export LMLAB_REDWINE ?= $(LMLAB_DATA)/uci-wine/winequality-red.csv
+export LMLAB_WHITEWINE ?= $(LMLAB_DATA)/uci-wine/winequality-white.csv
+export LMLAB_CIFAR10 ?= $(LMLAB_DATA)/cifar10/CIFAR-10-images.tar.gz
+
 .DELETE_ON_ERROR:
 .PHONY: help install demo test bench results results-check clean-demo
 
@@ -25,7 +39,8 @@ help:  ## this list
 	    target = $$0; sub(/:.*/, "", target); doc = $$0; sub(/^[^#]*## /, "", doc); \
 	    printf "  %-24s  %s\n", target, doc }' $(MAKEFILE_LIST)
 	@echo; echo "Variables: HW=cpu|gpu|dgx8|slurm (hardware preset), PYTHON, LMLAB_TRAIN (launcher for training steps),"
-	@echo "TRAIN_ARGS (extra train-lm flags); data paths as in each target's line (LMLAB_PTB=dir, ...)."
+	@echo "TRAIN_ARGS (extra train-lm flags); data paths as in each target's line (LMLAB_PTB=dir, ...), all defaulting"
+	@echo "under LMLAB_DATA=$(LMLAB_DATA) (the development machines' layout; README, section Data, lists every variable)."
 
 # ---- training steps: a stamp written only when training completed ------------------------------------------
 # Every training step is a rule whose target is a stamp (runs/X.train.json), never a checkpoint:

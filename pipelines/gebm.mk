@@ -6,18 +6,22 @@
 HW ?= cpu
 RUNS ?= runs
 LMLAB ?= lmlab
-PY ?= python
-EVAL = $(PY) -m lmlab.core.gebm.evaluate
-CIFAR10 ?= ../shared/data/cifar10/CIFAR-10-images.tar.gz
+EVAL = $(PYTHON) -m lmlab.core.gebm.evaluate
 INCEPTION ?=
-WINE ?= ../shared/data/uci-wine
 IS_SAMPLES ?= 50000
 # Same budget of optimizer updates for the flow MLE baseline as the GEBM: the presets' 8 base updates
 # + 2x100 + 6x50 energy updates = 508 (change both together; bench/gebm_uci.py computes it).
 MLE_STEPS ?= 508
+# Data: LMLAB_REDWINE, LMLAB_WHITEWINE (CSV files) and LMLAB_CIFAR10 (the Makefile defaults them under LMLAB_DATA;
+# set in the environment, they are kept). The older names still work on the command line: WINE=dir sets both wine
+# files, CIFAR10=path the image archive. (Not from the environment: WINE there is often the Windows emulator.)
+ifneq ($(filter command line file override,$(origin WINE)),)
 export LMLAB_REDWINE = $(WINE)/winequality-red.csv
 export LMLAB_WHITEWINE = $(WINE)/winequality-white.csv
+endif
+ifneq ($(filter command line file override,$(origin CIFAR10)),)
 export LMLAB_CIFAR10 = $(CIFAR10)
+endif
 
 # UCI sets run here (presets gebm-uci-NAME); rules below are static pattern rules over them, so no stamp or
 # checkpoint is ever an intermediate file that make may delete or skip.
@@ -27,13 +31,13 @@ GEBM_IMAGE_RUNS = $(RUNS)/gebm-cifar10-cpu $(RUNS)/gebm-cifar10
 .PRECIOUS: $(foreach r,$(GEBM_UCI_RUNS) $(GEBM_IMAGE_RUNS),$(r)/checkpoints/best.pt $(r)/checkpoints/last.pt)
 .PHONY: gebm-prep gebm-wine gebm-redwine gebm-whitewine gebm-cifar10-cpu gebm-cifar10 gebm-clean
 
-gebm-prep:  ## check the UCI wine files exist (nothing to tokenise; the preprocessing runs inside train, seeded) [WINE=dir]
-	@test -f $(WINE)/winequality-red.csv || { echo "missing $(WINE)/winequality-red.csv (set WINE=...)"; exit 2; }
-	@test -f $(WINE)/winequality-white.csv || { echo "missing $(WINE)/winequality-white.csv"; exit 2; }
+gebm-prep:  ## check the UCI wine files exist (nothing to tokenise; the preprocessing runs inside train, seeded) [LMLAB_DATA=dir or WINE=dir]
+	@test -f $(LMLAB_REDWINE) || { echo "missing $(LMLAB_REDWINE) (set LMLAB_REDWINE=file.csv, WINE=dir or LMLAB_DATA=dir)"; exit 2; }
+	@test -f $(LMLAB_WHITEWINE) || { echo "missing $(LMLAB_WHITEWINE) (set LMLAB_WHITEWINE=file.csv, WINE=dir or LMLAB_DATA=dir)"; exit 2; }
 
 # ---- density: GEBM and the same RealNVP by maximum likelihood with the same number of updates
-gebm-wine: gebm-redwine gebm-whitewine  ## red + white wine: GEBM vs the same RealNVP by MLE, test NLL (CPU) [HW=cpu WINE=dir IS_SAMPLES=50000]
-gebm-redwine gebm-whitewine: gebm-%: results/gebm-%.json  ## one wine set: GEBM vs flow MLE, test NLL [HW=cpu WINE=dir]
+gebm-wine: gebm-redwine gebm-whitewine  ## red + white wine: GEBM vs the same RealNVP by MLE, test NLL (CPU) [HW=cpu LMLAB_DATA=dir or WINE=dir IS_SAMPLES=50000]
+gebm-redwine gebm-whitewine: gebm-%: results/gebm-%.json  ## one wine set: GEBM vs flow MLE, test NLL [HW=cpu LMLAB_REDWINE=csv LMLAB_WHITEWINE=csv]
 	@$(RESULTS_DOC) --print $@
 
 # Training steps are stamps (train_done, in the Makefile): a run stopped by a signal leaves none, so the next
@@ -61,11 +65,11 @@ $(GEBM_UCI:%=results/gebm-%.json): results/gebm-%.json: $(RUNS)/gebm-uci-%/test-
 # ---- images: CPU subset (gebm-cifar10-cpu) and the paper-size run (gebm-cifar10, GPU)
 # one sampler for grids and FID: the preset's [sample] table (SamplerConfig, core/gebm/config.py)
 SAMPLE_CPU = --preset gebm-cifar10-cpu -n 64 --force
-gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt  ## CIFAR-10 subset: train, ULA/KLA grids, FID/KID (CPU, ~15 min) [HW=cpu CIFAR10=tar.gz INCEPTION=weights]
-	@test -e $(CIFAR10) || { echo "missing $(CIFAR10) (set CIFAR10=...)"; exit 2; }
+gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt  ## CIFAR-10 subset: train, ULA/KLA grids, FID/KID (CPU, ~15 min) [HW=cpu LMLAB_CIFAR10=tar.gz INCEPTION=weights]
+	@test -e $(LMLAB_CIFAR10) || { echo "missing $(LMLAB_CIFAR10) (set LMLAB_CIFAR10=... or LMLAB_DATA=dir)"; exit 2; }
 	for s in none ula kla; do $(LMLAB) sample -c $< --device cpu --sampler $$s $(SAMPLE_CPU) \
 	  -o $(RUNS)/gebm-cifar10-cpu/samples-$$s.png || exit 1; done
-	$(EVAL) $< --real $(CIFAR10) --real-split test --real-count 1000 --num-samples 1000 \
+	$(EVAL) $< --real $(LMLAB_CIFAR10) --real-split test --real-count 1000 --num-samples 1000 \
 	  --preset gebm-cifar10-cpu --sampler kla --device cpu $(if $(INCEPTION),--inception $(INCEPTION)) \
 	  --out $(RUNS)/gebm-cifar10-cpu/fid-kid.json
 	$(RECORD) gebm-cifar10-cpu --command '$(call made_by,gebm-cifar10-cpu)' --train $(RUNS)/gebm-cifar10-cpu.train.json \
@@ -79,10 +83,10 @@ $(RUNS)/gebm-cifar10-cpu.train.json:
 	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu,$(HW) --run-dir $(RUNS)/gebm-cifar10-cpu > $@.tmp
 	$(train_done)
 
-gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID (GPU) [HW=gpu CIFAR10=tar.gz INCEPTION=weights]
+gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID (GPU) [HW=gpu LMLAB_CIFAR10=tar.gz INCEPTION=weights]
 	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler kla -n 64 --force -o $(RUNS)/gebm-cifar10/samples-kla.png
 	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler none -n 64 --force -o $(RUNS)/gebm-cifar10/samples-generator.png
-	$(EVAL) $< --real $(CIFAR10) --real-count 10000 --num-samples 10000 --preset gebm-cifar10 --sampler kla \
+	$(EVAL) $< --real $(LMLAB_CIFAR10) --real-count 10000 --num-samples 10000 --preset gebm-cifar10 --sampler kla \
 	  $(if $(INCEPTION),--inception $(INCEPTION)) --out $(RUNS)/gebm-cifar10/fid-kid.json
 	$(RECORD) gebm-cifar10 --command '$(call made_by,gebm-cifar10)' --train $(RUNS)/gebm-cifar10.train.json \
 	  --json fid-kid=$(RUNS)/gebm-cifar10/fid-kid.json

@@ -108,11 +108,10 @@ IMM_CPU_SEEDS ?= 1 2 3
 IMM_CPU_FRACTION ?= 4
 IMM_CPU_DATA ?= data/ptb-quarter
 IMM_CPU_RUNS ?= runs/imm-ptb-cpu
-IMM_PTB_TEXT = $(or $(LMLAB_PTB),../shared/data/ptb)
 
 $(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
-	n=$$(wc -l < $(IMM_PTB_TEXT)/ptb.train.txt); head -n $$((n / $(IMM_CPU_FRACTION))) $(IMM_PTB_TEXT)/ptb.train.txt | \
-	  $(LMLAB) prep --train - --valid $(IMM_PTB_TEXT)/ptb.valid.txt --test $(IMM_PTB_TEXT)/ptb.test.txt \
+	n=$$(wc -l < $(LMLAB_PTB)/ptb.train.txt); head -n $$((n / $(IMM_CPU_FRACTION))) $(LMLAB_PTB)/ptb.train.txt | \
+	  $(LMLAB) prep --train - --valid $(LMLAB_PTB)/ptb.valid.txt --test $(LMLAB_PTB)/ptb.test.txt \
 	  --tokenizer data/ptb/tokenizer.json --out $(IMM_CPU_DATA) --force
 
 # $(call imm_cpu_arm,ARM,PRESETS,SEED): the stamp $(IMM_CPU_RUNS)/ARM-sSEED.train.json, trained by train_lm (lm.mk)
@@ -132,6 +131,7 @@ IMM_CPU_ARMS = $(foreach s,$(IMM_CPU_SEEDS),dropout-s$(s) imm-s$(s))
 results/imm-ptb-cpu.json: $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%/eval-test.json)
 	@mkdir -p $(@D)
 	$(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --json $(IMM_CPU_RUNS)/paired.json > $(IMM_CPU_RUNS)/paired.md
+	$(LMLAB) plot $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%) --x epoch -o docs/figures/imm-ptb-cpu.png
 	$(RECORD) imm-ptb-cpu --command '$(call made_by,imm-ptb-cpu)' $(foreach a,$(IMM_CPU_ARMS),--train $(a)=$(IMM_CPU_RUNS)/$(a).train.json) \
 	  --json paired=$(IMM_CPU_RUNS)/paired.json --markdown $(IMM_CPU_RUNS)/paired.md --seed '$(IMM_CPU_SEEDS)'
 	$(RESULTS_DOC)

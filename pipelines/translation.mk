@@ -3,13 +3,11 @@
 #   make mt-multi30k-de-en                 de->en, standard and DeFINE (small CPU model, HW ?= cpu)
 #   make mt-multi30k-en-de                 en->de
 #   make mt-wmt14-en-de HW=dgx8 LMLAB_TRAIN='torchrun --nproc_per_node 8 -m lmlab'   the paper's setting (GPU)
-# Data: LMLAB_MULTI30K (default ../shared/data/multi30k), LMLAB_WMT14. Figures go to docs/translation.md.
+# Data: LMLAB_MULTI30K, LMLAB_WMT14 (defaults under LMLAB_DATA, in the Makefile). Figures go to docs/translation.md.
 
 HW ?= cpu
 LMLAB ?= lmlab
 LMLAB_TRAIN ?= $(LMLAB)
-MULTI30K ?= $(or $(LMLAB_MULTI30K),../shared/data/multi30k)
-WMT14 ?= $(or $(LMLAB_WMT14),../shared/data/wmt14-en-de)
 MT_BEAM ?= 5
 MT_LENPEN ?= 1.0
 # DeFINE on the small CPU model: n=64, k=256, N=3, g_max=4; shared by encoder and decoder, output tied to its Map
@@ -28,13 +26,13 @@ runs/multi30k-$(1)$(4).train.json: data/multi30k-$(1)/meta.json
 
 runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4).train.json
 	@mkdir -p $$(@D)
-	$$(LMLAB) sample --checkpoint runs/multi30k-$(1)$(4)/checkpoints/best.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(MULTI30K)/test_2016_flickr.$(2) > $$@
+	$$(LMLAB) sample --checkpoint runs/multi30k-$(1)$(4)/checkpoints/best.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
 
 runs/multi30k-$(1)$(4)/test.bleu: runs/multi30k-$(1)$(4)/test.hyp
-	$$(LMLAB) bleu $$(MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf < $$< | tee $$@
+	$$(LMLAB) bleu $$(LMLAB_MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf < $$< | tee $$@
 
 runs/multi30k-$(1)$(4)/test.bleu.json: runs/multi30k-$(1)$(4)/test.hyp
-	$$(LMLAB) bleu $$(MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf --json < $$< > $$@
+	$$(LMLAB) bleu $$(LMLAB_MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf --json < $$< > $$@
 endef
 
 # $(call mt_record,NAME,RUN,RUN): results/NAME.json from the two arms' train summaries and BLEU/chrF
@@ -73,10 +71,10 @@ runs/wmt14-en-de$(1).train.json: data/wmt14-en-de/meta.json
 
 runs/wmt14-en-de$(1)/test.hyp: runs/wmt14-en-de$(1).train.json
 	@mkdir -p $$(@D)
-	$$(LMLAB) sample --checkpoint runs/wmt14-en-de$(1)/checkpoints/best.pt --beam 4 --lenpen 0.6 < $$(WMT14)/newstest2014.en > $$@
+	$$(LMLAB) sample --checkpoint runs/wmt14-en-de$(1)/checkpoints/best.pt --beam 4 --lenpen 0.6 < $$(LMLAB_WMT14)/newstest2014.en > $$@
 
 runs/wmt14-en-de$(1)/test.bleu.json: runs/wmt14-en-de$(1)/test.hyp
-	$$(LMLAB) bleu $$(WMT14)/newstest2014.de --json < $$< > $$@
+	$$(LMLAB) bleu $$(LMLAB_WMT14)/newstest2014.de --json < $$< > $$@
 endef
 
 $(eval $(call WMT_RUN,))

@@ -182,3 +182,44 @@ def test_make_help_lists_every_target_from_the_fragments():
             assert "HW=" in line, f"no HW= on: {line}"
     header = (REPO / "Makefile").read_text().split("\n\n")[0]
     assert out.strip() not in header
+
+
+DATA_VARS = {"LMLAB_PTB": "ptb", "LMLAB_WIKITEXT2": "wikitext-2", "LMLAB_WIKITEXT103": "wikitext-103",
+             "LMLAB_MULTI30K": "multi30k", "LMLAB_WMT14": "wmt14-en-de", "LMLAB_REDWINE": "uci-wine/winequality-red.csv",
+             "LMLAB_WHITEWINE": "uci-wine/winequality-white.csv", "LMLAB_CIFAR10": "cifar10/CIFAR-10-images.tar.gz"}
+
+
+def _exported(ws: Path, *args: str, env: dict | None = None) -> dict[str, str]:
+    """The LMLAB_* variables a recipe sees (an extra rule that prints them), with `env` as the whole environment
+    (no LMLAB_*/WINE/CIFAR10 from the caller's)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LMLAB_") and k not in ("WINE", "CIFAR10")}
+    proc = subprocess.run(["make", "--no-print-directory", "--eval=show-env: ; @env | grep ^LMLAB_ || true", "show-env", *args],
+                          cwd=ws, env={**base, **(env or {})}, capture_output=True, text=True, timeout=60, check=True)
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines())
+
+
+def test_data_paths_default_under_one_root_and_what_the_user_sets_wins(ws):
+    """The presets have no dataset defaults; the Make layer keeps one documented root (LMLAB_DATA, the development
+    machines' layout) for every LMLAB_* variable, and never overrides one the user set (environment or command
+    line). WINE=dir and CIFAR10=path still work on the command line; WINE in the environment (Wine) is not read."""
+    seen = _exported(ws)
+    assert {k: seen.get(k) for k in DATA_VARS} == {k: f"../shared/data/{v}" for k, v in DATA_VARS.items()}
+    assert {k: _exported(ws, "LMLAB_DATA=/d")[k] for k in DATA_VARS} == {k: f"/d/{v}" for k, v in DATA_VARS.items()}
+    env = {"LMLAB_PTB": "/x", "LMLAB_REDWINE": "/r.csv", "LMLAB_WHITEWINE": "/w.csv", "LMLAB_CIFAR10": "/c.tgz",
+           "WINE": "/usr/bin/wine"}
+    seen = _exported(ws, env=env)
+    assert {k: seen[k] for k in ("LMLAB_PTB", "LMLAB_REDWINE", "LMLAB_WHITEWINE", "LMLAB_CIFAR10")} == \
+        {k: v for k, v in env.items() if k != "WINE"}
+    assert seen["LMLAB_MULTI30K"] == "../shared/data/multi30k"
+    seen = _exported(ws, "WINE=/wine", "CIFAR10=/cifar.tgz", "LMLAB_PTB=/cmd")
+    assert (seen["LMLAB_REDWINE"], seen["LMLAB_WHITEWINE"], seen["LMLAB_CIFAR10"], seen["LMLAB_PTB"]) == \
+        ("/wine/winequality-red.csv", "/wine/winequality-white.csv", "/cifar.tgz", "/cmd")
+
+
+def test_recipes_read_the_data_variables_and_pythons_python(ws):
+    plan = make(ws, "-n", "imm-ptb-cpu", "mt-multi30k-de-en", "gebm-redwine", "gebm-cifar10-cpu",
+                env={"LMLAB_PTB": "/x", "LMLAB_MULTI30K": "/m", "LMLAB_CIFAR10": "/c.tgz"}, check=True).stdout
+    assert "head -n $((n / 4)) /x/ptb.train.txt" in plan and "--valid /x/ptb.valid.txt" in plan
+    assert "< /m/test_2016_flickr.de" in plan and "bleu /m/test_2016_flickr.en" in plan
+    assert "--real /c.tgz" in plan and f"test -f {ws / 'wine'}/winequality-red.csv" in plan  # WINE= from make()
+    assert f"{sys.executable} -m lmlab.core.gebm.evaluate" in plan and "\npython -m" not in plan
