@@ -109,14 +109,16 @@ def make_reporter(quiet: bool = False) -> Reporter:
 def resolve_config(cls: type, command: str, presets: list[str] | None, overrides: list[str] | None,
                    extra: dict[str, Any] | None = None) -> Any:
     """defaults <- presets (in order) <- explicit flags (`extra`) <- --set overrides; then the config's rules
-    about this machine (e.g. no bf16 LSTM on a CPU)."""
-    cfg = resolve(cls, command, presets, None)
+    about this machine (e.g. no bf16 LSTM on a CPU). A preset path whose variable is unset is an error only
+    if no flag replaced it."""
+    cfg = resolve(cls, command, presets, None, check_env=False)
     merged: dict[str, Any] = {}
     if extra:
         merged.update(extra)
-    from lmlab.core.config import _deep_update, environment_problems, merge
+    from lmlab.core.config import _deep_update, check_unset_env, environment_problems, merge
     _deep_update(merged, parse_overrides(overrides))
     cfg = merge(cfg, merged, "flags") if merged else cfg
+    check_unset_env(cfg, command, presets)
     environment_problems(cfg)
     return cfg
 

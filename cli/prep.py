@@ -75,7 +75,7 @@ def prep(
 
 def _preset_is_parallel(presets: list[str] | None) -> bool:
     from lmlab.core.config import preset_values
-    return any("src_lang" in preset_values(p.strip(), "prep") for name in presets or [] for p in name.split(",") if p.strip())
+    return any("src_lang" in preset_values(p.strip(), "prep", keep_unset=True) for name in presets or [] for p in name.split(",") if p.strip())
 
 
 def _prep_parallel(presets, set_, src_lang, tgt_lang, split, out, vocab_size, force, quiet) -> None:

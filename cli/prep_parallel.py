@@ -71,5 +71,5 @@ def prep_parallel_command(
     if split:
         overrides["splits"] = parse_splits(split)
     meta = run_prep_parallel(preset, overrides, quiet)
-    print(json.dumps({"out_dir": overrides.get("out_dir") or resolve(ParallelPrepConfig, "prep", preset).out_dir,
+    print(json.dumps({"out_dir": overrides.get("out_dir") or resolve(ParallelPrepConfig, "prep", preset, overrides).out_dir,
                       "vocab_size": meta["vocab_size"], "splits": meta["splits"]}))

@@ -3,7 +3,8 @@
 - A field's help is `field(metadata={"help": "..."})`; `describe(cls)` lists every key with it.
 - A preset is a TOML file in `presets/` (or a path): top-level keys apply to every command,
   a table named after a command (`[train-lm]`, `[prep]`) applies to that command only. Strings may
-  use `${VAR}` / `${VAR:-default}` so dataset paths come from the environment.
+  use `${VAR}` / `${VAR:-default}` / `${VAR:?what}` so dataset paths come from the environment
+  (core/preset_env.py); a variable still unset once the flags are merged is a one-line error.
 - Overrides are `key.sub=value` strings (the `--set` flag), parsed as TOML values where they parse
   and as plain strings otherwise.
 - Every value is validated where its field is defined: type, `choices=`, and `check=` (a range such as
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import tomllib
 import types
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lmlab.core.errors import LmlabError
+from lmlab.core.preset_env import expand_env, unset_env_message, unset_required, uses  # noqa: F401 (expand_env: API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,25 +272,6 @@ def _dotted_to_nested(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value: Any) -> Any:
-    if isinstance(value, str):
-        def repl(m: re.Match) -> str:
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
-            if m.group(2) is not None:
-                return m.group(2)
-            raise LmlabError(f"preset needs environment variable {m.group(1)} (export it or pass the path with --set)")
-        return _VAR.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v) for v in value]
-    return value
-
-
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("lmlab.presets").iterdir() if p.name.endswith(".toml"))
 
@@ -315,28 +297,47 @@ def read_preset(name: str) -> dict[str, Any]:
 COMMANDS = ("prep", "train-lm", "train-ebm", "sample", "eval-ppl", "bleu")
 
 
-def preset_values(name: str, command: str) -> dict[str, Any]:
-    """The part of a preset that applies to `command`: shared top-level keys, then its own table."""
-    raw = read_preset(name)
-    raw.pop("description", None)
-    raw.pop("paper", None)
-    shared = {k: v for k, v in raw.items() if k not in COMMANDS}
-    own = raw.get(command, {})
-    values = _dotted_to_nested(shared)
-    _deep_update(values, _dotted_to_nested(own))
-    return expand_env(values)
+def preset_values(name: str, command: str, keep_unset: bool = False) -> dict[str, Any]:
+    """The part of a preset that applies to `command`: shared top-level keys, then its own table, with
+    `${VAR}` expanded (core/preset_env.py; an unset required variable is an error unless `keep_unset`)."""
+    values = _applicable(read_preset(name), command)
+    return expand_env(values, keep_unset, lambda var: unset_env_message(name, values, var))
+
+
+def _applicable(raw: dict[str, Any], command: str) -> dict[str, Any]:
+    raw = {k: v for k, v in raw.items() if k not in ("description", "paper")}
+    values = _dotted_to_nested({k: v for k, v in raw.items() if k not in COMMANDS})
+    _deep_update(values, _dotted_to_nested(raw.get(command, {})))
+    return values
+
+
+def check_unset_env(cfg: Any, command: str, presets: list[str] | None) -> None:
+    """After presets and flags are merged: a preset path whose variable is unset and that no flag replaced is
+    the one-line error naming the first preset that uses it."""
+    left = unset_required(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
+    if not left:
+        return
+    for part in [p.strip() for name in presets or [] for p in name.split(",") if p.strip()]:
+        values = _applicable(read_preset(part), command)
+        if uses(values, left[0]):
+            raise LmlabError(unset_env_message(part, values, left[0]))
+    raise LmlabError(f"environment variable {left[0]} is not set (export it or give the value with --set)")
 
 
 def resolve(cls: type, command: str, presets: list[str] | None, overrides: dict[str, Any] | None = None,
-            base: Any = None) -> Any:
-    """defaults (or `base`) <- each preset in order <- explicit overrides."""
+            base: Any = None, check_env: bool = True) -> Any:
+    """defaults (or `base`) <- each preset in order <- explicit overrides. A preset value whose environment
+    variable is unset is an error only if no override replaced it (`check_env=False` leaves that check to a
+    caller that merges more flags: it calls `check_unset_env` itself)."""
     cfg = base if base is not None else cls()
     for name in presets or []:
         for part in [p for p in name.split(",") if p.strip()]:
-            values = preset_values(part.strip(), command)
+            values = preset_values(part.strip(), command, keep_unset=True)
             cfg = _merge_known(cfg, values, f"preset '{part.strip()}'", command)
     if overrides:
         cfg = merge(cfg, overrides, "--set")
+    if check_env:
+        check_unset_env(cfg, command, presets)
     return cfg
 
 

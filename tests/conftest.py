@@ -101,6 +101,23 @@ def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: 
                           cwd=cwd or REPO, env=full_env, timeout=timeout)
 
 
+def preset_variables() -> list[str]:
+    """Every environment variable a shipped preset requires (`${VAR}` or `${VAR:?what}`, no default)."""
+    from lmlab.core.preset_env import VAR
+    found = [m.group(1) for p in sorted((REPO / "presets").glob("*.toml")) for m in VAR.finditer(p.read_text())
+             if m.group(2) != ":-"]
+    return sorted(set(found))
+
+
+@pytest.fixture()
+def preset_env(monkeypatch, tmp_path) -> Path:
+    """Those variables set to paths under a scratch dir (which need not exist: for tests that resolve configs
+    without reading data)."""
+    for var in preset_variables():
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    return tmp_path
+
+
 def needs_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

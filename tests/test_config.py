@@ -1,5 +1,6 @@
 import pytest
 
+from conftest import REPO
 from lmlab.core.config import (describe, from_dict, merge, parse_overrides, preset_names, preset_values, read_preset,
                                resolve)
 from lmlab.core.errors import LmlabError
@@ -33,7 +34,46 @@ def test_env_expansion_in_presets(monkeypatch):
     monkeypatch.setenv("LMLAB_PTB", "/data/ptb-here")
     assert preset_values("ptb", "prep")["train"] == ["/data/ptb-here/ptb.train.txt"]
     monkeypatch.delenv("LMLAB_PTB")
-    assert preset_values("ptb", "prep")["train"][0].endswith("shared/data/ptb/ptb.train.txt")
+    with pytest.raises(LmlabError) as err:  # no fallback to a development machine's path
+        preset_values("ptb", "prep")
+    assert str(err.value) == ("preset 'ptb' needs LMLAB_PTB: export it as the directory holding ptb.train.txt, "
+                              "ptb.valid.txt, ptb.test.txt (or give the paths with --set train=PATH --set valid=PATH "
+                              "--set test=PATH)")
+    with pytest.raises(LmlabError, match="^preset 'ptb' needs LMLAB_PTB: .*ptb.test.txt"):
+        resolve(PrepConfig, "prep", ["ptb"])
+    monkeypatch.setenv("LMLAB_PTB", "")  # empty is unset, as in the shell's ${VAR:?}
+    with pytest.raises(LmlabError, match="needs LMLAB_PTB"):
+        resolve(PrepConfig, "prep", ["ptb"])
+
+
+def test_an_unset_preset_variable_is_fine_when_flags_replace_every_path(monkeypatch):
+    monkeypatch.delenv("LMLAB_PTB", raising=False)
+    cfg = resolve(PrepConfig, "prep", ["ptb"], {"train": ["a.txt"], "valid": ["b.txt"], "test": ["c.txt"]})
+    assert (cfg.train, cfg.valid, cfg.test, cfg.out) == (["a.txt"], ["b.txt"], ["c.txt"], "data/ptb")
+    with pytest.raises(LmlabError, match="needs LMLAB_PTB"):  # one path still from the preset
+        resolve(PrepConfig, "prep", ["ptb"], {"train": ["a.txt"], "valid": ["b.txt"]})
+    assert resolve(TrainConfig, "train-lm", ["ptb"]).data.dir == "data/ptb"  # train-lm reads no LMLAB_PTB path
+
+
+@pytest.mark.parametrize("name", [n for n in preset_names() if "${" in (REPO / "presets" / f"{n}.toml").read_text()])
+def test_no_preset_falls_back_to_a_path_outside_the_project(name, monkeypatch):
+    """A default (`${VAR:-x}`) may only name a path inside the project (runs/...); a dataset's location is the
+    user's: unset, it is one error line naming the preset, the variable and what it must hold."""
+    from lmlab.core.preset_env import VAR
+    text = (REPO / "presets" / f"{name}.toml").read_text()
+    for m in VAR.finditer(text):
+        monkeypatch.delenv(m.group(1), raising=False)
+        if m.group(2) == ":-":
+            assert not m.group(3).startswith(("/", "..", "~")) and "shared" not in m.group(3), m.group(0)
+    for command in ("prep", "train-ebm"):
+        values = preset_values(name, command, keep_unset=True)
+        if "${" not in str(values):
+            continue
+        with pytest.raises(LmlabError) as err:
+            preset_values(name, command)
+        line = str(err.value)
+        assert line.startswith(f"preset '{name}' needs LMLAB_") and "export it as " in line and "--set " in line
+        assert "\n" not in line and "shared" not in line
 
 
 def test_unknown_preset_is_a_clear_error():
@@ -61,7 +101,7 @@ def _translation_class():
 
 
 @pytest.mark.parametrize("name", preset_names())
-def test_every_preset_parses_and_validates(name):
+def test_every_preset_parses_and_validates(name, preset_env):
     raw = read_preset(name)
     assert isinstance(raw.get("description", ""), str) and raw.get("description"), f"preset {name} needs a description"
     for command in ("prep", "train-lm", "train-ebm"):
@@ -102,3 +142,25 @@ def test_from_dict_roundtrip():
     cfg = resolve(TrainConfig, "train-lm", ["demo", "cpu"])
     from lmlab.core.config import to_dict
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+def test_the_pipelines_data_root_is_not_a_preset_variable():
+    """LMLAB_DATA is the Make layer's dataset root (Makefile); a preset reading it would take /your/datasets
+    for a prepared data dir (the residual presets once did)."""
+    for path in sorted((REPO / "presets").glob("*.toml")):
+        assert "${LMLAB_DATA" not in path.read_text(), path.name
+
+
+def test_prep_names_the_variable_in_one_line_and_flags_replace_it(tmp_path, tiny_text):
+    from conftest import run_cli
+    env = {k: "" for k in ("LMLAB_PTB", "LMLAB_MULTI30K")}
+    res = run_cli("prep", "--preset", "ptb", "--out", str(tmp_path / "d"), env=env)
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        "lmlab: error: preset 'ptb' needs LMLAB_PTB: export it as the directory holding ptb.train.txt, ptb.valid.txt, "
+        "ptb.test.txt (or give the paths with --set train=PATH --set valid=PATH --set test=PATH)"]
+    res = run_cli("prep", "--preset", "ptb", "--out", str(tmp_path / "d"), "-q", "--train", str(tiny_text["train"]),
+                  "--valid", str(tiny_text["valid"]), "--test", str(tiny_text["valid"]), env=env)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("prep", "--preset", "multi30k-de-en", "--out", str(tmp_path / "p"), env=env)
+    assert res.returncode != 0 and "preset 'multi30k-de-en' needs LMLAB_MULTI30K: export it as the directory holding " \
+        "train.*, val.*, test_2016_flickr.*" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -163,7 +163,7 @@ def test_density_gebm_and_mle_nll(tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in preset_names() if n.startswith("gebm-")])
-def test_presets_parse(name):
+def test_presets_parse(name, preset_env):
     for command in ("train-ebm",):
         cfg = resolve(Config, command, [name])
         assert cfg.optim.batch_size > 0

@@ -77,7 +77,7 @@ def test_prep_cli_with_split_flags(corpus):
 
 
 @pytest.mark.parametrize("preset", ["multi30k-de-en", "multi30k-en-de", "wmt14-en-de", "wmt14-en-de-define"])
-def test_translation_presets_resolve(preset):
+def test_translation_presets_resolve(preset, preset_env):
     cfg = resolve(Config, "train-lm", [preset, "cpu"])
     assert cfg.task == "translation" and cfg.hardware.device == "cpu"
     prep = resolve(ParallelPrepConfig, "prep", [preset])
