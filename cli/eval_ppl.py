@@ -76,7 +76,8 @@ def eval_ppl(
         refuse(ctx, ("input_", "bptt", "stride", "precision"), "a residual EBM is scored on data-dir windows "
                "(--split, --batch-size, --is-samples, --max-examples, --seed)")
         ns = _sample_counts(is_samples)
-        result = eval_joint_ppl(state, data or state["config"]["data"]["dir"], split, samples=ns, max_examples=max_examples,
+        from lmlab.core.data import trained_data_dir
+        result = eval_joint_ppl(state, data or trained_data_dir(state, checkpoint), split, samples=ns, max_examples=max_examples,
                                 batch_size=batch_size, seed=seed, device=str(dev))
         print(strict_json({"checkpoint": checkpoint, "kind": kind, "split": split, **result}))
         return
@@ -99,8 +100,8 @@ def eval_ppl(
     if input_ is not None:
         stream, source, streams = _encode_text(input_, tokenizer, info), input_, 1  # raw text: one stream
     else:
-        from lmlab.core.data import DataDir
-        data_dir = DataDir(data or state["config"]["data"]["dir"])
+        from lmlab.core.data import DataDir, trained_data_dir
+        data_dir = DataDir(data or trained_data_dir(state, checkpoint))
         if data_dir.tokenizer_sha256 != info["tokenizer_sha256"] or data_dir.vocab_size != info["vocab_size"]:
             raise LmlabError(f"data dir {data_dir.path} uses another vocabulary than checkpoint {checkpoint} "
                              f"({data_dir.vocab_size} vs {info['vocab_size']} tokens, different tokenizer.json); "

@@ -98,3 +98,27 @@ class DataDir:
         if info["tokens"] == 0:
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(path, dtype=self.dtype, mode="r")
+
+
+def trained_data_dir(state: dict[str, Any], checkpoint: str | Path) -> Path:
+    """The data dir a checkpoint was trained on, for commands run from any directory: the path as the run
+    was given it (relative to where training ran), then the absolute path recorded next to it (`data_dir_abs`;
+    train-lm writes it, older checkpoints lack it). A candidate whose tokenizer differs from the checkpoint's is passed
+    over for one that matches; with none there, one error line naming both paths and `--data DIR`."""
+    recorded = str(state["config"]["data"]["dir"])
+    absolute = state.get("data_dir_abs")
+    candidates = list(dict.fromkeys(p for p in (recorded, absolute) if p))
+    present = [Path(p) for p in candidates if (Path(p) / "meta.json").is_file()]
+    wanted = state.get("tokenizer_sha256")
+    for path in present:
+        try:
+            if not wanted or DataDir(path).tokenizer_sha256 == wanted:
+                return path
+        except LmlabError:
+            continue
+    if present:
+        return present[0]  # another vocabulary: the caller's check says so
+    where = f"{recorded} (relative to {Path.cwd()})" if not Path(recorded).is_absolute() else recorded
+    also = f" nor {absolute}" if absolute and absolute != recorded else " (the checkpoint records no absolute path)"
+    raise LmlabError(f"the data dir checkpoint {checkpoint} was trained on is not found: {where}{also}; "
+                     "pass --data DIR (the prepped data dir it was trained on)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,37 @@ def test_unigram_by_hand():
     p = (np.array([1, 2, 1, 0]) + 1) / 8
     assert r["tokens"] == 3 and r["unk_tokens"] == 1
     assert r["nats_per_token"] == pytest.approx(-np.log(p[[1, 0, 2]]).mean()) and math.isfinite(r["ppl"])
+
+
+def test_eval_ppl_finds_the_training_data_dir_from_any_directory(tmp_path, tiny_data, monkeypatch):
+    """A checkpoint records its data dir as given (here relative) and, since #14, absolute: eval-ppl run from
+    elsewhere uses the absolute one; with neither there it is one line naming both and --data (not "rerun prep")."""
+    import shutil
+    from lmlab.core.checkpoint import load_checkpoint, save_checkpoint
+    project = tmp_path / "project"
+    shutil.copytree(tiny_data, project / "data" / "tiny")
+    monkeypatch.chdir(project)
+    ckpt = train_tiny_lm(Path("data/tiny"), project / "runs" / "lm", steps=2) / "last.pt"
+    state = load_checkpoint(ckpt, ("lm",))
+    assert state["config"]["data"]["dir"] == "data/tiny" and state["data_dir_abs"] == str(project / "data" / "tiny")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = invoke("eval-ppl", "-c", str(ckpt), "--split", "valid", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["source"] == f"{project / 'data' / 'tiny'}:valid"
+
+    (project / "data" / "tiny").rename(project / "data" / "moved")
+    res = invoke("eval-ppl", "-c", str(ckpt), "--split", "valid", "-q")
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines() == [
+        f"lmlab: error: the data dir checkpoint {ckpt} was trained on is not found: data/tiny (relative to {elsewhere}) "
+        f"nor {project / 'data' / 'tiny'}; pass --data DIR (the prepped data dir it was trained on)"]
+    res = invoke("eval-ppl", "-c", str(ckpt), "--split", "valid", "-q", "--data", str(project / "data" / "moved"))
+    assert res.exit_code == 0, res.output
+
+    old = {k: v for k, v in state.items() if k not in ("data_dir_abs", "format", "format_version", "kind", "lmlab_version")}
+    save_checkpoint(tmp_path / "old.pt", old, "lm")  # a checkpoint from before #14: the relative path only
+    res = invoke("eval-ppl", "-c", str(tmp_path / "old.pt"), "--split", "valid", "-q")
+    assert res.exit_code != 0 and "(the checkpoint records no absolute path); pass --data DIR" in res.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ class LMTrainer:
                 "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
                 "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
                 "best_valid_nats": self.best_valid, "carried_state": self._gather_state(), "rng": rng_state(),
-                "config": to_dict(self.cfg), "vocab_size": self.data.vocab_size, "specials": self.data.specials,
+                "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
+                "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
                 "params": self.params, "wall_s": self._wall_s()}
 
