@@ -53,6 +53,7 @@ def prep(
     if print_cfg:
         print_config(cfg)
         return
+    _check_preset_default_inputs(cfg, preset)
     splits = {name: [TextSource(p, cfg.encoding) for p in getattr(cfg, name)]
               for name in ("train", "valid", "test") if getattr(cfg, name)}
     if not splits:
@@ -71,6 +72,30 @@ def prep(
     reporter.log(f"wrote {result.out}: vocab {result.vocab_size:,}, "
                  + ", ".join(f"{k} {v['tokens']:,} tokens (unk {100 * v['unk_rate']:.2f}%)" for k, v in result.splits.items())
                  + f"; {mb:.1f} MB in {result.seconds:.1f} s ({tokens / max(result.seconds, 1e-9):,.0f} tokens/s)")
+
+
+def _check_preset_default_inputs(cfg: PrepConfig, presets: list[str] | None) -> None:
+    """A preset's own default input path (`${LMLAB_DEMO:-corpora/austen}/train.txt`) is relative to the lmlab
+    repository root; run from elsewhere, say so in one line instead of a bare "does not exist"."""
+    from pathlib import Path
+
+    from lmlab.core.config import read_preset
+    from lmlab.core.preset_env import VAR, env, expand_env
+    parts = [p.strip() for name in presets or [] for p in name.split(",") if p.strip()]
+    for split in ("train", "valid", "test"):
+        for path in getattr(cfg, split):
+            if path == "-" or Path(path).is_absolute() or Path(path).exists():
+                continue
+            for part in parts:
+                table = read_preset(part).get("prep", {})
+                texts = [str(t) for s in ("train", "valid", "test") for t in table.get(s, [])]
+                for text in texts:
+                    m = VAR.match(text)
+                    if m and m.group(2) == ":-" and env(m.group(1)) is None and expand_env(text) == path:
+                        files = ", ".join(Path(t).name for t in texts if t.startswith(m.group(0)))
+                        raise LmlabError(f"input file {path} is not in {Path.cwd()}: preset '{part}' reads it relative to "
+                                         f"the lmlab repository root; run from there, set {m.group(1)}=DIR (the directory "
+                                         f"holding {files}) or pass --train/--valid/--test")
 
 
 def _preset_is_parallel(presets: list[str] | None) -> bool:

@@ -97,3 +97,17 @@ def test_ptb_counts_match_mikolov(tmp_path):
     res = prep(tmp_path / "ptb", {s: _src(ptb / f"ptb.{s}.txt") for s in ("train", "valid", "test")}, vocab_size=10000)
     assert res.vocab_size == 10000
     assert [res.splits[s]["tokens"] for s in ("train", "valid", "test")] == [929589, 73760, 82430]
+
+
+def test_prep_preset_demo_outside_the_repo_says_where_its_corpus_is(tmp_path):
+    """The demo preset's corpus path is relative to the repository root: from elsewhere, one line saying so and what
+    to do, instead of a bare "does not exist"; LMLAB_DEMO or --train/--valid/--test make it work from anywhere."""
+    from conftest import REPO
+    res = run_cli("prep", "--preset", "demo", "--out", str(tmp_path / "d"), "-q", cwd=tmp_path, env={"LMLAB_DEMO": ""})
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        f"lmlab: error: input file corpora/austen/train.txt is not in {tmp_path}: preset 'demo' reads it relative to "
+        "the lmlab repository root; run from there, set LMLAB_DEMO=DIR (the directory holding train.txt, valid.txt, "
+        "test.txt) or pass --train/--valid/--test"]
+    res = run_cli("prep", "--preset", "demo", "--out", str(tmp_path / "d"), "-q", "--print-config", cwd=tmp_path,
+                  env={"LMLAB_DEMO": str(REPO / "corpora" / "austen")})
+    assert res.returncode == 0 and json.loads(res.stdout)["train"] == [str(REPO / "corpora" / "austen" / "train.txt")]
