@@ -1,5 +1,6 @@
 """Interpolated modified KN bigram: hand-computed values, normalisation, storage, an independent reference on PTB."""
 
+import os
 from collections import Counter, defaultdict
 from fractions import Fraction as Fr
 from pathlib import Path
@@ -121,3 +122,85 @@ def test_ptb_subset_matches_slow_reference():
     ours = kn.perplexity(np.array([vocab[w] for w in kept]))
     assert 150 < ours < 400
     assert ours == pytest.approx(_slow_reference(["<eos>"] + train, kept), rel=1e-9)
+
+
+def _refuse_writes_in(monkeypatch, *dirs: Path):
+    """Writes into `dirs` fail as on a read-only data dir (EACCES), even for root, who bypasses chmod."""
+    import errno
+
+    from lmlab.core import checkpoint
+    real = checkpoint.atomic_write_bytes
+
+    def refusing(path, data):
+        if any(Path(path).resolve().is_relative_to(d.resolve()) for d in dirs):
+            raise checkpoint.LmlabError(f"cannot write {path}: Permission denied") from PermissionError(
+                errno.EACCES, "Permission denied", str(path))
+        return real(path, data)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", refusing)
+
+
+def test_a_read_only_data_dir_gets_the_bigram_from_the_user_cache_or_memory(tmp_path, tiny_data, monkeypatch):
+    """IMM and `eval-ppl --ngram kn-bigram` on shared, read-only data: the bigram goes to $XDG_CACHE_HOME/lmlab keyed
+    by the train split's hash, or (cache not writable either) stays in memory; one log line says which; same numbers."""
+    import shutil
+
+    from lmlab.core.data import DataDir
+    from lmlab.core.imm.kn_bigram import FILENAME, cache_path, load_or_build
+    writable, shared, cache = tmp_path / "writable", tmp_path / "shared", tmp_path / "cache"
+    shutil.copytree(tiny_data, writable)
+    shutil.copytree(tiny_data, shared)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    valid = np.asarray(DataDir(tiny_data).split("valid"))
+    expected = load_or_build(writable).log_prob_stream(valid)
+    assert (writable / FILENAME).is_file()
+
+    _refuse_writes_in(monkeypatch, shared)
+    lines: list[str] = []
+    got = load_or_build(shared, log=lines.append).log_prob_stream(valid)
+    np.testing.assert_array_equal(got, expected)
+    cached = cache_path(shared)
+    assert cached.parent == cache / "lmlab" / "kn-bigram" and cached.is_file() and not (shared / FILENAME).exists()
+    assert lines == [f"KN bigram: data dir {shared} is not writable; built it into {cached}"]
+    assert cache_path(writable) == cached  # keyed by the data, not by where it lies
+    lines.clear()
+    np.testing.assert_array_equal(load_or_build(shared, log=lines.append).log_prob_stream(valid), expected)
+    assert lines == [f"KN bigram: data dir {shared} is not writable; using the cached {cached}"]
+
+    cached.unlink()
+    _refuse_writes_in(monkeypatch, shared, cache)
+    lines.clear()
+    np.testing.assert_array_equal(load_or_build(shared, log=lines.append).log_prob_stream(valid), expected)
+    assert lines == [f"KN bigram: neither data dir {shared} nor {cached.parent} is writable; built it in memory (not saved)"]
+    assert not cached.exists() and not (shared / FILENAME).exists()
+
+
+def test_eval_ppl_kn_bigram_on_a_read_only_data_dir(tmp_path, tiny_data, monkeypatch):
+    import json
+    import shutil
+
+    from conftest import invoke
+    shared = tmp_path / "shared"
+    shutil.copytree(tiny_data, shared)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _refuse_writes_in(monkeypatch, shared)
+    res = invoke("eval-ppl", "--ngram", "kn-bigram", "--data", str(shared), "--split", "valid")
+    assert res.exit_code == 0, res.output
+    assert "is not writable; built it into" in res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["ppl"] > 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into a 0555 dir anyway")
+def test_a_chmod_read_only_data_dir_really(tmp_path, tiny_data, monkeypatch):
+    import shutil
+
+    from lmlab.core.imm.kn_bigram import cache_path, load_or_build
+    shared = tmp_path / "shared"
+    shutil.copytree(tiny_data, shared)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shared.chmod(0o555)
+    try:
+        lines: list[str] = []
+        load_or_build(shared, log=lines.append)
+        assert cache_path(shared).is_file() and "not writable" in lines[0]
+    finally:
+        shared.chmod(0o755)

@@ -17,14 +17,19 @@ Discounts that cannot be estimated (n1, n2 or n3 is 0, e.g. on a tiny corpus) al
 Ney's single absolute discount Y (0.5 when n1 = n2 = 0); every discount is clipped to [0, r].
 
 The counts are built from the training stream as one sequence (bigrams cross the end-of-line
-token, as the official IMM code does) and stored sparse in `<data dir>/kn_bigram.safetensors`:
+token, as the official IMM code does) and stored sparse in `<data dir>/kn_bigram.safetensors` (a read-only
+data dir: in the user's cache, see `load_or_build`):
 CSR rows of the nonzero bigram counts plus the discounts; the dense V×V table only ever exists for
 the rows a batch asks for.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,19 +194,70 @@ def bigram_path(data_dir: str | Path) -> Path:
 
 def build_from_data_dir(data_dir: str | Path, out: str | Path | None = None) -> Path:
     """Count the train split of a `prep` data dir and write `<data dir>/kn_bigram.safetensors`."""
+    return _count(data_dir).save(out or bigram_path(data_dir))
+
+
+def load_or_build(data_dir: str | Path, path: str | Path | None = None, log=None) -> KNBigram:
+    """The bigram at `path` (default `<data dir>/kn_bigram.safetensors`), built there first if missing.
+
+    A data dir that cannot be written (read-only or shared storage) is not an error: the default file is then
+    cached under `$XDG_CACHE_HOME/lmlab/kn-bigram/` (default ~/.cache), keyed by the hash of the train split,
+    or, where that cannot be written either, the bigram is built in memory; `log` (stderr by default) says which
+    in one line. An explicit `path` is written there or the error says why."""
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            build_from_data_dir(data_dir, path)
+        return KNBigram.load(path)
+    default = bigram_path(data_dir)
+    if default.is_file():
+        return KNBigram.load(default)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    model = _count(data_dir)
+    if _try_save(model, default):
+        return KNBigram.load(default)
+    cached = cache_path(data_dir)
+    if cached.is_file():
+        log(f"KN bigram: data dir {data_dir} is not writable; using the cached {cached}")
+        return KNBigram.load(cached)
+    if _try_save(model, cached):
+        log(f"KN bigram: data dir {data_dir} is not writable; built it into {cached}")
+        return KNBigram.load(cached)
+    log(f"KN bigram: neither data dir {data_dir} nor {cached.parent} is writable; built it in memory (not saved)")
+    return model
+
+
+def cache_path(data_dir: str | Path) -> Path:
+    """Where the bigram of a read-only data dir is cached: named by the sha256 of its train split (with the
+    vocabulary size, end-of-line id and file format), so a changed split never meets a stale bigram."""
     from lmlab.core.data import DataDir
 
     data = DataDir(data_dir)
-    model = KNBigram.from_tokens(np.asarray(data.split("train")), data.vocab_size, start=data.eos_id)
-    return model.save(out or bigram_path(data_dir))
+    digest = hashlib.sha256(f"lmlab-kn-bigram {FORMAT_VERSION} {data.vocab_size} {data.eos_id} {data.dtype.str}\n".encode())
+    with open(Path(data_dir) / data.meta["splits"]["train"]["file"], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "lmlab" / "kn-bigram" / f"{digest.hexdigest()}.safetensors"
 
 
-def load_or_build(data_dir: str | Path, path: str | Path | None = None) -> KNBigram:
-    """The bigram at `path` (default `<data dir>/kn_bigram.safetensors`), built there first if missing."""
-    path = Path(path) if path else bigram_path(data_dir)
-    if not path.is_file():
-        build_from_data_dir(data_dir, path)
-    return KNBigram.load(path)
+def _count(data_dir: str | Path) -> KNBigram:
+    from lmlab.core.data import DataDir
+
+    data = DataDir(data_dir)
+    return KNBigram.from_tokens(np.asarray(data.split("train")), data.vocab_size, start=data.eos_id)
+
+
+def _try_save(model: KNBigram, path: Path) -> bool:
+    """Save, or False when the place refuses writes (permissions, a read-only file system); other errors raise."""
+    try:
+        model.save(path)
+        return True
+    except (OSError, LmlabError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
