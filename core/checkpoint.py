@@ -20,17 +20,20 @@ import torch
 
 from lmlab import __version__
 from lmlab.core.errors import LmlabError
+from lmlab.core.filemode import umask_mode
 
 FORMAT = "lmlab-checkpoint"
 FORMAT_VERSION = 1
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
+    """Write `data` to `path` so that readers see the old or the new content, never a mix. The file gets the
+    umask's mode (as open() would), not tempfile's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

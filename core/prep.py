@@ -23,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmlab.core.data import FORMAT, dtype_for_vocab
 from lmlab.core.errors import LmlabError
+from lmlab.core.filemode import chmod_as_mkdir
 from lmlab.core.textio import TextSource, sha256_file
 
 EOS, UNK = "<eos>", "<unk>"
@@ -164,6 +165,7 @@ def prep(out: str | Path, splits: dict[str, list[TextSource]], tokenizer: str = 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        chmod_as_mkdir(tmp)  # mkdtemp's 0700 would keep a group out of the data dir
         (tmp / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")  # OSError (e.g. ENOSPC), not a bare Exception
         split_meta: dict[str, dict] = {}
         total_bytes = 0

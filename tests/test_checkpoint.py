@@ -58,3 +58,39 @@ def test_truncated_empty_foreign_and_wrong_kind(tmp_path):
 def test_strip_compile_and_ddp_prefixes():
     sd = {"_orig_mod.embed.w": 1, "body._orig_mod.layers.0": 2, "module.output.b": 3}
     assert strip_compile_prefix(sd) == {"embed.w": 1, "body.layers.0": 2, "output.b": 3}
+
+
+UMASK_PROBE = r"""
+import json, os, stat, sys
+from pathlib import Path
+from lmlab.core.checkpoint import save_checkpoint
+from lmlab.core.prep import prep
+from lmlab.core.rundir import RunDir
+from lmlab.core.textio import TextSource
+root, text = Path(sys.argv[1]), sys.argv[2]
+prep(root / "data" / "d", {"train": [TextSource(text)], "valid": [TextSource(text)]})
+run = RunDir(root / "runs" / "r")
+run.prepare({"seed": 1})
+save_checkpoint(run.last, {"step": 1}, "lm")
+mode = lambda p: oct(stat.S_IMODE(p.stat().st_mode))
+print(json.dumps({str(p.relative_to(root)): mode(p) for p in sorted(root.rglob("*"))}))
+"""
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o002, "0o664", "0o775"), (0o022, "0o644", "0o755"),
+                                                      (0o077, "0o600", "0o700")])
+def test_data_dirs_and_run_files_honour_the_umask(tmp_path, tiny_text, umask, file_mode, dir_mode):
+    """tempfile makes 0600 files and 0700 dirs whatever the umask; a group sharing data (umask 002) must be able to
+    read a prepped data dir, config.json and last.pt, so what is renamed into place gets the umask's mode."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", UMASK_PROBE, str(tmp_path / "w"), str(tiny_text["train"])],
+                         preexec_fn=lambda: os.umask(umask), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    modes = json.loads(out.stdout)
+    for name in ("data/d/meta.json", "data/d/tokenizer.json", "data/d/train.bin", "runs/r/config.json",
+                 "runs/r/checkpoints/last.pt"):
+        assert modes[name] == file_mode, (name, modes)
+    for name in ("data/d", "runs/r", "runs/r/checkpoints"):
+        assert modes[name] == dir_mode, (name, modes)
