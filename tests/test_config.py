@@ -164,3 +164,16 @@ def test_prep_names_the_variable_in_one_line_and_flags_replace_it(tmp_path, tiny
     res = run_cli("prep", "--preset", "multi30k-de-en", "--out", str(tmp_path / "p"), env=env)
     assert res.returncode != 0 and "preset 'multi30k-de-en' needs LMLAB_MULTI30K: export it as the directory holding " \
         "train.*, val.*, test_2016_flickr.*" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_readme_lists_every_environment_variable():
+    """One table (README, "Data and licences") names every LMLAB_* variable the code, presets and Makefiles read."""
+    import re
+    sources = [*(REPO / "presets").glob("*.toml"), *(REPO / "core").rglob("*.py"), *(REPO / "cli").glob("*.py"),
+               REPO / "Makefile", *(REPO / "pipelines").glob("*.mk"), REPO / "tests" / "conftest.py",
+               REPO / "tests" / "test_kill_resume.py", REPO / "tests" / "test_reliability_doc.py"]
+    used = {v for p in sources for v in re.findall(r"\bLMLAB_[A-Z0-9_]+", p.read_text())}
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| variable | read by | must hold |"):]
+    table = table[:table.index("\n\n")]
+    assert used and not {v for v in used if f"`{v}`" not in table}, sorted(v for v in used if f"`{v}`" not in table)
