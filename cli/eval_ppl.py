@@ -11,6 +11,7 @@ import typer
 from lmlab.cli.common import check_flag, handle_errors, make_reporter, refuse, strict_json
 from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.errors import LmlabError
+from lmlab.core.reporting import progress_lines
 
 
 @handle_errors
@@ -110,7 +111,7 @@ def eval_ppl(
     unk = info["specials"].get("unk")
     result = evaluate_lm(model, stream, columns=streams, bptt=bptt, stride=stride or (context // 2 if context else None),
                          batch_size=batch_size, device=dev, unk_id=unk, autocast=autocast_factory(dev, precision),
-                         every_token=True)
+                         every_token=True, progress=progress_lines(reporter, f"scoring {source}"))
     print(strict_json({"checkpoint": checkpoint, "source": source, **result}))
 
 

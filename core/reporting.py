@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -47,6 +48,19 @@ class Reporter:
 
     def finish(self) -> None:
         pass
+
+
+def progress_lines(reporter: Reporter, what: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback that logs "WHAT: done/total (pct%)" at most every `every_s` seconds,
+    so a long evaluation is not silent (a WikiText-2 validation on 2 CPU cores takes minutes)."""
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s and done < total:
+            last[0] = now
+            reporter.log(f"{what}: {done:,}/{total:,} ({100 * done / max(total, 1):.0f}%)")
+    return progress
 
 
 class NullReporter(Reporter):

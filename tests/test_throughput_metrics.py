@@ -31,3 +31,38 @@ def test_tokens_per_s_excludes_evaluation_time(tmp_path, tiny_data, monkeypatch)
     # each row's rate covers the updates since the last evaluation only
     after_eval = train[-1]  # update 8 follows the evaluation at update 6: one window of this update's tokens
     assert after_eval["tokens_per_s"] > 2 * tokens / wall
+
+
+def test_validation_reports_progress(tmp_path, tiny_data, monkeypatch):
+    """A long validation logs where it is (throttled; here every call) instead of staying silent."""
+    from lmlab.core import reporting
+
+    lines = []
+
+    class Lines(reporting.Reporter):
+        def log(self, message):
+            lines.append(message)
+
+    monkeypatch.setattr(lm_trainer, "progress_lines", lambda rep, what: reporting.progress_lines(rep, what, every_s=0.0))
+    cfg = merge(tiny_train_config(tiny_data, tmp_path / "run"), {"schedule": {"max_steps": 2}, "run": {"eval_interval": 2}})
+    lm_trainer.train_lm(cfg, Lines(quiet=True))
+    said = [line for line in lines if line.startswith("validating at update 2:")]
+    assert said and said[0].endswith("%)"), lines
+
+
+def test_progress_lines_are_throttled():
+    from lmlab.core import reporting
+    lines = []
+
+    class Lines(reporting.Reporter):
+        def log(self, message):
+            lines.append(message)
+
+    progress = reporting.progress_lines(Lines(), "scoring x", every_s=3600.0)
+    for done in range(1, 101):
+        progress(done, 100)
+    assert lines == []  # nothing within the first interval, and never the final call
+    progress = reporting.progress_lines(Lines(), "scoring x", every_s=0.0)
+    progress(25, 100)
+    progress(100, 100)
+    assert lines == ["scoring x: 25/100 (25%)"]

@@ -25,7 +25,7 @@ from lmlab.core.evaluate import evaluate_lm
 from lmlab.core.machine import load_average, machine_info
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import parameter_counts
-from lmlab.core.reporting import Reporter
+from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
@@ -164,7 +164,8 @@ class LMTrainer:
 
     def _evaluate(self) -> dict[str, float]:
         result = evaluate_lm(self.model, self.valid_stream, columns=self.cfg.data.eval_batch_size, bptt=self.cfg.data.bptt,
-                             device=self.device, autocast=self.autocast)
+                             device=self.device, autocast=self.autocast,
+                             progress=progress_lines(self.reporter, f"validating at update {self.step}"))
         self.model.train()
         return result
 
