@@ -125,6 +125,10 @@ def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
         if trained:
             facts["tokens"] = trained[-1].get("tokens")
             facts["tokens_per_s"] = round(trained[-1]["tokens_per_s"], 1)
+        curve = [[r["step"], r.get("epoch"), round(r["valid_ppl"], 3)] for r in rows
+                 if r.get("valid_ppl") is not None and "step" in r]
+        if curve:  # [update, epoch, valid ppl] per evaluation: the run's curve survives its run dir
+            facts["valid_curve"] = curve
     if summary.get("train_tokens_per_s"):  # training-only mean over the (last) process; metrics rows hold interval rates
         facts["tokens_per_s"] = summary["train_tokens_per_s"]
     return facts

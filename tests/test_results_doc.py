@@ -126,6 +126,7 @@ def test_record_cli_assembles_a_record_from_a_pipelines_files(tmp_path):
     assert rec["machine"]["cpu_model"] == "Test CPU" and rec["machine"]["load_avg_at_end"] == [2.5, 1.2, 0.6]
     train = rec["metrics"]["train"]
     assert train["model"] == "LSTM 2x200" and train["tokens_per_s"] == 1234.6 and "machine" not in train
+    assert train["valid_curve"] == [[10, None, 150.0]]  # the curve survives the run dir
     assert rec["paper"] == {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al. 2014, Table 1"}
     out = results_doc.render("ptb-x", {"ptb-x": rec})
     assert "`make ptb-x HW=cpu`" in out and "Test CPU, 2 cores" in out and "1.50 at start, 2.50 at end" in out
