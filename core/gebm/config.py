@@ -75,11 +75,8 @@ class EvalConfig:
     every: int = option(1000, "base steps between evaluations/checkpoints", check=at_least(1))
     keep: int = option(2, "step checkpoints to keep besides last/best", check=at_least(0))
     is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z", check=at_least(1))
-    fid_samples: int = option(0, "image: samples for FID/KID at the end of training (0 = skip)", check=at_least(0))
-    inception: str = option("", "image: path to Inception-v3 FID weights (state dict); empty = small random extractor")
-    sample_steps: int = option(0, "image: Langevin steps for the GEBM FID at the end (0 = generator alone only)", check=at_least(0))
-    sample_step_size: float = option(1e-4, "image: Langevin step size for the end-of-training FID", check=greater_than(0))
-    beta: float = option(100.0, "image: temperature beta of the latent potential for the end-of-training FID", check=at_least(0))
+    # FID/KID and sampling after training are separate steps (python -m lmlab.core.gebm.evaluate, lmlab sample:
+    # SamplerConfig), so a training run has no sampler keys to get out of step with them.
 
 
 SAMPLERS = ("kla", "ula", "none")
