@@ -124,6 +124,11 @@ def test_ptb_subset_matches_slow_reference():
     assert ours == pytest.approx(_slow_reference(["<eos>"] + train, kept), rel=1e-9)
 
 
+def _no_bigram(directory, names):
+    """copytree filter: the session's tiny data dir may already hold a bigram another test built there."""
+    return [n for n in names if n.endswith(".safetensors")]
+
+
 def _refuse_writes_in(monkeypatch, *dirs: Path):
     """Writes into `dirs` fail as on a read-only data dir (EACCES), even for root, who bypasses chmod."""
     import errno
@@ -147,8 +152,8 @@ def test_a_read_only_data_dir_gets_the_bigram_from_the_user_cache_or_memory(tmp_
     from lmlab.core.data import DataDir
     from lmlab.core.imm.kn_bigram import FILENAME, cache_path, load_or_build
     writable, shared, cache = tmp_path / "writable", tmp_path / "shared", tmp_path / "cache"
-    shutil.copytree(tiny_data, writable)
-    shutil.copytree(tiny_data, shared)
+    shutil.copytree(tiny_data, writable, ignore=_no_bigram)
+    shutil.copytree(tiny_data, shared, ignore=_no_bigram)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     valid = np.asarray(DataDir(tiny_data).split("valid"))
     expected = load_or_build(writable).log_prob_stream(valid)
@@ -180,7 +185,7 @@ def test_eval_ppl_kn_bigram_on_a_read_only_data_dir(tmp_path, tiny_data, monkeyp
 
     from conftest import invoke
     shared = tmp_path / "shared"
-    shutil.copytree(tiny_data, shared)
+    shutil.copytree(tiny_data, shared, ignore=_no_bigram)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _refuse_writes_in(monkeypatch, shared)
     res = invoke("eval-ppl", "--ngram", "kn-bigram", "--data", str(shared), "--split", "valid")
@@ -195,7 +200,7 @@ def test_a_chmod_read_only_data_dir_really(tmp_path, tiny_data, monkeypatch):
 
     from lmlab.core.imm.kn_bigram import cache_path, load_or_build
     shared = tmp_path / "shared"
-    shutil.copytree(tiny_data, shared)
+    shutil.copytree(tiny_data, shared, ignore=_no_bigram)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     shared.chmod(0o555)
     try:
