@@ -103,9 +103,6 @@ def test_ctrl_c_during_training_keeps_the_checkpoint_and_writes_no_stamp(ws):
     env = {**os.environ, "FAKE_SLEEP": "60"}
     proc = subprocess.Popen(["make", f"LMLAB_TRAIN={sys.executable} {ws / 'fake_train.py'}", f"PYTHON={sys.executable}",
                              "runs/multi30k-de-en.train.json"], cwd=ws, env=env, start_new_session=True,
-                            # as from a terminal: SIGINT handled by default even when this test runs in a
-                            # background job (where the shell left SIGINT ignored, and children inherit that)
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = ws / "runs" / "multi30k-de-en" / "started"
     deadline = time.time() + 60
