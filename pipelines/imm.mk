@@ -103,7 +103,8 @@ kn-noising-ptb: results/kn-noising-ptb.json  ## the KN-noising baseline (Xie et 
 # ---- CPU tier: ptb-lstm-small-dropout vs + IMM (ptb-lstm-small-imm) on a quarter of PTB, seeds paired ----------
 # The first 1/IMM_CPU_FRACTION of the PTB training lines, encoded with data/ptb's tokenizer (same 10k vocabulary,
 # full validation and test sets); the KN bigram is counted on that quarter too. Each arm trains to its plateau stop
-# (about an hour on 2 cores for dropout-only; IMM costs ~2.5x a plain step once on); the record pairs the seeds.
+# (a dropout-only run stops at its 8th lr decay; once IMM is on, its sampled and smoothed terms make a
+# step several times a plain one: bench/imm_overhead.py measures it); the record pairs the seeds.
 IMM_CPU_SEEDS ?= 1 2 3
 IMM_CPU_FRACTION ?= 4
 IMM_CPU_DATA ?= data/ptb-quarter
@@ -136,6 +137,6 @@ results/imm-ptb-cpu.json: $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%/eval-test.json)
 	  --json paired=$(IMM_CPU_RUNS)/paired.json --markdown $(IMM_CPU_RUNS)/paired.md --seed '$(IMM_CPU_SEEDS)'
 	$(RESULTS_DOC)
 
-imm-ptb-cpu: results/imm-ptb-cpu.json  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, ~1 h a dropout-only run) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+imm-ptb-cpu: results/imm-ptb-cpu.json  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print imm-ptb-cpu
 .PHONY: imm-ptb-cpu
