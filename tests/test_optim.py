@@ -37,3 +37,13 @@ def test_plateau_decays_after_patience_and_reports_it():
     s = LRSchedule(ScheduleConfig(name="plateau", decay=4.0, patience=1), 1.0, 100)
     assert [s.on_eval(v) for v in (5.0, 4.0, 4.5, 4.6, 3.0)] == [False, False, False, True, False]
     assert s.lr == 0.25 and s.decays == 1
+
+
+def test_nt_asgd_trigger_counts_nonmono_as_the_reference_code():
+    """AWD-LSTM checks `len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono])` *before*
+    appending val_loss: the `nonmono` evaluations just before the newest are left out of the minimum."""
+    from lmlab.core.train.optim import should_trigger_asgd
+    assert not should_trigger_asgd([1.0, 0.5, 0.9, 0.8], nonmono=2)  # 0.8 < 1.0 (0.5 is within the window)
+    assert should_trigger_asgd([1.0, 0.5, 0.9, 1.1], nonmono=2)
+    assert not should_trigger_asgd([1.0, 0.5, 2.0], nonmono=2)  # only 2 earlier evaluations: not more than 2
+    assert should_trigger_asgd([1.0, 0.5, 0.4, 2.0], nonmono=2)

@@ -27,8 +27,10 @@ def build_asgd(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.opt
 
 
 def should_trigger_asgd(history: list[float], nonmono: int) -> bool:
-    """NT condition: the newest validation loss is worse than the best one before the last `nonmono`."""
-    return len(history) > nonmono and history[-1] > min(history[:-nonmono])
+    """NT condition (AWD-LSTM main.py): the newest validation loss (history[-1]) is worse than the best of the
+    earlier ones, leaving out the `nonmono` evaluations just before it; needs more than `nonmono` earlier ones."""
+    earlier, newest = history[:-1], history[-1]
+    return len(earlier) > nonmono and newest > min(earlier[:-nonmono])
 
 
 def averaged_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
