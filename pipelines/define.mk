@@ -70,9 +70,10 @@ runs/awd-lstm-ptb.train.json runs/awd-lstm-define-ptb.train.json: runs/%.train.j
 	$(LMLAB_TRAIN) train-lm --preset $*,$(HW) --run-dir runs/$* > $@.tmp
 	$(train_done)
 
+# test scored as one stream (batch 1), as AWD-LSTM's main.py does
 runs/awd-lstm-ptb/eval-test.json runs/awd-lstm-define-ptb/eval-test.json: runs/%/eval-test.json: runs/%.train.json
 	@mkdir -p $(@D)
-	$(LMLAB) eval-ppl -c runs/$*/checkpoints/best.pt --split test -q > $@
+	$(LMLAB) eval-ppl -c runs/$*/checkpoints/best.pt --split test --batch-size 1 -q > $@
 
 results/define-ptb.json: runs/awd-lstm-ptb/eval-test.json runs/awd-lstm-define-ptb/eval-test.json
 	@mkdir -p $(@D)

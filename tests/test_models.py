@@ -106,3 +106,19 @@ def test_sequence_logprob_sums_token_logprobs():
     lp = logits.log_softmax(-1)
     manual = sum(lp[:, 2 + i].gather(1, cont[:, i:i + 1]).squeeze(1) for i in range(4))
     torch.testing.assert_close(logp, manual)
+
+
+def test_awd_lstm_between_layer_dropout_and_torch_weight_init():
+    """AWD-LSTM: dropouth (between layers) is its own value, and the LSTM weights keep torch's U(±1/sqrt(H)) while
+    the embedding and output use init_range; the defaults (Zaremba) are unchanged."""
+    import torch
+    from lmlab.core.models.config import LSTMConfig
+    from lmlab.core.models.lstm import LSTMBody
+    torch.manual_seed(0)
+    awd = LSTMBody(8, 3, LSTMConfig(hidden_size=16, dropout=0.4, between_drop=0.25, init_range=0.01, weight_init="torch"))
+    assert awd.drop_between.p == 0.25 and awd.drop_out.p == 0.4
+    w = awd.layers[0].weight_hh_l0
+    assert w.abs().max() > 0.01 and w.abs().max() <= 1 / 16 ** 0.5  # torch's bound, not init_range
+    zaremba = LSTMBody(8, 3, LSTMConfig(hidden_size=16, dropout=0.4, init_range=0.01))
+    assert zaremba.drop_between.p == 0.4
+    assert all(p.abs().max() <= 0.01 for p in zaremba.parameters())

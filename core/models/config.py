@@ -15,6 +15,9 @@ class LSTMConfig:
     weight_drop: float = option(0.0, "AWD-LSTM DropConnect on the hidden-to-hidden weights", check=between(0, 1, hi_open=True))
     embed_drop: float = option(0.0, "AWD-LSTM embedding dropout: drop whole word types", check=between(0, 1, hi_open=True))
     input_drop: float = option(-1.0, "dropout on the embeddings (-1: same as dropout)", check=either(-1.0, between(0, 1, hi_open=True)))
+    between_drop: float = option(-1.0, "dropout between LSTM layers (-1: same as dropout; AWD-LSTM's dropouth: 0.25)", check=either(-1.0, between(0, 1, hi_open=True)))
+    weight_init: str = option("uniform", "LSTM weights: uniform in ±init_range (Zaremba, the IMM code) or torch's default U(±1/sqrt(hidden)) (AWD-LSTM, which sets only the embedding and output to ±init_range)",
+                              choices=("uniform", "torch"))
     init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)", check=greater_than(0))
     forget_bias: float = option(0.0, "added to each layer's forget-gate bias after init (TensorFlow BasicLSTMCell and the official IMM code: 1.0)")
     last_hidden_size: int = option(0, "output width of the last LSTM layer (0: d_model); AWD-LSTM with tied weights makes it the tied table's width, e.g. DeFINE's map n")

@@ -47,10 +47,11 @@ class LSTMBody(nn.Module):
         self.weight_drop = cfg.weight_drop
         input_drop = cfg.dropout if cfg.input_drop < 0 else cfg.input_drop
         self.drop_in = _dropout(input_drop, cfg.variational)
-        self.drop_between = _dropout(cfg.dropout, cfg.variational)
+        self.drop_between = _dropout(cfg.dropout if cfg.between_drop < 0 else cfg.between_drop, cfg.variational)
         self.drop_out = _dropout(cfg.dropout, cfg.variational)
-        for p in self.parameters():
-            nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+        if cfg.weight_init == "uniform":  # else nn.LSTM's own init stands (AWD-LSTM)
+            for p in self.parameters():
+                nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
         if cfg.forget_bias:  # TF's BasicLSTMCell adds a constant to the forget-gate pre-activation: the same as a bias offset
             with torch.no_grad():
                 for layer in self.layers:
