@@ -47,3 +47,47 @@ def test_nt_asgd_trigger_counts_nonmono_as_the_reference_code():
     assert should_trigger_asgd([1.0, 0.5, 0.9, 1.1], nonmono=2)
     assert not should_trigger_asgd([1.0, 0.5, 2.0], nonmono=2)  # only 2 earlier evaluations: not more than 2
     assert should_trigger_asgd([1.0, 0.5, 0.4, 2.0], nonmono=2)
+
+
+def test_awd_lstm_activation_regularisers_are_in_the_update_not_in_the_logged_loss():
+    """AR = alpha * mean(dropped last-layer output^2), TAR = beta * mean((raw_t - raw_{t-1})^2), as AWD-LSTM's
+    main.py; each one changes the loss by exactly its term (dropout 0, so dropped == raw here)."""
+    import torch
+    from lmlab.core.models.builders import build_language_model
+    from lmlab.core.models.config import ModelConfig
+    from lmlab.core.train.objectives import CrossEntropy
+    cfg = ModelConfig(kind="lstm", d_model=8, n_layers=2)
+    cfg.lstm.hidden_size, cfg.lstm.dropout = 12, 0.0
+    torch.manual_seed(0)
+    model = build_language_model(cfg, 30)
+    x, y = torch.randint(0, 30, (3, 7)), torch.randint(0, 30, (3, 7))
+    plain, _, m0 = CrossEntropy()(model, x, y, None, 0)
+    with torch.no_grad():
+        h, _ = model.hidden(x)
+    ar_term, tar_term = h.pow(2).mean(), (h[:, 1:] - h[:, :-1]).pow(2).mean()
+    ar, _, m1 = CrossEntropy(ar=2.0)(model, x, y, None, 0)
+    tar, _, m2 = CrossEntropy(tar=1.0)(model, x, y, None, 0)
+    both, _, _ = CrossEntropy(ar=2.0, tar=1.0)(model, x, y, None, 0)
+    torch.testing.assert_close(ar - plain, 2.0 * ar_term)
+    torch.testing.assert_close(tar - plain, 1.0 * tar_term)
+    torch.testing.assert_close(both - plain, 2.0 * ar_term + tar_term)
+    assert m0["loss_nats"] == m1["loss_nats"] == m2["loss_nats"]  # the logged loss is the NLL alone
+    both.backward()
+    assert all(p.grad is not None for p in model.body.parameters())
+
+
+def test_activation_regularisers_train_through_the_trainer_and_need_an_lstm(tmp_path, tiny_data):
+    import json
+
+    import pytest
+    from conftest import tiny_train_config
+    from lmlab.core.config import merge
+    from lmlab.core.errors import LmlabError
+    from lmlab.core.reporting import NullReporter
+    from lmlab.core.train.lm_trainer import train_lm
+    awd = {"optim": {"activation_reg": 2.0, "temporal_reg": 1.0}, "schedule": {"max_steps": 2}}
+    train_lm(merge(tiny_train_config(tiny_data, tmp_path / "r"), awd), NullReporter())
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["activation_reg"] > 0 for r in rows if "train_loss_nats" in r)
+    with pytest.raises(LmlabError, match="model.kind = lstm"):
+        train_lm(merge(tiny_train_config(tiny_data, tmp_path / "t"), {**awd, "model": {"kind": "transformer"}}), NullReporter())

@@ -45,6 +45,7 @@ class LSTMBody(nn.Module):
         self.out_dim = sizes[-1]  # width of the output; d_model unless last_hidden_size is set
         self.layers = nn.ModuleList(nn.LSTM(i, o, batch_first=True) for i, o in zip(ins, sizes))
         self.weight_drop = cfg.weight_drop
+        self.keep_raw, self.last_raw = False, None  # AWD-LSTM TAR reads the last layer's output before dropout
         input_drop = cfg.dropout if cfg.input_drop < 0 else cfg.input_drop
         self.drop_in = _dropout(input_drop, cfg.variational)
         self.drop_between = _dropout(cfg.dropout if cfg.between_drop < 0 else cfg.between_drop, cfg.variational)
@@ -87,5 +88,7 @@ class LSTMBody(nn.Module):
         for i, layer in enumerate(self.layers):
             x, (h, c) = self._run_layer(layer, x, state[i])
             new_state.append((h, c))
+            if i == len(self.layers) - 1 and self.keep_raw:
+                self.last_raw = x
             x = self.drop_between(x) if i < len(self.layers) - 1 else self.drop_out(x)
         return x, new_state  # (B, T, d_model)

@@ -38,6 +38,8 @@ class OptimConfig:
         "and the official IMM code): T times the gradient, so their lr and clip keep the paper's values. Logged "
         "losses are per token either way", choices=("mean_token", "sum_time"))
     grad_accum: int = option(1, "accumulate gradients over this many batches per update", check=at_least(1))
+    activation_reg: float = option(0.0, "AWD-LSTM AR (alpha): + alpha x mean square of the last LSTM layer's dropped output (AWD-LSTM: 2)", check=at_least(0))
+    temporal_reg: float = option(0.0, "AWD-LSTM TAR (beta): + beta x mean square of the step-to-step change of the last LSTM layer's output before dropout (AWD-LSTM: 1)", check=at_least(0))
 
     def problems(self):
         if len(self.betas) != 2:

@@ -13,16 +13,34 @@ from lmlab.core.errors import LmlabError
 
 
 class CrossEntropy:
-    """Mean next-token negative log-likelihood in nats."""
+    """Mean next-token negative log-likelihood in nats; with `ar`/`tar` > 0, AWD-LSTM's activation regularisers
+    (Merity et al. 2018, Sec. 4.6) are added to the loss the update differentiates, never to the logged loss."""
+
+    def __init__(self, ar: float = 0.0, tar: float = 0.0):
+        self.ar, self.tar = ar, tar
 
     def __call__(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, step: int):
-        nll, state = model(inputs, targets, state)  # (B, T)
-        loss = nll.float().mean()
-        return loss, state, {"loss_nats": loss.item()}
+        if not (self.ar or self.tar):
+            nll, state = model(inputs, targets, state)  # (B, T)
+            loss = nll.float().mean()
+            return loss, state, {"loss_nats": loss.item()}
+        model.body.keep_raw = True
+        h, state = model.hidden(inputs, state)  # (B, T, d): the last layer's output after its dropout
+        raw = model.body.last_raw  # (B, T, d): the same before dropout
+        loss = model.output.nll(h, targets).float().mean()
+        reg = self.ar * h.float().pow(2).mean() + self.tar * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        return loss + reg, state, {"loss_nats": loss.item(), "activation_reg": float(reg)}
+
+
+def _cross_entropy(cfg, train, vocab, data_dir, device) -> CrossEntropy:
+    ar, tar = cfg.optim.activation_reg, cfg.optim.temporal_reg
+    if (ar or tar) and cfg.model.kind != "lstm":
+        raise LmlabError("optim.activation_reg / optim.temporal_reg are AWD-LSTM's regularisers: they need model.kind = lstm")
+    return CrossEntropy(ar, tar)
 
 
 OBJECTIVES: dict[str, Any] = {
-    "ce": lambda cfg, train, vocab, data_dir, device: CrossEntropy(),
+    "ce": _cross_entropy,
     "imm": "lmlab.core.imm.objective:build_imm_objective",
     "kn-noising": "lmlab.core.imm.noising:build_kn_noising",
 }
