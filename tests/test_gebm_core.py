@@ -185,3 +185,26 @@ def test_conv_energy_is_truncated_below():
         net.out.bias.fill_(-100.0)  # raw output far below -floor
         e = net(torch.rand(3, 3, 32, 32))
     assert torch.allclose(e, torch.full((3,), -0.5))
+
+
+def test_importance_sampled_log_z_counts_zero_weights_and_refuses_nan():
+    """An energy of +inf is a weight of exactly 0: it stays in the average (dropping it would inflate Z);
+    a NaN or -inf energy makes the estimate meaningless and is one clear error."""
+    from lmlab.core.errors import LmlabError
+    from lmlab.core.gebm.evaluate import log_partition_is
+
+    class Base(torch.nn.Module):
+        def sample(self, n, generator, device):
+            return torch.arange(n, dtype=torch.float32)
+
+        def forward(self, z):
+            return z
+
+    def energy_of(values):
+        return lambda x: torch.tensor(values, dtype=torch.float32)[x.long()]
+
+    out = log_partition_is(Base(), energy_of([0.0, 0.0, math.inf, math.inf]), 4, None, "cpu")
+    assert out["log_z"] == pytest.approx(math.log(0.5)) and out["zero_weight_samples"] == 2
+    for bad in (math.nan, -math.inf):
+        with pytest.raises(LmlabError, match="NaN or -inf"):
+            log_partition_is(Base(), energy_of([0.0, bad]), 2, None, "cpu")

@@ -33,15 +33,18 @@ def log_partition_is(base, energy, num_samples: int, generator: torch.Generator,
     for start in range(0, num_samples, batch):
         n = min(batch, num_samples - start)
         neg_e.append(-energy(base(base.sample(n, generator, device))).double().cpu())
-    a = torch.cat(neg_e)
-    a = a[torch.isfinite(a)]
-    if len(a) == 0:
-        raise LmlabError("importance sampling of log Z failed: every energy of base samples is non-finite")
+    a = torch.cat(neg_e)  # -E of each base sample: log of its importance weight
+    bad = int((torch.isnan(a) | (a == math.inf)).sum())
+    if bad:  # a NaN or E = -inf has no weight to average: the estimate would be meaningless
+        raise LmlabError(f"importance sampling of log Z failed: {bad} of {len(a)} base samples have a NaN or -inf energy")
+    zero = int((a == -math.inf).sum())  # E = +inf: weight exactly 0, still one of the samples of the average
+    if zero == len(a):
+        raise LmlabError("importance sampling of log Z failed: every base sample has energy +inf (all weights 0)")
     log_z = torch.logsumexp(a, 0) - math.log(len(a))
-    w = torch.exp(a - a.max())  # scaled weights
+    w = torch.exp(a - a.max())  # scaled weights (0 where E = +inf)
     se = float(w.std() / (math.sqrt(len(w)) * w.mean()))
     ess = float(w.sum() ** 2 / (w.pow(2).sum() * len(w)))
-    return {"log_z": float(log_z), "log_z_se": se, "ess_frac": ess, "num_samples": len(a)}
+    return {"log_z": float(log_z), "log_z_se": se, "ess_frac": ess, "num_samples": len(a), "zero_weight_samples": zero}
 
 
 @torch.no_grad()
