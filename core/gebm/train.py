@@ -117,6 +117,9 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     window = {"sums": {}, "count": 0}
     lr_steps = milestones(o.lr_milestones)
+    # the official weight term sums over the combined module's weights, the base's included (constant here: the
+    # base is frozen in the energy step), and divides by all their shape dims, so the energy's share is as there
+    penalised = list(energy.parameters()) + (list(base.parameters()) if cfg.model.energy == "flow-combined" else [])
     n_fake = o.noise_factor * o.batch_size
 
     def set_lr() -> None:
@@ -196,7 +199,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                     loss = energy_loss(e_real, e_fake, log_partition)
                     pen = gradient_penalty(energy, real, fake, gen) if o.penalty > 0 else torch.zeros((), device=device)
                     if o.penalty > 0 and o.penalty_type == "gradient_l2":
-                        pen = pen + weight_l2_penalty(energy.parameters())
+                        pen = pen + weight_l2_penalty(penalised)
                     opt_e.zero_grad(set_to_none=True)
                     (loss + o.penalty * pen).backward()
                     if o.grad_transform:
