@@ -15,7 +15,9 @@ from lmlab.cli.prep import prep
 from lmlab.cli.sample import sample
 from lmlab.cli.train_ebm import train_ebm
 from lmlab.cli.train_lm import train_lm
+from lmlab.core.gebm.config import Config as GEBMConfig
 from lmlab.core.prep_config import PrepConfig
+from lmlab.core.residual.config import Config as ResidualConfig
 from lmlab.core.train.config import TrainConfig
 
 app = typer.Typer(
@@ -30,7 +32,9 @@ app = typer.Typer(
 
 app.command("prep", epilog=config_epilog(PrepConfig))(prep)
 app.command("train-lm", epilog=config_epilog(TrainConfig))(train_lm)
-app.command("train-ebm")(train_ebm)
+app.command("train-ebm", epilog="\n\n".join([
+    config_epilog(ResidualConfig, "Config keys of --kind residual (set with --set KEY=VALUE; presets fill them)"),
+    config_epilog(GEBMConfig, "Config keys of --kind gebm (set with --set KEY=VALUE; presets fill them)")]))(train_ebm)
 app.command("sample")(sample)
 app.command("eval-ppl")(eval_ppl)
 

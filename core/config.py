@@ -10,6 +10,8 @@
 - Every value is validated where its field is defined: type, `choices=`, and `check=` (a range such as
   `at_least(1)` or `between(0, 1, hi_open=True)`); a dataclass may add cross-field rules in a
   `problems()` method yielding (key, message). A bad value is one LmlabError line naming the full key.
+- A command's root config may list keys it renamed (`RENAMED`, core/config_renamed.py): an old key in a preset
+  or `--set` is the one-line error naming the new key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lmlab.core.config_renamed import check_renamed_file, renamed_keys, upgrade  # noqa: F401 (API)
 from lmlab.core.errors import LmlabError
 from lmlab.core.preset_env import expand_env, unset_env_message, unset_required, uses  # noqa: F401 (expand_env: API)
 
@@ -124,6 +127,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: st
         prefix, where = where + ".", "config"
     if not isinstance(data, dict):
         raise LmlabError(f"{prefix.rstrip('.') or where}: expected a table, got {data!r}")
+    if not prefix:
+        check_renamed(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
@@ -138,6 +143,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: st
     for key, message in _problems(obj):
         raise LmlabError(f"{prefix}{key}: {message}{_origin(where)}")
     return obj
+
+
+def check_renamed(cls: type, data: dict[str, Any], where: str = "config") -> None:
+    """An old key is one line naming its new one, e.g. `optim.base_steps was renamed schedule.max_steps (issue #13)`."""
+    for old, new in renamed_keys(cls, data):
+        raise LmlabError(f"{old} was renamed {new} (issue #13){_origin(where)}")
 
 
 def _problems(obj: Any) -> Iterator[tuple[str, str]]:
@@ -351,6 +362,7 @@ def environment_problems(cfg: Any) -> None:
 def _merge_known(cfg: Any, values: dict[str, Any], where: str, command: str = "") -> Any:
     """Presets may carry keys for other commands' sections (e.g. `hardware`); keep those this config has.
     A preset with nothing at all for this command is refused: it was meant for another one."""
+    check_renamed(type(cfg), values, where)  # before sections this config lacks are dropped
     names = {f.name for f in dataclasses.fields(cfg)}
     kept = {k: v for k, v in values.items() if k in names}
     if not kept and command:

@@ -49,7 +49,7 @@ $(GEBM_UCI:%=$(RUNS)/gebm-uci-%.train.json): $(RUNS)/gebm-uci-%.train.json: | ge
 $(GEBM_UCI:%=$(RUNS)/gebm-uci-%-mle.train.json): $(RUNS)/gebm-uci-%-mle.train.json: | gebm-prep
 	@mkdir -p $(@D)
 	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$*-mle \
-	  --set optim.objective=mle --set optim.base_steps=$(MLE_STEPS) --set eval.every=$(MLE_STEPS) > $@.tmp
+	  --set optim.objective=mle --set schedule.max_steps=$(MLE_STEPS) --set run.eval_interval=$(MLE_STEPS) > $@.tmp
 	$(train_done)
 $(GEBM_UCI:%=$(RUNS)/gebm-uci-%/test-nll.json): $(RUNS)/gebm-uci-%/test-nll.json: $(RUNS)/gebm-uci-%.train.json
 	$(EVAL) $(RUNS)/gebm-uci-$*/checkpoints/best.pt --split test --is-samples $(IS_SAMPLES) --device cpu --out $@

@@ -211,10 +211,11 @@ def _residual_case(energy: dict[str, Any], extra: dict[str, Any]) -> Callable[[P
                                          "vocab_size": data.vocab_size, "specials": data.specials,
                                          "tokenizer_json": data.tokenizer_json,
                                          "tokenizer_sha256": data.tokenizer_sha256}, "lm")
-        sets = {"base_lm": str(root / "lm.pt"), "data": {"dir": str(root / "data")},
+        sets = {"base_lm": str(root / "lm.pt"), "data": {"dir": str(root / "data"), "batch_size": 8},
                 "window": {"prefix_len": 8, "continuation_len": 6},
                 "energy": {"d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.1, **energy},
-                "negatives": {"per_prefix": 3}, "optim": {"max_steps": 8, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3},
+                "negatives": {"per_prefix": 3}, "optim": {"lr": 1e-3},
+                "schedule": {"max_steps": 8, "warmup_steps": 2},
                 "valid": {"max_examples": 16}, "run": {"dir": str(root / "run"), "eval_interval": 4},
                 "hardware": {"device": "cpu"}, **extra}
         train(resolve(Config, "train-ebm", [], sets))
@@ -246,21 +247,19 @@ def _gebm_case(sets: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
     return run
 
 
-GEBM_IMAGE = {"data": {"kind": "image", "dataset": "synthetic-images", "subset": 32},
+GEBM_IMAGE = {"data": {"kind": "image", "dataset": "synthetic-images", "subset": 32, "batch_size": 4},
               "model": {"width": 2, "latent_dim": 4},
-              "optim": {"base_steps": 4, "energy_steps": 1, "energy_steps_init": 2, "batch_size": 4,
-                        "init_log_partition_batches": 1},
-              "eval": {"every": 2}}
+              "optim": {"energy_steps": 1, "energy_steps_init": 2, "init_log_partition_batches": 1},
+              "schedule": {"max_steps": 4}, "run": {"eval_interval": 2}}
 # tests/test_gebm_train.py tiny_density_cfg: the official UCI recipe in miniature (combined flow energy, latent
 # batch x2, gradient_l2, grad transform, lr milestones crossed at updates 3 and 9), evaluated mid-run
-GEBM_DENSITY = {"data": {"kind": "density", "dataset": "synthetic-density"},
+GEBM_DENSITY = {"data": {"kind": "density", "dataset": "synthetic-density", "batch_size": 16},
                 "model": {"energy": "flow-combined", "flow_transforms": 2, "flow_hidden": 8},
-                "optim": {"base_steps": 6, "energy_steps": 1, "energy_steps_init": 3, "batch_size": 16, "noise_factor": 2,
+                "optim": {"energy_steps": 1, "energy_steps_init": 3, "noise_factor": 2,
                           "penalty": 0.1, "penalty_type": "gradient_l2", "grad_transform": True, "lr_milestones": "3,9",
                           "init_log_partition_batches": 1},
-                "eval": {"every": 3, "is_samples": 200}}
-GEBM_DENSITY_MLE = {**GEBM_DENSITY, "optim": {"objective": "mle", "base_steps": 5, "batch_size": 16},
-                    "eval": {"every": 3, "is_samples": 200}}
+                "schedule": {"max_steps": 6}, "eval": {"is_samples": 200}, "run": {"eval_interval": 3}}
+GEBM_DENSITY_MLE = {**GEBM_DENSITY, "optim": {"objective": "mle"}, "schedule": {"max_steps": 5}}
 
 # Not a case: the residual BiT's MLM phase (mlm.steps > 0), which 0a7a632 redesigned on purpose (resumable: each
 # update's windows and masks drawn from (seed, 7, update); AdamW betas 0.9/0.98, eps 1e-6; linear decay to 0), so

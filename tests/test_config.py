@@ -177,3 +177,104 @@ def test_readme_lists_every_environment_variable():
     table = readme[readme.index("| variable | read by | must hold |"):]
     table = table[:table.index("\n\n")]
     assert used and not {v for v in used if f"`{v}`" not in table}, sorted(v for v in used if f"`{v}`" not in table)
+
+
+# renamed keys (issue #13: one config vocabulary across commands) ---------------------------------------------
+
+
+def _ebm_classes():
+    from lmlab.core.gebm.config import Config as GEBMConfig
+    from lmlab.core.residual.config import Config as ResidualConfig
+    return ResidualConfig, GEBMConfig
+
+
+@pytest.mark.parametrize("cls", _ebm_classes(), ids=["residual", "gebm"])
+def test_each_renamed_key_is_one_error_naming_its_new_key(cls):
+    import re
+    from lmlab.core.config import set_dotted
+    assert cls.RENAMED
+    for old, new in cls.RENAMED.items():
+        old_value, new_value = {}, {}
+        set_dotted(old_value, old, 3)
+        set_dotted(new_value, new, 3)
+        with pytest.raises(LmlabError, match=f"^{re.escape(old)} was renamed {re.escape(new)} \\(issue #13\\)$"):
+            merge(cls(), old_value, "--set")
+        merged = merge(cls(), new_value, "--set")  # the new key exists and takes the value
+        node = merged
+        for part in new.split("."):
+            node = getattr(node, part)
+        assert node == 3
+
+
+def test_a_preset_with_an_old_key_names_the_preset_even_for_a_section_the_config_lost(tmp_path):
+    """Preset keys for sections a config lacks are dropped (they serve other commands), so the rename check runs
+    before that filter: an old key of a removed section is still an error, never ignored."""
+    import dataclasses
+    from lmlab.core.config import option, section
+
+    @dataclasses.dataclass
+    class Run:
+        keep: int = option(2, "kept checkpoints")
+
+    @dataclasses.dataclass
+    class Cfg:
+        run: Run = section(Run, "run")
+        RENAMED = {"eval.keep": "run.keep"}
+
+    preset = tmp_path / "old.toml"
+    preset.write_text("[train-ebm]\neval.keep = 5\n")
+    with pytest.raises(LmlabError, match=r"^eval.keep was renamed run.keep \(issue #13\) \(from preset '.*old.toml'\)$"):
+        resolve(Cfg, "train-ebm", [str(preset)])
+    _, gebm = _ebm_classes()
+    preset.write_text("[train-ebm]\noptim.base_steps = 5\n")
+    with pytest.raises(LmlabError, match=r"^optim.base_steps was renamed schedule.max_steps \(issue #13\) \(from preset"):
+        resolve(gebm, "train-ebm", [str(preset)])
+
+
+@pytest.mark.parametrize("cls", _ebm_classes(), ids=["residual", "gebm"])
+def test_a_stored_config_from_before_the_rename_is_upgraded(cls):
+    """Checkpoints written before issue #13 hold the old names: `upgrade` moves them, so such a model still loads."""
+    from lmlab.core.config import set_dotted, to_dict, upgrade
+    stored = to_dict(cls())
+    for old, new in cls.RENAMED.items():
+        *path, leaf = new.split(".")
+        node = stored
+        for part in path:
+            node = node[part]
+        set_dotted(stored, old, node.pop(leaf) + 1)
+    with pytest.raises(LmlabError, match="was renamed"):
+        from_dict(cls, stored)
+    cfg = from_dict(cls, upgrade(cls, stored))
+    for old, new in cls.RENAMED.items():
+        node, default = cfg, cls()
+        for part in new.split("."):
+            node, default = getattr(node, part), getattr(default, part)
+        assert node == default + 1, new
+
+
+def test_an_old_key_on_the_command_line_is_one_stderr_line_naming_the_new_key(tmp_path):
+    from conftest import run_cli
+    res = run_cli("train-ebm", "--kind", "gebm", "--set", "optim.base_steps=3", "--run-dir", str(tmp_path / "r"), "-q")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["lmlab: error: optim.base_steps was renamed schedule.max_steps (issue #13)"]
+    assert not (tmp_path / "r").exists()
+    preset = tmp_path / "old.toml"
+    preset.write_text("[train-ebm]\noptim.warmup_steps = 5\n")
+    res = run_cli("train-ebm", "--kind", "residual", "--preset", str(preset), "--run-dir", str(tmp_path / "r"), "-q")
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        f"lmlab: error: optim.warmup_steps was renamed schedule.warmup_steps (issue #13) (from preset '{preset}')"]
+
+
+def test_a_run_dir_config_json_from_before_the_rename_says_how_to_resume(tmp_path):
+    """Resuming a GEBM run dir whose config.json has the old names: one line naming the file and the new key
+    (rundir's own comparison would report `eval.every=...` changed to None)."""
+    import json
+    from conftest import run_cli
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"eval": {"every": 10, "keep": 2, "is_samples": 20000}}))
+    args = ("train-ebm", "--kind", "gebm", "--run-dir", str(run), "--device", "cpu", "-q")
+    res = run_cli(*args)
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        f"lmlab: error: {run / 'config.json'}: eval.every was renamed run.eval_interval (issue #13); rename the key "
+        "in that file to resume the run, or choose another --run-dir"]

@@ -11,9 +11,9 @@ from lmlab.cli.main import app
 
 RED = SHARED / "uci-wine" / "winequality-red.csv"
 # the preset's official recipe, shrunk to seconds: same code path, fewer/smaller updates
-TINY = ["optim.base_steps=2", "optim.energy_steps_init=2", "optim.energy_steps=1", "optim.noise_factor=2",
+TINY = ["schedule.max_steps=2", "optim.energy_steps_init=2", "optim.energy_steps=1", "optim.noise_factor=2",
         "optim.init_log_partition_batches=1", "model.flow_transforms=2", "model.flow_hidden=8",
-        "eval.every=2", "eval.is_samples=500", "hardware.threads=1"]
+        "run.eval_interval=2", "eval.is_samples=500", "hardware.threads=1"]
 
 
 def test_train_sample_evaluate_cli(tmp_path, monkeypatch):

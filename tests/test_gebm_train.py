@@ -20,26 +20,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def tiny_image_cfg(run_dir, **optim):
+def tiny_image_cfg(run_dir, max_steps=1, **optim):
     return merge(Config(), {
-        "data": {"kind": "image", "dataset": "synthetic-images", "subset": 32},
+        "data": {"kind": "image", "dataset": "synthetic-images", "subset": 32, "batch_size": 4},
         "model": {"width": 2, "latent_dim": 4},
-        "optim": {"base_steps": 1, "energy_steps": 1, "energy_steps_init": 1, "batch_size": 4,
-                  "init_log_partition_batches": 1, **optim},
-        "eval": {"every": 1}, "run": {"dir": str(run_dir), "log_every": 1}, "hardware": {"device": "cpu"}})
+        "optim": {"energy_steps": 1, "energy_steps_init": 1, "init_log_partition_batches": 1, **optim},
+        "schedule": {"max_steps": max_steps},
+        "run": {"dir": str(run_dir), "log_every": 1, "eval_interval": 1}, "hardware": {"device": "cpu"}})
 
 
-def tiny_density_cfg(run_dir, **optim):
+def tiny_density_cfg(run_dir, max_steps=6, **optim):
     """The official UCI recipe in miniature: combined flow energy, latent batch x2, gradient_l2, grad transform,
     lr milestones (crossed at update 3 and 9, so a resume must restore the update count)."""
     return merge(Config(), {
-        "data": {"kind": "density", "dataset": "synthetic-density"},
+        "data": {"kind": "density", "dataset": "synthetic-density", "batch_size": 16},
         "model": {"energy": "flow-combined", "flow_transforms": 2, "flow_hidden": 8},
-        "optim": {"base_steps": 6, "energy_steps": 1, "energy_steps_init": 3, "batch_size": 16, "noise_factor": 2,
+        "optim": {"energy_steps": 1, "energy_steps_init": 3, "noise_factor": 2,
                   "penalty": 0.1, "penalty_type": "gradient_l2", "grad_transform": True, "lr_milestones": "3,9",
                   "init_log_partition_batches": 1, **optim},
-        "eval": {"every": 3, "is_samples": 200}, "run": {"dir": str(run_dir), "log_every": 1},
-        "hardware": {"device": "cpu"}})
+        "schedule": {"max_steps": max_steps}, "eval": {"is_samples": 200},
+        "run": {"dir": str(run_dir), "log_every": 1, "eval_interval": 3}, "hardware": {"device": "cpu"}})
 
 
 class StopAt(NullReporter):
@@ -76,10 +76,47 @@ def test_killed_run_resumes_identically(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated lines after the resume
 
 
+def test_a_longer_schedule_max_steps_extends_a_finished_run_as_if_started_with_it(tmp_path):
+    """schedule.max_steps is a run-dir volatile key and GEBM's lr milestones count absolute updates: a finished
+    3-step run rerun with 6 trains on to the weights of a 6-step run (the cadence divides both ends)."""
+    full = train(tiny_density_cfg(tmp_path / "full"), NullReporter())
+    short = train(tiny_density_cfg(tmp_path / "grown", max_steps=3), NullReporter())
+    assert short["completed"] and short["step"] == 3
+    grown = train(tiny_density_cfg(tmp_path / "grown"), NullReporter())
+    assert grown["completed"] and grown["step"] == 6 and grown["updates"] == full["updates"]
+    _, wa = _weights(tmp_path / "full" / "checkpoints" / "last.pt")
+    _, wb = _weights(tmp_path / "grown" / "checkpoints" / "last.pt")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_hardware_precision_and_compile_are_refused_not_ignored(tmp_path):
+    """train-lm's hardware keys exist (one vocabulary) but GEBM trains in fp32 without compile: one error line."""
+    assert tiny_density_cfg(tmp_path / "r").hardware.precision == "fp32"
+    with pytest.raises(LmlabError, match=r"^hardware.precision: 'bf16': GEBM trains in fp32 without torch.compile"):
+        merge(tiny_density_cfg(tmp_path / "r"), {"hardware": {"precision": "bf16"}})
+    with pytest.raises(LmlabError, match=r"^hardware.compile: true: GEBM trains in fp32 without torch.compile"):
+        merge(tiny_density_cfg(tmp_path / "r"), {"hardware": {"compile": True}})
+
+
+def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path):
+    """Checkpoints of runs made before issue #13 hold optim.base_steps, eval.every, ...: sampling and evaluation load
+    them (the config is upgraded), while the same keys typed by a user are errors."""
+    from lmlab.core.gebm.models import from_state
+    train(tiny_density_cfg(tmp_path / "r", max_steps=1), NullReporter())
+    st = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt", "gebm")
+    c = st["config"]
+    c["optim"]["base_steps"], c["optim"]["batch_size"] = c.pop("schedule")["max_steps"], c["data"].pop("batch_size")
+    c["eval"]["every"], c["eval"]["keep"] = c["run"].pop("eval_interval"), c["run"].pop("keep")
+    del c["hardware"]["precision"], c["hardware"]["compile"]
+    cfg, base, energy, _ = from_state(st)
+    assert (cfg.schedule.max_steps, cfg.data.batch_size, cfg.run.eval_interval, cfg.run.keep) == (1, 16, 3, 2)
+
+
 def test_resume_never_refuses_and_nan_raises(tmp_path):
-    train(tiny_density_cfg(tmp_path / "r", base_steps=1), NullReporter())
+    train(tiny_density_cfg(tmp_path / "r", max_steps=1), NullReporter())
     with pytest.raises(LmlabError, match="holds a run"):
-        train(merge(tiny_density_cfg(tmp_path / "r", base_steps=1), {"run": {"resume": "never"}}), NullReporter())
+        train(merge(tiny_density_cfg(tmp_path / "r", max_steps=1), {"run": {"resume": "never"}}), NullReporter())
     from lmlab.core.errors import NonFiniteLossError
     with pytest.raises(NonFiniteLossError):
         train(tiny_density_cfg(tmp_path / "nan", lr_energy=1e30, grad_transform=False), NullReporter())
@@ -146,7 +183,7 @@ def test_inception_architecture_shapes(tmp_path):
 
 def test_density_gebm_and_mle_nll(tmp_path):
     for objective in ("gebm", "mle"):
-        cfg = tiny_density_cfg(tmp_path / objective, base_steps=2, objective=objective)
+        cfg = tiny_density_cfg(tmp_path / objective, max_steps=2, objective=objective)
         train(cfg, NullReporter())
         st = load_checkpoint(tmp_path / objective / "checkpoints" / "best.pt", "gebm")
         r = evaluate_density(st, is_samples=4000, device="cpu")
@@ -166,7 +203,7 @@ def test_density_gebm_and_mle_nll(tmp_path):
 def test_presets_parse(name, preset_env):
     for command in ("train-ebm",):
         cfg = resolve(Config, command, [name])
-        assert cfg.optim.batch_size > 0
+        assert cfg.data.batch_size > 0 and cfg.schedule.max_steps > 0
 
 
 def test_stop_inside_the_energy_phase_saves_and_resumes_identically(tmp_path, monkeypatch):

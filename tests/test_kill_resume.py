@@ -310,8 +310,8 @@ def residual_args(tiny_data, base_lm, steps=12):
     return ["train-ebm", "--kind", "residual", "--base-lm", str(base_lm), "--device", "cpu", "--seed", "3",
             "--set", f"data.dir={tiny_data}", "--set", "window.prefix_len=8", "--set", "window.continuation_len=6",
             "--set", "energy.d_model=16", "--set", "energy.n_layers=1", "--set", "energy.n_heads=2",
-            "--set", "energy.dropout=0.1", "--set", "negatives.per_prefix=3", "--set", f"optim.max_steps={steps}",
-            "--set", "optim.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "optim.lr=1e-3",
+            "--set", "energy.dropout=0.1", "--set", "negatives.per_prefix=3", "--set", f"schedule.max_steps={steps}",
+            "--set", "data.batch_size=4", "--set", "schedule.warmup_steps=2", "--set", "optim.lr=1e-3",
             "--set", "valid.max_examples=8", "--set", "run.eval_interval=4", "--set", "run.save_interval=1",
             "--set", "run.keep=1", "--set", "hardware.threads=1"]
 
@@ -319,9 +319,9 @@ def residual_args(tiny_data, base_lm, steps=12):
 def gebm_args(steps=6):
     return ["train-ebm", "--kind", "gebm", "--device", "cpu", "--seed", "3", "--set", "data.kind=image",
             "--set", "data.dataset=synthetic-images", "--set", "data.subset=64", "--set", "model.width=4",
-            "--set", "model.latent_dim=8", "--set", f"optim.base_steps={steps}", "--set", "optim.energy_steps=2",
-            "--set", "optim.energy_steps_init=3", "--set", "optim.batch_size=16", "--set", "optim.init_log_partition_batches=2",
-            "--set", "eval.every=1", "--set", "eval.keep=1", "--set", "run.log_every=1", "--set", "hardware.threads=1"]
+            "--set", "model.latent_dim=8", "--set", f"schedule.max_steps={steps}", "--set", "optim.energy_steps=2",
+            "--set", "optim.energy_steps_init=3", "--set", "data.batch_size=16", "--set", "optim.init_log_partition_batches=2",
+            "--set", "run.eval_interval=1", "--set", "run.keep=1", "--set", "run.log_every=1", "--set", "hardware.threads=1"]
 
 
 @pytest.mark.parametrize("kind", ["residual", "gebm"])

@@ -100,14 +100,14 @@ def test_checkpoint_records_the_negatives_true_settings(setup, copy_lm, tmp_path
     with pytest.raises(LmlabError, match=r"top_k=5, temperature=0.7.*--set negatives.top_k=5"):
         ResidualTrainer(make_cfg(root, ckpt, tmp_path / "r0", negatives={"file": str(neg)}))
     cfg = make_cfg(root, ckpt, tmp_path / "r1", negatives={"file": str(neg), "top_k": 5, "temperature": 0.7},
-                   optim={"max_steps": 2})
+                   schedule={"max_steps": 2})
     train(cfg)
     state = load_checkpoint(tmp_path / "r1/checkpoints/last.pt", "residual-ebm")
     rec = state["negatives"]
     assert (rec["source"], rec["split"], rec["top_k"], rec["temperature"]) == ("file", "train", 5, 0.7)
     assert rec["tokenizer_sha256"] == DataDir(root / "data").tokenizer_sha256 and len(rec["prefix_sha256"]) == 64
     assert state["config"]["negatives"]["top_k"] == 5 and state["config"]["negatives"]["temperature"] == 0.7
-    train(make_cfg(root, ckpt, tmp_path / "r2", optim={"max_steps": 1}))
+    train(make_cfg(root, ckpt, tmp_path / "r2", schedule={"max_steps": 1}))
     fly = load_checkpoint(tmp_path / "r2/checkpoints/last.pt", "residual-ebm")["negatives"]
     assert (fly["source"], fly["split"], fly["top_k"], fly["temperature"]) == ("on-the-fly", "train", 0, 1.0)
 

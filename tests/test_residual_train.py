@@ -60,9 +60,9 @@ def setup(tmp_path_factory):
 
 
 def make_cfg(root, ckpt, run, **extra):
-    sets = {"base_lm": str(ckpt), "data": {"dir": str(root / "data")}, "window": {"prefix_len": 8, "continuation_len": 6},
+    sets = {"base_lm": str(ckpt), "data": {"dir": str(root / "data"), "batch_size": 8}, "window": {"prefix_len": 8, "continuation_len": 6},
             "energy": {"d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.0},
-            "negatives": {"per_prefix": 3}, "optim": {"max_steps": 6, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3},
+            "negatives": {"per_prefix": 3}, "optim": {"lr": 1e-3}, "schedule": {"max_steps": 6, "warmup_steps": 2},
             "valid": {"max_examples": 16}, "run": {"dir": str(root / run), "eval_interval": 3},
             "hardware": {"device": "cpu"}}
     for k, v in extra.items():
@@ -81,11 +81,20 @@ def test_train_checkpoint_resume_and_changed_base(setup, tmp_path):
     rows = [json.loads(l) for l in (root / "run-bit/metrics.jsonl").read_text().splitlines()]
     valid = [r for r in rows if "valid_acc" in r]
     assert [r["step"] for r in valid] == [3, 6] and all(0.0 <= r["valid_acc"] <= 1.0 for r in valid)
-    # rerunning with more steps resumes from step 6
-    cfg2 = make_cfg(root, ckpt, "run-bit", mlm={"steps": 2}, optim={"max_steps": 9})
-    cfg2.run.eval_interval = 3
-    with pytest.raises(LmlabError):  # optim.max_steps is part of the experiment: a changed config is refused
+    # a longer rerun is refused before the run dir is touched: the lr decays linearly to 0 at schedule.max_steps
+    before = (root / "run-bit/config.json").read_text()
+    cfg2 = make_cfg(root, ckpt, "run-bit", mlm={"steps": 2}, schedule={"max_steps": 9})
+    with pytest.raises(LmlabError, match=r"started with schedule.max_steps=6, now 9: .* --set schedule.max_steps=6"):
         train(cfg2)
+    assert (root / "run-bit/config.json").read_text() == before
+    # a run dir from before issue #13's renames: one line naming its config.json and the new key
+    old = json.loads(before)
+    old["optim"]["max_steps"] = old["schedule"].pop("max_steps")
+    (root / "run-bit/config.json").write_text(json.dumps(old))
+    with pytest.raises(LmlabError, match=r"run-bit/config.json: optim.max_steps was renamed schedule.max_steps "
+                                         r"\(issue #13\); rename the key in that file"):
+        train(make_cfg(root, ckpt, "run-bit", mlm={"steps": 2}))
+    (root / "run-bit/config.json").write_text(before)
     # a changed base LM is detected when the checkpoint is used
     copy = tmp_path / "lm.pt"
     copy.write_bytes(ckpt.read_bytes())
@@ -174,7 +183,7 @@ def mlm_rows(run):
 
 def test_mlm_phase_stops_on_sigterm_and_resumes_bit_for_bit(setup):
     root, ckpt = setup
-    extra = dict(mlm={"steps": 4, "warmup_steps": 2, "batch_size": 4}, optim={"max_steps": 2})
+    extra = dict(mlm={"steps": 4, "warmup_steps": 2, "batch_size": 4}, schedule={"max_steps": 2})
     out = train(make_cfg(root, ckpt, "run-mlm-cut", **extra), StopDuringMLM(2))
     assert out["stopped_by"] == "SIGTERM" and out["step"] == 0
     state = load_checkpoint(root / "run-mlm-cut/checkpoints/last.pt", "residual-ebm")
@@ -194,7 +203,7 @@ def test_mlm_phase_stops_on_sigterm_and_resumes_bit_for_bit(setup):
 def test_eval_refuses_a_data_dir_with_another_tokenizer(setup, tmp_path):
     import shutil
     root, ckpt = setup
-    train(make_cfg(root, ckpt, "run-tok", optim={"max_steps": 1}))
+    train(make_cfg(root, ckpt, "run-tok", schedule={"max_steps": 1}))
     state = load_checkpoint(root / "run-tok/checkpoints/last.pt", "residual-ebm")
     other = tmp_path / "data-other"
     shutil.copytree(root / "data", other)
@@ -213,7 +222,7 @@ def test_hardware_precision_is_applied_not_ignored(setup):
     root, ckpt = setup
     rows = {}
     for precision in ("fp32", "bf16"):
-        train(make_cfg(root, ckpt, f"run-{precision}", hardware={"precision": precision}, optim={"max_steps": 3}))
+        train(make_cfg(root, ckpt, f"run-{precision}", hardware={"precision": precision}, schedule={"max_steps": 3}))
         metrics = [json.loads(l) for l in (root / f"run-{precision}/metrics.jsonl").read_text().splitlines()]
         rows[precision] = [r["train_loss_nats"] for r in metrics if "train_loss_nats" in r]
         state = load_checkpoint(root / f"run-{precision}/checkpoints/last.pt", "residual-ebm")

@@ -77,7 +77,7 @@ def test_gebm_run_stopped_before_its_first_eval_reports_null(tmp_path):
     from lmlab.core.gebm.train import train
     from test_gebm_train import tiny_density_cfg
     cfg = tiny_density_cfg(tmp_path / "run")
-    cfg.eval.every = 100
+    cfg.run.eval_interval = 100
     out = train(cfg, StopAt(1, signal.SIGUSR1))
     assert out["stopped_by"] == "SIGUSR1" and out["step"] == 1 and out["best_metric"] is None
     _strict_json(out)

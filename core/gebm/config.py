@@ -27,6 +27,8 @@ class DataConfig:
     permute_columns: bool = option(True, "density: random column permutation as the official loader does")
     ntest: int = option(0, "density: test rows taken from the end (0 = 10%; official HepMass: 174900)", check=at_least(0))
     split_seed: int = option(1, "density: seed of the shuffle/dequantise/permute preprocessing (official default 1)", check=between(0, 2**32 - 1))
+    batch_size: int = option(128, "data rows/images per update (the latent batch is optim.noise_factor x this)",
+                             check=at_least(1))
 
 
 @dataclass
@@ -48,12 +50,10 @@ class ModelConfig:
 class OptimConfig:
     objective: str = option("gebm", "gebm = Algorithm 1; mle = train the flow base alone by maximum likelihood "
                             "(density baseline)", choices=("gebm", "mle"))
-    base_steps: int = option(150000, "number of base (generator) updates; for objective=mle the number of MLE updates", check=at_least(1))
     energy_steps: int = option(5, "energy updates per base update", check=at_least(0))
     energy_steps_init: int = option(100, "energy updates before the first two base updates and every init_every-th", check=at_least(0))
     init_every: int = option(500, "base updates between long energy phases", check=at_least(1))
-    batch_size: int = option(128, "data batch size", check=at_least(1))
-    noise_factor: int = option(1, "latent batch = noise_factor x batch_size (official UCI runs: 20)", check=at_least(1))
+    noise_factor: int = option(1, "latent batch = noise_factor x data.batch_size (official UCI runs: 20)", check=at_least(1))
     lr_energy: float = option(1e-4, "Adam learning rate of the energy and of A", check=greater_than(0))
     lr_base: float = option(1e-4, "Adam learning rate of the base", check=greater_than(0))
     beta1: float = option(0.5, "Adam beta1", check=between(0, 1, hi_open=True))
@@ -71,9 +71,15 @@ class OptimConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """Run length. The learning rates step at absolute update counts (optim.lr_milestones), not at a fraction of
+    the run, so a run dir may be resumed with a larger max_steps to train longer."""
+    max_steps: int = option(150000, "base (generator) updates to train, each after its energy updates (Algorithm 1); "
+                            "for optim.objective=mle the number of MLE updates", check=at_least(1))
+
+
+@dataclass
 class EvalConfig:
-    every: int = option(1000, "base steps between evaluations/checkpoints", check=at_least(1))
-    keep: int = option(2, "step checkpoints to keep besides last/best", check=at_least(0))
     is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z", check=at_least(1))
     # FID/KID and sampling after training are separate steps (python -m lmlab.core.gebm.evaluate, lmlab sample:
     # SamplerConfig), so a training run has no sampler keys to get out of step with them.
@@ -110,13 +116,27 @@ class RunConfig:
     resume: str = option("auto", "auto: continue a run dir's checkpoint; never: refuse a non-empty dir; must",
                          choices=("auto", "never", "must"))
     force: bool = option(False, "with resume=never, move an existing run dir aside")
+    eval_interval: int = option(1000, "evaluate and checkpoint every N base steps (0: 10 times per run)", check=at_least(0))
+    keep: int = option(2, "keep the last N step checkpoints beside last.pt and best.pt", check=at_least(0))
     log_every: int = option(50, "base steps between metrics lines", check=at_least(1))
+
+
+FP32_ONLY = "GEBM trains in fp32 without torch.compile"
 
 
 @dataclass
 class HardwareConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps (auto picks cuda when available)", check=DEVICE)
+    precision: str = option("fp32", f"train-lm's key; {FP32_ONLY}, so only fp32 is accepted",
+                            choices=("fp32", "bf16", "fp16"))
+    compile: bool = option(False, f"train-lm's key; {FP32_ONLY}, so only false is accepted")
     threads: int = option(0, "torch CPU threads (0 = torch default)", check=at_least(0))
+
+    def problems(self):
+        if self.precision != "fp32":
+            yield "precision", f"{self.precision!r}: {FP32_ONLY} (use hardware.precision=fp32)"
+        if self.compile:
+            yield "compile", f"true: {FP32_ONLY} (use hardware.compile=false)"
 
 
 @dataclass
@@ -124,7 +144,11 @@ class Config:
     data: DataConfig = section(DataConfig, "dataset and preprocessing")
     model: ModelConfig = section(ModelConfig, "base and energy networks")
     optim: OptimConfig = section(OptimConfig, "Algorithm 1 schedule and optimisers")
-    eval: EvalConfig = section(EvalConfig, "evaluation during/after training")
-    run: RunConfig = section(RunConfig, "run directory and resumption")
+    schedule: ScheduleConfig = section(ScheduleConfig, "run length")
+    eval: EvalConfig = section(EvalConfig, "evaluation during training")
+    run: RunConfig = section(RunConfig, "run directory, resumption, evaluation and checkpoint cadence")
     hardware: HardwareConfig = section(HardwareConfig, "device")
     seed: int = option(0, "seed of weights, latents, batches and penalties", check=between(0, 2**32 - 1))
+
+    RENAMED = {"optim.base_steps": "schedule.max_steps", "optim.batch_size": "data.batch_size",
+               "eval.every": "run.eval_interval", "eval.keep": "run.keep"}  # issue #13: train-lm's names

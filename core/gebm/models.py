@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmlab.core.config import from_dict
+from lmlab.core.config import from_dict, upgrade
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.config import Config
 from lmlab.core.gebm.nets import ConvEnergy, ImageBase, MLPEnergy
@@ -52,7 +52,7 @@ def from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
     """(cfg, base, energy, A) from a `gebm` checkpoint; nets in eval mode on `device`."""
     if "config" not in state:
         raise LmlabError("checkpoint has no 'config': it was not written by lmlab train-ebm --kind gebm")
-    cfg = from_dict(Config, state["config"])
+    cfg = from_dict(Config, upgrade(Config, state["config"]))  # a checkpoint from before issue #13 loads too
     dev = resolve_device(device) if isinstance(device, str) else device
     base, energy = build(cfg, state.get("data_dim"))
     try:

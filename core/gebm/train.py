@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lmlab.core.config import to_dict
+from lmlab.core.config import check_renamed_file, to_dict
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.config import Config  # noqa: F401  (re-exported for the CLI)
@@ -59,16 +59,10 @@ def _check(value: torch.Tensor, what: str, step: int) -> float:
 
 
 def _validate(cfg: Config) -> None:
-    o = cfg.optim
-    if o.base_steps <= 0 or o.batch_size <= 0 or o.energy_steps < 0 or o.energy_steps_init < 0:
-        raise LmlabError("optim.base_steps and optim.batch_size must be positive, energy steps non-negative")
-    if o.objective == "mle" and cfg.data.kind != "density":
+    """Rules across sections (each key's own range is checked by the config)."""
+    if cfg.optim.objective == "mle" and cfg.data.kind != "density":
         raise LmlabError("optim.objective=mle needs a tractable base: only density runs (data.kind=density)")
-    if cfg.eval.every <= 0:
-        raise LmlabError("eval.every must be positive")
-    if o.noise_factor <= 0:
-        raise LmlabError("optim.noise_factor must be positive")
-    milestones(o.lr_milestones)
+    milestones(cfg.optim.lr_milestones)
 
 
 def milestones(text: str) -> list[int]:
@@ -90,6 +84,8 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         torch.set_num_threads(cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
     rundir = RunDir(cfg.run.dir)
+    if cfg.run.resume != "never":
+        check_renamed_file(Config, rundir.config_path)  # a run dir from before issue #13's renames
     resuming = rundir.prepare(to_dict(cfg), cfg.run.resume, cfg.run.force)
 
     # data -------------------------------------------------------------------------------------
@@ -112,7 +108,9 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     opt_e = torch.optim.Adam(list(energy.parameters()) + [log_partition], lr=o.lr_energy, betas=(o.beta1, o.beta2))
     opt_b = torch.optim.Adam(base.parameters(), lr=o.lr_base, betas=(o.beta1, o.beta2))
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = Batches(train_x, o.batch_size, cfg.seed)
+    batch_size, max_steps = cfg.data.batch_size, cfg.schedule.max_steps
+    eval_every = cfg.run.eval_interval or max(1, max_steps // 10)
+    batches = Batches(train_x, batch_size, cfg.seed)
     step, best, updates = 0, math.inf, 0
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     window = {"sums": {}, "count": 0}
@@ -120,7 +118,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     # the official weight term sums over the combined module's weights, the base's included (constant here: the
     # base is frozen in the energy step), and divides by all their shape dims, so the energy's share is as there
     penalised = list(energy.parameters()) + (list(base.parameters()) if cfg.model.energy == "flow-combined" else [])
-    n_fake = o.noise_factor * o.batch_size
+    n_fake = o.noise_factor * batch_size
 
     def set_lr() -> None:
         f = lr_factor(updates, lr_steps, o.lr_decay)
@@ -146,7 +144,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
         torch.set_rng_state(st["rng"]["torch"])
-        batches = Batches(train_x, o.batch_size, cfg.seed, *st["data_pos"])
+        batches = Batches(train_x, batch_size, cfg.seed, *st["data_pos"])
         rundir.truncate_metrics_after(step)
         reporter.log(f"resumed {rundir.last} at base step {step}")
     elif o.objective == "gebm":
@@ -180,9 +178,9 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     # loop -------------------------------------------------------------------------------------
     stop = StopFlag().install()
     t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
-    reporter.start(o.base_steps, "gebm")
+    reporter.start(max_steps, "gebm")
     try:
-        while step < o.base_steps and not stop.requested:
+        while step < max_steps and not stop.requested:
             rec: dict[str, float] = {}
             if o.objective == "gebm":
                 n_e = o.energy_steps_init if (step < 2 or step % o.init_every == 0) else o.energy_steps
@@ -240,14 +238,14 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-            if step % cfg.run.log_every == 0 or step == o.base_steps:
+            if step % cfg.run.log_every == 0 or step == max_steps:
                 elapsed = time.monotonic() - t0
                 row = {"step": step, **{k: v / count for k, v in sums.items()},
                        "s_per_step": elapsed / max(step - start_step, 1)}
                 rundir.log_metrics(row)
                 reporter.update(step, row)
                 sums, count = {}, 0
-            if step % cfg.eval.every == 0 or step == o.base_steps:
+            if step % eval_every == 0 or step == max_steps:
                 ev = evaluate()
                 metric = ev.get("valid_nll_gebm_nats", ev.get("valid_nll_base_nats", -step))
                 is_best = metric < best
@@ -255,14 +253,14 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 if ev:
                     rundir.log_metrics({"step": step, **ev})
                     reporter.log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
-                rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.eval.keep)
-        if stop.requested and step < o.base_steps:
+                rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.run.keep)
+        if stop.requested and step < max_steps:
             inside = f" after {energy_done} energy updates of base step {step + 1}" if energy_done else ""
             reporter.log(f"{stop.signal_name}: saving base step {step}{inside} and stopping")
-            rundir.save(state(), KIND, step, is_best=False, keep=cfg.eval.keep)
+            rundir.save(state(), KIND, step, is_best=False, keep=cfg.run.keep)
     finally:
         stop.uninstall()
         reporter.finish()
-    return {"run_dir": str(rundir.path), "step": step, "completed": step >= o.base_steps,
+    return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
             "stopped_by": stop.signal_name, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}

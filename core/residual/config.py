@@ -19,6 +19,8 @@ from lmlab.core.train.config import HardwareConfig, RunConfig
 class DataConfig:
     dir: str = option("data/demo", "data dir written by `lmlab prep` (the same tokenizer as the base LM)")
     train_split: str = option("train", "split whose windows give the positives")
+    batch_size: int = option(32, "prefixes per NCE update (each with one positive and `negatives.per_prefix` negatives)",
+                             check=at_least(1))
 
 
 @dataclass
@@ -62,7 +64,7 @@ class MLMConfig:
     mask_prob: float = option(0.15, "fraction of tokens masked (BERT/RoBERTa: 0.15)", check=between(0, 1, lo_open=True, hi_open=True))
     lr: float = option(5e-4, "MLM peak learning rate (AdamW, betas 0.9/0.98, eps 1e-6 as RoBERTa)", check=greater_than(0))
     warmup_steps: int = option(0, "MLM linear warmup updates, then linear decay to 0 at mlm.steps", check=at_least(0))
-    batch_size: int = option(0, "windows per MLM update (0: optim.batch_size)", check=at_least(0))
+    batch_size: int = option(0, "windows per MLM update (0: data.batch_size)", check=at_least(0))
 
 
 @dataclass
@@ -70,10 +72,16 @@ class OptimConfig:
     lr: float = option(1e-4, "peak AdamW learning rate of the energy", check=greater_than(0))
     weight_decay: float = option(0.01, "decoupled weight decay", check=at_least(0))
     betas: list[float] = option([0.9, 0.98], "AdamW betas", check=each(between(0, 1, hi_open=True)))
-    warmup_steps: int = option(100, "linear warmup updates, then linear decay to 0 at max_steps", check=at_least(0))
-    max_steps: int = option(10000, "NCE updates", check=at_least(1))
-    batch_size: int = option(32, "prefixes per update (each with one positive and `negatives.per_prefix` negatives)", check=at_least(1))
     clip: float = option(1.0, "clip the global gradient norm (0: off)", check=at_least(0))
+
+
+@dataclass
+class ScheduleConfig:
+    """The NCE learning-rate schedule and run length: linear warmup, then linear decay to 0 at max_steps (the only
+    schedule this trainer has, so train-lm's schedule.name and its other keys are not accepted here)."""
+    max_steps: int = option(10000, "NCE updates to train (after the MLM phase, if any); fixed for a run dir: "
+                            "the lr reaches 0 there", check=at_least(1))
+    warmup_steps: int = option(100, "linear warmup updates, then linear decay to 0 at max_steps", check=at_least(0))
 
 
 @dataclass
@@ -90,8 +98,12 @@ class Config:
     energy: EnergyConfig = section(EnergyConfig, "energy network")
     negatives: NegativesConfig = section(NegativesConfig, "noise samples from the base LM")
     mlm: MLMConfig = section(MLMConfig, "optional masked-LM pre-training of the BiT energy")
-    optim: OptimConfig = section(OptimConfig, "optimizer and length")
+    optim: OptimConfig = section(OptimConfig, "optimizer")
+    schedule: ScheduleConfig = section(ScheduleConfig, "learning-rate schedule and length")
     valid: ValidConfig = section(ValidConfig, "validation")
     run: RunConfig = option(factory=lambda: RunConfig(dir="runs/residual-demo"), help="run dir and checkpointing")
     hardware: HardwareConfig = section(HardwareConfig, "device, precision, compile")
     seed: int = option(1234, "random seed (energy init, window order, LM negatives)", check=between(0, 2**32 - 1))
+
+    RENAMED = {"optim.max_steps": "schedule.max_steps", "optim.warmup_steps": "schedule.warmup_steps",
+               "optim.batch_size": "data.batch_size"}  # issue #13: train-lm's names (core/config_renamed.py)

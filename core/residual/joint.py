@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmlab.core.config import from_dict
+from lmlab.core.config import from_dict, upgrade
 from lmlab.core.errors import LmlabError
 from lmlab.core.generate import load_lm
 from lmlab.core.residual.config import Config
@@ -75,7 +75,7 @@ def load_residual(state: dict[str, Any], device: str | torch.device = "cpu"):
     """(ResidualModel, tokenizer, info) from a loaded `residual-ebm` checkpoint dict."""
     if state.get("kind") not in (None, KIND):
         raise LmlabError(f"checkpoint holds a '{state.get('kind')}' model; this needs a '{KIND}' checkpoint")
-    cfg = from_dict(Config, state["config"])
+    cfg = from_dict(Config, upgrade(Config, state["config"]))  # a checkpoint from before issue #13 loads too
     lm, tokenizer, info = load_lm(str(locate_base_lm(state["base_lm"])), device)
     for p in lm.parameters():
         p.requires_grad_(False)

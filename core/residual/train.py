@@ -1,6 +1,6 @@
 """`train-ebm --kind residual`: conditional NCE of a residual energy against a frozen base LM (Deng et al., ICLR 2020).
 
-Each update takes `optim.batch_size` training windows; the positives are their real continuations, the
+Each update takes `data.batch_size` training windows; the positives are their real continuations, the
 negatives `negatives.per_prefix` continuations of the same prefixes sampled from the base LM (on the
 fly, or read from `negatives.file`); the loss is binary cross-entropy with logit -E (estimators.nce_loss).
 Validation logs the real-vs-LM classification accuracy on a fixed set of valid windows and negatives.
@@ -12,6 +12,7 @@ data dir, tokenizer, top-k, temperature, prefix hash); `run.resume=auto` continu
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from lmlab import __version__
 from lmlab.core import distributed
-from lmlab.core.config import to_dict
+from lmlab.core.config import check_renamed_file, to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.generate import load_lm
@@ -78,7 +79,8 @@ class ResidualTrainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.energy.parameters(), lr=o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps, o.max_steps))
+        sch = cfg.schedule
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(sch.warmup_steps, sch.max_steps))
         n = cfg.negatives
         self.neg_file = (NegativesFile(n.file, self.train_windows, split=cfg.data.train_split,
                                        tokenizer_sha256=self.data.tokenizer_sha256, per_prefix=n.per_prefix,
@@ -97,7 +99,7 @@ class ResidualTrainer:
         self.step, self.best_valid, self.mlm_done = 0, math.inf, cfg.mlm.steps == 0 or cfg.energy.kind != "bit"
         m = cfg.mlm
         self.mlm = (None if self.mlm_done else
-                    MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or o.batch_size,
+                    MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or cfg.data.batch_size,
                                   lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
                                   warmup_steps=m.warmup_steps))
         self._valid_set = None
@@ -136,7 +138,7 @@ class ResidualTrainer:
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prefixes (B, P), positives (B, 1, C), negatives (B, K, C)); window order is a function of (seed, step)."""
         rng = np.random.default_rng([self.cfg.seed, self.step])
-        B = self.cfg.optim.batch_size
+        B = self.cfg.data.batch_size
         if self.neg_file is not None:
             index, neg = self.neg_file.rows(rng.integers(0, len(self.neg_file), B), self.device)
             prefixes, pos = self.train_windows.get(index, self.device)
@@ -228,8 +230,27 @@ class ResidualTrainer:
         return None
 
     # ------------------------------------------------------------------------------------------
+    def _check_resumable_length(self) -> None:
+        """Before the run dir is opened: a config.json from before issue #13's renames, and a changed run length, are
+        refused. Run dirs let schedule.max_steps change on resume (a constant-lr run may grow), but this lr decays
+        linearly to 0 at schedule.max_steps, so another length would make a resumed run's lr jump."""
+        if self.cfg.run.resume == "never" or not self.run.config_path.is_file():
+            return
+        check_renamed_file(Config, self.run.config_path)
+        if not self.run.last.exists():
+            return  # nothing trained yet: the run dir's own rules apply
+        try:
+            old = json.loads(self.run.config_path.read_text(encoding="utf-8"))["schedule"]["max_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if old != self.cfg.schedule.max_steps:
+            raise LmlabError(f"run dir {self.run.path} was started with schedule.max_steps={old}, now "
+                             f"{self.cfg.schedule.max_steps}: its lr decays linearly to 0 at schedule.max_steps, so it "
+                             f"cannot change on resume; rerun with --set schedule.max_steps={old}, or use a new --run-dir")
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        self._check_resumable_length()
         resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force)
         if resumed:
             self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
@@ -237,19 +258,19 @@ class ResidualTrainer:
             self.reporter.log(f"resumed {self.run.path} at update {self.step}")
         else:
             self.reporter.log(f"training residual energy ({cfg.energy.kind}, {count_parameters(self.energy):,} parameters) "
-                              f"on base LM {cfg.base_lm}: {cfg.optim.max_steps} NCE updates")
-        eval_every = cfg.run.eval_interval or max(1, cfg.optim.max_steps // 10)
+                              f"on base LM {cfg.base_lm}: {cfg.schedule.max_steps} NCE updates")
+        eval_every = cfg.run.eval_interval or max(1, cfg.schedule.max_steps // 10)
         stop, stopped_by, t0, step0 = StopFlag().install(), None, time.perf_counter(), self.step
         try:
             if not self.mlm_done:
                 stopped_by = self._pretrain_mlm(stop)
-            self.reporter.start(cfg.optim.max_steps, "nce")
-            while stopped_by is None and self.step < cfg.optim.max_steps:
+            self.reporter.start(cfg.schedule.max_steps, "nce")
+            while stopped_by is None and self.step < cfg.schedule.max_steps:
                 record = self.train_update()
-                record["examples_per_s"] = (self.step - step0) * cfg.optim.batch_size / max(time.perf_counter() - t0, 1e-9)
+                record["examples_per_s"] = (self.step - step0) * cfg.data.batch_size / max(time.perf_counter() - t0, 1e-9)
                 self.run.log_metrics({"step": self.step, **record})
                 self.reporter.update(self.step, {"loss": record["train_loss_nats"], "acc": record["train_acc"]})
-                if self.step % eval_every == 0 or self.step == cfg.optim.max_steps:
+                if self.step % eval_every == 0 or self.step == cfg.schedule.max_steps:
                     self._log_eval()
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
                     self._save(is_best=False)
