@@ -23,9 +23,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def exit_if_interrupted(summary: dict) -> None:
+    """A training run that a Ctrl-C stopped saved its checkpoint and printed its summary; it still exits 130, as
+    an interrupted command does, so a shell `&&` or a make rule does not carry on (SIGTERM/SIGUSR1 exit 0)."""
+    if (summary.get("stopped_by") or summary.get("stopped")) == "SIGINT":
+        print("lmlab: interrupted: the checkpoint is saved; rerun the same command to resume", file=sys.stderr, flush=True)
+        raise typer.Exit(130)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn LmlabError (and common OS errors) into one stderr line and a non-zero exit; with LMLAB_DEBUG=1
-    the traceback is printed before it. Ctrl-C (KeyboardInterrupt) exits 130 with one line, no checkpoint."""
+    the traceback is printed before it. Ctrl-C outside a training loop (KeyboardInterrupt) exits 130 with one line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

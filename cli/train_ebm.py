@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from lmlab.cli.common import PRESET_HELP, SET_HELP, handle_errors, make_reporter, nested, print_config, resolve_config, strict_json
+from lmlab.cli.common import (PRESET_HELP, SET_HELP, exit_if_interrupted, handle_errors, make_reporter, nested, print_config,
+                              resolve_config, strict_json)
 from lmlab.cli.train_lm import _load
 from lmlab.core import distributed
 from lmlab.core.errors import LmlabError
@@ -54,3 +55,4 @@ def train_ebm(
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet))
     print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
+    exit_if_interrupted(result)

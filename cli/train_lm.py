@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, handle_errors, make_reporter, nested, print_config,
-                              resolve_config, strict_json)
+from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, exit_if_interrupted, handle_errors, make_reporter,
+                              nested, print_config, resolve_config, strict_json)
 from lmlab.core import distributed
 from lmlab.core.errors import LmlabError
 from lmlab.core.train.config import TrainConfig
@@ -48,8 +48,9 @@ def train_lm(
 
     \b
     Writes RUN_DIR/config.json, metrics.jsonl (one JSON object per line), checkpoints/{last,best}.pt
-    and curves.png. SIGTERM/SIGUSR1 save a checkpoint and exit 0 (SLURM requeue). Under torchrun
-    or srun it trains data-parallel; only rank 0 writes.
+    and curves.png. SIGTERM/SIGUSR1 save a checkpoint and exit 0 (SLURM requeue); Ctrl-C saves and exits
+    130 (a second Ctrl-C stops at once). Under torchrun or srun it trains data-parallel; only rank 0 writes.
+    One process trains into a run dir at a time: a second is refused while the first holds its lock.
 
     \b
     Examples:
@@ -80,6 +81,7 @@ def train_lm(
     result = _load(fn_ref)(cfg, make_reporter(quiet))
     if distributed.detect()[0] == 0:  # one summary line per job, not one per process under torchrun
         print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
+    exit_if_interrupted(result)
 
 
 def _print_with_params(cfg, task: str) -> None:

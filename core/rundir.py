@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmlab.core import runlock
 from lmlab.core.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from lmlab.core.errors import LmlabError
 
@@ -53,13 +54,31 @@ class RunDir:
         return self.checkpoint_dir / "best.pt"
 
     # lifecycle ---------------------------------------------------------------------------
-    def prepare(self, config: dict[str, Any], resume: str = "auto", force: bool = False) -> bool:
-        """Create or reopen the run dir. Returns True when there is a checkpoint to resume from."""
+    def prepare(self, config: dict[str, Any], resume: str = "auto", force: bool = False,
+                length_fixed_by: str = "") -> bool:
+        """Create or reopen the run dir and hold its lock (one writer per run dir; `release` gives it up).
+        Returns True when there is a checkpoint to resume from. `length_fixed_by`: why this run's length may
+        not change on resume (a schedule that decays to its last update), '' when a rerun may train longer."""
+        self._length_fixed_by = length_fixed_by
         if resume not in RESUME_CHOICES:
             raise LmlabError(f"--resume {resume!r}: expected one of {', '.join(RESUME_CHOICES)}")
         if self.path.exists() and not self.path.is_dir():
             raise LmlabError(f"run dir {self.path} exists and is not a directory")
-        has_content = self.path.is_dir() and any(self.path.iterdir())
+        try:
+            if self.is_main and self.path.is_dir():
+                runlock.acquire(self.path)  # before reading anything another writer may be changing
+            return self._prepare(config, resume, force)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the run dir's lock (at the end of training; process exit does it too)."""
+        if self.is_main:
+            runlock.release(self.path)
+
+    def _prepare(self, config: dict[str, Any], resume: str, force: bool) -> bool:
+        has_content = self.path.is_dir() and any(p.name != runlock.LOCK_NAME for p in self.path.iterdir())
         can_resume = self.last.exists()
         if has_content and not can_resume and resume == "auto" and self._started_without_checkpoint():
             # killed before its first checkpoint (e.g. preempted at start-up): the same command starts it afresh
@@ -78,6 +97,7 @@ class RunDir:
             if self.is_main:
                 aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
                 shutil.move(str(self.path), str(aside))
+                runlock.release(self.path, moved_to=aside)  # held while moving; the new run dir is locked once created
             has_content = can_resume = False
         if resume == "must" and not can_resume:
             raise LmlabError(f"--resume must: run dir {self.path} has no checkpoints/last.pt")
@@ -90,6 +110,7 @@ class RunDir:
                 raise LmlabError(f"cannot create run dir {self.path}: {exc.strerror}") from exc
             if not os.access(self.path, os.W_OK):
                 raise LmlabError(f"run dir {self.path} is not writable")
+            runlock.acquire(self.path)  # a run dir created (or moved aside) just now; held already otherwise
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             if can_resume and resume != "never":
                 self._pending_config = text  # written once last.pt has loaded: a failed resume changes nothing
@@ -104,7 +125,7 @@ class RunDir:
 
     def _started_without_checkpoint(self) -> bool:
         """Only what lmlab writes before the first checkpoint: config.json, metrics.jsonl, checkpoints/ without .pt."""
-        own = {"config.json", "metrics.jsonl", "checkpoints"}
+        own = {"config.json", "metrics.jsonl", "checkpoints", runlock.LOCK_NAME}
         for p in self.path.iterdir():
             if p.name not in own and not (p.name.startswith(".") and p.name.endswith(".tmp")):
                 return False
@@ -116,10 +137,24 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return
         diffs = _diff(_strip(old), _strip(config))
+        if getattr(self, "_length_fixed_by", ""):
+            self._check_same_length(old, config)
         if diffs:
             key, a, b = diffs[0]
             raise LmlabError(f"run dir {self.path} was started with {key}={a!r}, now {key}={b!r}; "
                              "use a new --run-dir, or --resume never --force to restart it")
+
+    def _check_same_length(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        def length(config):
+            schedule = config.get("schedule", {})
+            epochs = schedule.get("epochs", 0)
+            return ("schedule.epochs", epochs) if epochs else ("schedule.max_steps", schedule.get("max_steps"))
+        (old_key, old_n), (new_key, new_n) = length(old), length(new)
+        if (old_key, old_n) != (new_key, new_n):
+            flag = "--epochs" if old_key == "schedule.epochs" else "--steps"
+            raise LmlabError(f"run dir {self.path} was started with {old_key}={old_n}, now {new_key}={new_n}, but "
+                             f"{self._length_fixed_by}, so it cannot be extended or cut: rerun with {flag} {old_n} to "
+                             "finish it, or train the longer run in a new --run-dir")
 
     # metrics -----------------------------------------------------------------------------
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -206,6 +241,10 @@ def _stderr(message: str) -> None:
 OBJECTIVE_SECTIONS = {"imm": "imm", "kn-noising": "noising"}
 
 
+# Config keys that hold a path: compared after normalisation.
+PATH_KEYS = ("dir", "path", "file", "base_lm", "bigram")
+
+
 def _strip(config: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config))
     for objective, section in OBJECTIVE_SECTIONS.items():
@@ -231,4 +270,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
                 continue
             out.extend(_diff(old.get(key), new.get(key), f"{prefix}{key}."))
         return [(k.rstrip("."), x, y) for k, x, y in out]
+    if isinstance(old, str) and isinstance(new, str) and prefix.rstrip(".").rsplit(".", 1)[-1] in PATH_KEYS:
+        same = os.path.abspath(old) == os.path.abspath(new)  # `--data data/x/` is `--data data/x`
+        return [] if same else [(prefix, old, new)]
     return [] if old == new else [(prefix, old, new)]

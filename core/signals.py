@@ -1,4 +1,4 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits 0."""
+"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption) and Ctrl-C: the loop saves a checkpoint and exits."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import signal
 import threading
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the training loop polls `requested` between steps. SIGINT (Ctrl-C) is not
-    caught: it interrupts at once (exit 130) and the last checkpoint written stands."""
+class StopRequested(Exception):
+    """Raised inside a long step (an evaluation) that polls the stop flag, to reach the save sooner."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1/SIGINT; the training loop polls `requested` between updates (and evaluations poll it
+    between batches), then saves a checkpoint. SIGTERM/SIGUSR1 then exit 0 for a SLURM requeue; a first Ctrl-C
+    (SIGINT) saves the same way and exits 130; a second Ctrl-C interrupts at once (KeyboardInterrupt), and the
+    last checkpoint written stands."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.requested = False
@@ -18,6 +24,8 @@ class StopFlag:
         self._previous = {}
 
     def _handler(self, signum, frame):
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without waiting for the save
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 

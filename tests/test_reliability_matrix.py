@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,6 +70,7 @@ def _mount(*args: str) -> None:
 class Mounts:
     def __init__(self):
         self.points: list[Path] = []
+        self.holders: list[subprocess.Popen] = []
 
     def full_tmpfs(self, path: Path, size: str = "512k", keep: list[Path] = ()) -> Path:
         """A tmpfs holding copies of `keep`, then filled until writes fail with ENOSPC."""
@@ -93,7 +95,18 @@ class Mounts:
         _mount("-o", "remount,ro,bind", str(path))
         return path
 
+    def hold_lock(self, run_dir: Path) -> None:
+        """Another process that holds `run_dir`'s lock (a run training into it) until the row ends."""
+        holder = subprocess.Popen([sys.executable, "-c", "import sys; from lmlab.core import runlock; "
+                                   "runlock.acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(run_dir)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        self.holders.append(holder)
+
     def release(self) -> None:
+        for holder in self.holders:
+            holder.stdin.close()
+            holder.wait(timeout=30)
         for p in reversed(self.points):
             subprocess.run(["umount", "-l", str(p)], capture_output=True)
 
@@ -194,6 +207,23 @@ def _readonly_train(ctx, tmp, m):
     return argv, None, [run]
 
 
+def _second_writer(ctx, tmp, m):
+    run, argv = _resume_run(ctx, tmp)
+    m.hold_lock(run)
+    return argv, None, [run]
+
+
+def _cosine_extended(ctx, tmp, m):
+    from lmlab.core.reporting import NullReporter
+    from lmlab.core.train.lm_trainer import train_lm
+    run = tmp / "cosine"
+    train_lm(tiny_train_config(ctx["data"], run, schedule={"name": "cosine", "max_steps": 4}), NullReporter())
+    sets = {**_RUN_SETS, "schedule.name": "cosine", "schedule.max_steps": 8}  # the same run, twice as long
+    argv = ["train-lm", "--data", str(ctx["data"]), "--run-dir", str(run), "-q",
+            *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    return argv, None, [run]
+
+
 def _nan_train(ctx, tmp, m):
     return (_train("--data", str(ctx["data"]), "--run-dir", str(tmp / "r"), "--steps", "20", "--set", "optim.lr=1e30",
                    "--set", "optim.clip=0", "--set", "optim.name=sgd", "--set", "run.eval_interval=1000"), None, [ctx["data"]])
@@ -242,6 +272,8 @@ ROWS = [
     Row("train-steps-neg", "train-lm", "--steps -5", lambda c, t, m: (_train("--data", str(c["data"]), "--run-dir", str(t / "r"), *['--steps', '-5']), None, [c["data"]]), ('schedule.max_steps',)),
     Row("train-imm-translation", "train-lm", "flag the task ignores (--imm --task translation)", lambda c, t, m: (_train("--data", str(c["data"]), "--run-dir", str(t / "r"), *['--task', 'translation', '--imm']), None, [c["data"]]), ('--imm',)),
     Row("train-preset-section", "train-lm", "preset with no section for the command", lambda c, t, m: (_train("--data", str(c["data"]), "--run-dir", str(t / "r"), *['--preset', 'gebm-uci-redwine']), None, [c["data"]]), ('gebm-uci-redwine', 'train-lm')),
+    Row("train-second-writer", "train-lm", "run dir in use by another process (second writer)", _second_writer, ("in use by pid", "--run-dir")),
+    Row("train-cosine-extend", "train-lm", "resume a cosine run with a longer length", _cosine_extended, ("schedule.max_steps=4", "cosine", "--steps 4")),
     Row("train-nan", "train-lm", "NaN/inf loss (lr=1e30)", _nan_train, ("non-finite loss",)),
     # eval-ppl
     Row("eval-missing", "eval-ppl", "missing path (checkpoint)", lambda c, t, m: (["eval-ppl", "-c", str(t / "nope.pt")], None, []), ("nope.pt", "does not exist")),

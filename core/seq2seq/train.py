@@ -194,6 +194,7 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     finally:
         stop.uninstall()
         reporter.finish()
+        run.release()
     distributed.barrier()
     evaluated = math.isfinite(best)  # False when the run stopped before its first evaluation
     return {"run_dir": str(run.path), "step": step, "epoch": epoch, "best_valid_nll_nats": best if evaluated else None,

@@ -28,7 +28,7 @@ from lmlab.core.models.lm import parameter_counts
 from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopFlag
+from lmlab.core.signals import StopFlag, StopRequested
 from lmlab.core.train.batches import StreamBatches
 from lmlab.core.train.config import TrainConfig
 from lmlab.core.train.objectives import build_objective
@@ -83,6 +83,8 @@ class LMTrainer:
         self.valid_history: list[float] = []
         self.averaging = False  # NT-ASGD has switched to its averaging phase
         self.wall_s_before = 0.0  # wall time of the processes this run resumed from
+        self.eval_pending = False  # a stop signal cut this update's evaluation short (resume evaluates first)
+        self.stop = StopFlag()  # installed by fit()
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -107,7 +109,7 @@ class LMTrainer:
                 "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
                 "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "params": self.params, "wall_s": self._wall_s()}
+                "params": self.params, "wall_s": self._wall_s(), "eval_pending": self.eval_pending}
 
     def _wall_s(self) -> float:
         """Training wall time over every process of this run (resumes add up; evaluations included)."""
@@ -149,6 +151,7 @@ class LMTrainer:
             sl = slice(self.dist.rank * per, (self.dist.rank + 1) * per)
             self.state = [(h[:, sl].to(self.device), c[:, sl].to(self.device)) for h, c in carried]
         self.wall_s_before = float(ckpt.get("wall_s") or 0.0)
+        self.eval_pending = bool(ckpt.get("eval_pending", False))
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------
@@ -163,11 +166,20 @@ class LMTrainer:
         return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
-        result = evaluate_lm(self.model, self.valid_stream, columns=self.cfg.data.eval_batch_size, bptt=self.cfg.data.bptt,
-                             device=self.device, autocast=self.autocast,
-                             progress=progress_lines(self.reporter, f"validating at update {self.step}"))
-        self.model.train()
-        return result
+        log_progress = progress_lines(self.reporter, f"validating at update {self.step}")
+        polls = [0]
+
+        def progress(done: int, total: int) -> None:
+            log_progress(done, total)
+            polls[0] += 1  # every rank scores the whole split, so ranks poll in step (a collective each 16th batch)
+            if (not self.dist.distributed or polls[0] % 16 == 0) and distributed.any_true(self.stop.requested, self.device):
+                raise StopRequested  # a SLURM warning (--signal=USR1@90) is met even when validation takes minutes
+
+        try:
+            return evaluate_lm(self.model, self.valid_stream, columns=self.cfg.data.eval_batch_size,
+                               bptt=self.cfg.data.bptt, device=self.device, autocast=self.autocast, progress=progress)
+        finally:
+            self.model.train()
 
     def _eval_due(self, epoch_ended: bool) -> bool:
         c = self.cfg.run
@@ -259,8 +271,16 @@ class LMTrainer:
         state = self.checkpoint_state()  # collective under DDP: every rank takes part
         self.run.save(state, self.KIND, self.step, is_best=is_best, keep=self.cfg.run.keep)
 
+    def _log_eval_unless_stopped(self) -> None:
+        try:
+            self._log_eval()
+        except StopRequested:
+            self.eval_pending = True  # the checkpoint the stop saves resumes by evaluating first
+
     def _log_eval(self) -> None:
+        self.eval_pending = True
         result = self.evaluate()
+        self.eval_pending = False
         is_best = result["nats_per_token"] < self.best_valid
         if is_best:
             self.best_valid = result["nats_per_token"]
@@ -295,7 +315,8 @@ class LMTrainer:
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force)
+        fixed = "its cosine learning rate is scheduled over the whole run" if cfg.schedule.name == "cosine" else ""
+        resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force, length_fixed_by=fixed)
         distributed.barrier()
         if resumed:
             self._restore(self.run.load_last(self.KIND, map_location="cpu", log=self.reporter.log))
@@ -309,10 +330,14 @@ class LMTrainer:
         self._wall_t0 = wall_t0
         tokens0, train_s = self.tokens_seen, 0.0  # this process's training tokens and seconds (evaluations excluded)
         since_eval_tokens, since_eval_s = 0, 0.0
-        stop = StopFlag().install()
+        stop = self.stop = StopFlag().install()
         stopped_by = None
         try:
-            while self.step < self.total_updates and not self.schedule.finished():
+            if self.eval_pending:  # stopped inside this update's evaluation last time: evaluate as an uninterrupted run did
+                self._log_eval_unless_stopped()
+                if self.eval_pending:  # stopped again: last.pt already holds this state
+                    stopped_by = stop.signal_name or "signal"
+            while stopped_by is None and self.step < self.total_updates and not self.schedule.finished():
                 t0, tokens_before = time.perf_counter(), self.tokens_seen
                 metrics, epoch_ended = self.train_update()
                 seconds = time.perf_counter() - t0
@@ -327,7 +352,7 @@ class LMTrainer:
                 self.reporter.update(self.step, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
                                                  "lr": record["lr"], "tok/s": round(tps)})
                 if self._eval_due(epoch_ended) or self.step == self.total_updates:
-                    self._log_eval()
+                    self._log_eval_unless_stopped()
                     since_eval_tokens, since_eval_s = 0, 0.0
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
                     self._save(is_best=False)
@@ -368,4 +393,5 @@ def train_lm(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, An
         raise LmlabError(f"rank {trainer.dist.rank}: lost another process of the job ({first}); the last complete "
                          f"checkpoint is {trainer.run.last}: rerun the same command to resume") from exc
     finally:
+        trainer.run.release()
         distributed.shutdown()

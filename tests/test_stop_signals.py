@@ -1,0 +1,75 @@
+"""Stop signals (issue #13): a stop that arrives during a long evaluation is met at the next validation batch,
+and the resumed run evaluates that update first, ending bit for bit where an uninterrupted run ends; Ctrl-C
+saves a checkpoint like SIGTERM and exits 130."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import tiny_train_config
+from lmlab.core.checkpoint import load_checkpoint
+from lmlab.core.reporting import NullReporter
+from lmlab.core.train import lm_trainer
+from lmlab.core.train.lm_trainer import train_lm
+
+
+def _valid_rows(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if "valid_loss_nats" in l]
+
+
+def test_a_stop_during_evaluation_saves_and_the_resumed_run_evaluates_first(tmp_path, tiny_data, monkeypatch):
+    cfg = dict(schedule={"name": "plateau", "max_steps": 12}, run={"eval_interval": 4})
+    whole = tmp_path / "whole"
+    train_lm(tiny_train_config(tiny_data, whole, **cfg), NullReporter())
+
+    real, calls = lm_trainer.evaluate_lm, [0]
+
+    def signalled_in_second_evaluation(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the evaluation at update 8: SIGTERM arrives while it runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(lm_trainer, "evaluate_lm", signalled_in_second_evaluation)
+    summary = train_lm(tiny_train_config(tiny_data, cut, **cfg), NullReporter())
+    assert summary["stopped_by"] == "SIGTERM" and summary["step"] == 8
+    assert load_checkpoint(cut / "checkpoints" / "last.pt", "lm")["eval_pending"] is True
+    assert [r["step"] for r in _valid_rows(cut)] == [4]  # the cut evaluation logged nothing
+
+    monkeypatch.setattr(lm_trainer, "evaluate_lm", real)
+    resumed = train_lm(tiny_train_config(tiny_data, cut, **cfg), NullReporter())
+    assert resumed["stopped_by"] is None and resumed["step"] == 12
+    assert _valid_rows(cut) == _valid_rows(whole)  # update 8 was evaluated on resume, as the whole run did
+    a = load_checkpoint(whole / "checkpoints" / "last.pt", "lm")["model"]
+    b = load_checkpoint(cut / "checkpoints" / "last.pt", "lm")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "lmlab", "train-lm", "--data", str(tiny_data), "--run-dir", str(run_dir), "--device", "cpu",
+            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16", "--set", "model.n_layers=1",
+            "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1", "--set", "run.eval_interval=1000000",
+            "--set", "schedule.name=constant", "--steps", "100000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*argv, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert json.loads(out.splitlines()[-1])["stopped_by"] == "SIGINT"
+    assert err.strip().splitlines()[-1].startswith("lmlab: interrupted: the checkpoint is saved")
+    step = load_checkpoint(run_dir / "checkpoints" / "last.pt", "lm")["step"]
+    assert step >= 3
+    rerun = subprocess.run([*argv[:-1], str(step + 2), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.splitlines()[-1])["step"] == step + 2
