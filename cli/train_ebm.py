@@ -23,6 +23,7 @@ def train_ebm(
     base_lm: Optional[str] = typer.Option(None, "--base-lm", help="residual: checkpoint of the frozen base LM (base_lm)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", "-r", help="Run dir (run.dir)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (hardware.device)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Updates to train (schedule.max_steps; GEBM: base updates)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     resume: Optional[str] = typer.Option(None, "--resume", help="auto | never | must"),
     force: bool = typer.Option(False, "--force", help="Move a non-resumable run dir aside and start over."),
@@ -43,7 +44,7 @@ def train_ebm(
         raise LmlabError("train-ebm runs as one process (it is not data-parallel): launch it without torchrun "
                          "or srun --ntasks > 1, on one device (--device cuda:N)")
     cls_ref, fn_ref = KINDS[kind]
-    extra = {"run.dir": run_dir, "hardware.device": device, "seed": seed, "run.resume": resume,
+    extra = {"run.dir": run_dir, "hardware.device": device, "schedule.max_steps": steps, "seed": seed, "run.resume": resume,
              "run.force": True if force else None}
     if kind == "residual":
         extra["base_lm"] = base_lm

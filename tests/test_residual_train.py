@@ -84,7 +84,8 @@ def test_train_checkpoint_resume_and_changed_base(setup, tmp_path):
     # a longer rerun is refused before the run dir is touched: the lr decays linearly to 0 at schedule.max_steps
     before = (root / "run-bit/config.json").read_text()
     cfg2 = make_cfg(root, ckpt, "run-bit", mlm={"steps": 2}, schedule={"max_steps": 9})
-    with pytest.raises(LmlabError, match=r"started with schedule.max_steps=6, now 9: .* --set schedule.max_steps=6"):
+    with pytest.raises(LmlabError, match=r"started with schedule.max_steps=6, now schedule.max_steps=9, but its lr "
+                                         r"decays linearly .* --steps 6"):
         train(cfg2)
     assert (root / "run-bit/config.json").read_text() == before
     # a run dir from before issue #13's renames: one line naming its config.json and the new key

@@ -261,6 +261,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     finally:
         stop.uninstall()
         reporter.finish()
+        rundir.release()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
             "stopped_by": stop.signal_name, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}

@@ -12,7 +12,6 @@ data dir, tokenizer, top-k, temperature, prefix hash); `run.resume=auto` continu
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from typing import Any
@@ -230,28 +229,16 @@ class ResidualTrainer:
         return None
 
     # ------------------------------------------------------------------------------------------
-    def _check_resumable_length(self) -> None:
-        """Before the run dir is opened: a config.json from before issue #13's renames, and a changed run length, are
-        refused. Run dirs let schedule.max_steps change on resume (a constant-lr run may grow), but this lr decays
-        linearly to 0 at schedule.max_steps, so another length would make a resumed run's lr jump."""
-        if self.cfg.run.resume == "never" or not self.run.config_path.is_file():
-            return
-        check_renamed_file(Config, self.run.config_path)
-        if not self.run.last.exists():
-            return  # nothing trained yet: the run dir's own rules apply
-        try:
-            old = json.loads(self.run.config_path.read_text(encoding="utf-8"))["schedule"]["max_steps"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if old != self.cfg.schedule.max_steps:
-            raise LmlabError(f"run dir {self.run.path} was started with schedule.max_steps={old}, now "
-                             f"{self.cfg.schedule.max_steps}: its lr decays linearly to 0 at schedule.max_steps, so it "
-                             f"cannot change on resume; rerun with --set schedule.max_steps={old}, or use a new --run-dir")
+    def _check_renamed_keys(self) -> None:
+        """A config.json from before issue #13's renames: one line naming the file and the key, before the run dir opens."""
+        if self.cfg.run.resume != "never" and self.run.config_path.is_file():
+            check_renamed_file(Config, self.run.config_path)
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self._check_resumable_length()
-        resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force)
+        self._check_renamed_keys()
+        resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force,
+                                   length_fixed_by="its lr decays linearly to 0 at the last update")
         if resumed:
             self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
             self.run.truncate_metrics_after(self.step)
@@ -279,11 +266,12 @@ class ResidualTrainer:
                     self._save(is_best=False)
                     self.reporter.log(f"{stopped_by}: saved {self.run.last} at update {self.step}; rerun to resume")
                     break
+            if stopped_by is None and (self.step == 0 or not self.run.best.exists()):
+                self._log_eval()
         finally:
             stop.uninstall()
             self.reporter.finish()
-        if stopped_by is None and (self.step == 0 or not self.run.best.exists()):
-            self._log_eval()
+            self.run.release()
         best = self.best_valid if math.isfinite(self.best_valid) else None  # None: stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best,
                 "stopped_by": stopped_by, "energy_params": count_parameters(self.energy)}
