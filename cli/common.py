@@ -104,14 +104,15 @@ def strict_json(value: Any, **kwargs) -> str:
     return json.dumps(strict(value), allow_nan=False, **kwargs)
 
 
-def make_reporter(quiet: bool = False) -> Reporter:
-    """A rich progress bar on an interactive terminal, plain log lines otherwise (batch jobs, pipes)."""
+def make_reporter(quiet: bool = False, interval_s: float = 10.0) -> Reporter:
+    """A rich progress bar on an interactive terminal, plain log lines otherwise (batch jobs, pipes), at most one
+    progress line every `interval_s` seconds (a training config's run.log_interval_s)."""
     if quiet:
         return Reporter(quiet=True)
     if sys.stderr.isatty() and not os.environ.get("SLURM_JOB_ID") and not os.environ.get("CI"):
         from lmlab.cli.progress import RichReporter
         return RichReporter()
-    return Reporter()
+    return Reporter(interval_s=interval_s)
 
 
 def resolve_config(cls: type, command: str, presets: list[str] | None, overrides: list[str] | None,
@@ -147,8 +148,9 @@ def print_config(cfg: Any) -> None:
 def config_epilog(cls: type, title: str = "Config keys (set with --set KEY=VALUE; presets fill them)") -> str:
     rows = describe(cls)
     lines = [title + ":", ""]
+    from rich.markup import escape  # typer renders the epilog as rich markup: "[a|b]" would vanish as a tag
     for key, default, help_text in rows:
-        lines.append(f"  {key} = {default}  —  {help_text}")
+        lines.append(escape(f"  {key} = {default}  —  {help_text}"))
     return "\n\n".join(["\b\n" + "\n".join(lines)])
 
 

@@ -54,6 +54,6 @@ def train_ebm(
     if print_cfg:
         print_config(cfg)
         return
-    result = _load(fn_ref)(cfg, make_reporter(quiet))
+    result = _load(fn_ref)(cfg, make_reporter(quiet, getattr(cfg.run, "log_interval_s", 10.0)))
     print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
     exit_if_interrupted(result)

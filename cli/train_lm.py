@@ -78,7 +78,7 @@ def train_lm(
     if print_cfg:
         _print_with_params(cfg, task)
         return
-    result = _load(fn_ref)(cfg, make_reporter(quiet))
+    result = _load(fn_ref)(cfg, make_reporter(quiet, getattr(cfg.run, "log_interval_s", 10.0)))
     if distributed.detect()[0] == 0:  # one summary line per job, not one per process under torchrun
         print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
     exit_if_interrupted(result)

@@ -38,6 +38,14 @@ def test_every_command_help_runs(command):
 def test_train_lm_help_teaches_the_config_keys():
     out = invoke("train-lm", "--help").stdout
     assert "optim.lr" in out and "model.lstm.dropout" in out and "Examples" in out
+    assert "[lstm|transformer]" in out  # a key's choices survive rich markup
+
+
+def test_train_ebm_help_teaches_both_kinds_keys_in_train_lm_words():
+    out = invoke("train-ebm", "--help").stdout
+    for key in ("schedule.max_steps", "data.batch_size", "run.eval_interval", "run.keep", "hardware.precision"):
+        assert key in out
+    assert "--steps" in out and "[kla|ula|none]" not in out  # training keys only: sampling is `lmlab sample`'s
 
 
 def test_print_config_resolves_presets_flags_and_params(tiny_data):
@@ -158,3 +166,15 @@ def test_config_errors_through_the_cli_name_the_key_and_where_it_came_from(tmp_p
     assert_one_line_error(invoke("train-lm", "--preset", str(preset), "--print-config"), "model.lstm.dropout", f"preset '{preset}'")
     result = invoke("train-lm", "--preset", "demo,cpu", "--set", "optim.lr=0.5", "--print-config")
     assert result.exit_code == 0 and json.loads(result.stdout)["optim"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("interval_s, lines", [(0, 8), (1000, 2)])
+def test_run_log_interval_s_spaces_the_plain_progress_lines(tmp_path, tiny_data, interval_s, lines):
+    from conftest import run_cli
+    result = run_cli("train-lm", "--data", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--device", "cpu",
+                     "--steps", "8", "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16",
+                     "--set", "model.n_layers=1", "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1",
+                     "--set", "run.eval_interval=1000", "--set", f"run.log_interval_s={interval_s}")
+    assert result.returncode == 0, result.stderr
+    progress = [l for l in result.stderr.splitlines() if " train " in l and "/8 " in l]
+    assert len(progress) == lines, result.stderr  # every update, or the first and the last only
