@@ -44,6 +44,29 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
     (tmp_path / "figure.json").write_text(json.dumps({"max_abs_diff_train_loss": max(abs(x - y) for x, y in zip(one, two))}))
 
 
+def test_torchrun_transformer_with_gradient_accumulation_matches_one_process(tmp_path, tiny_data):
+    transformer = ["--set", "model.kind=transformer", "--set", "model.transformer.n_heads=2", "--set", "model.transformer.ffn_dim=32",
+                   "--set", "model.transformer.dropout=0.0", "--set", "optim.grad_accum=2", "--set", "optim.lr=0.5"]
+    # SGD (COMMON's optimizer): Adam's division by sqrt(v) would blow float-rounding differences of near-zero
+    # gradients up to lr-sized steps, hiding whether the two runs computed the same update
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, *transformer, "--data", str(tiny_data),
+                             "--run-dir", str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29577",
+                            "-m", "lmlab", *COMMON, *transformer, "--data", str(tiny_data), "--run-dir", str(tmp_path / "two")],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 8
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
+    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm")["model"]
+    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
 def _banded_corpus(tmp_path):
     """Frequent words everywhere, rare words only in the second half of the training stream: with 2 ranks the
     first rank's columns hold no target of the adaptive softmax's tail band (those parameters get no .grad)."""
