@@ -22,6 +22,11 @@ from lmlab import __version__
 from lmlab.core.errors import LmlabError
 from lmlab.core.filemode import umask_mode
 
+
+class CorruptCheckpointError(LmlabError):
+    """The file is damaged (empty, truncated, unreadable), as a crash mid-copy leaves it; not a refused or foreign one."""
+
+
 FORMAT = "lmlab-checkpoint"
 FORMAT_VERSION = 1
 
@@ -85,7 +90,7 @@ def load_checkpoint(path: str | Path, expected_kind: str | tuple[str, ...] | Non
     if path.is_dir():
         raise LmlabError(f"checkpoint {path} is a directory; pass a .pt file (e.g. {path}/checkpoints/best.pt)")
     if path.stat().st_size == 0:
-        raise LmlabError(f"checkpoint {path} is empty (0 bytes): a truncated or interrupted copy")
+        raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): a truncated or interrupted copy")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -93,9 +98,9 @@ def load_checkpoint(path: str | Path, expected_kind: str | tuple[str, ...] | Non
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise LmlabError(f"checkpoint {path} refused: it asks to run code or load non-tensor objects "
                              f"({_short(first)}); lmlab only loads plain-data checkpoints") from exc
-        raise LmlabError(f"checkpoint {path} is corrupt: {_short(first)}") from exc
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {_short(first)}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise LmlabError(f"checkpoint {path} is truncated or corrupt ({_short(str(exc))}); "
+        raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt ({_short(str(exc))}); "
                          "use another checkpoint (e.g. best.pt or an earlier step)") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise LmlabError(f"{path} is not an lmlab checkpoint (no '{FORMAT}' tag)")

@@ -66,6 +66,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
             raise LmlabError(f"--device {name}: CUDA is not available on this machine (use --device cpu or the 'cpu' preset)")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+        index, count = torch.device(name).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise LmlabError(f"--device {name}: this machine shows {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
         torch.cuda.set_device(torch.device(name))
     if name == "mps" and not torch.backends.mps.is_available():
         raise LmlabError("--device mps: MPS is not available on this machine")

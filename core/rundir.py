@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core import runlock
-from lmlab.core.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from lmlab.core.checkpoint import CorruptCheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from lmlab.core.errors import LmlabError
 
 RESUME_CHOICES = ("auto", "never", "must")
@@ -206,9 +206,7 @@ class RunDir:
         newest readable step-N.pt (said through `log`; the unreadable file is kept as last.pt.corrupt-<time>)."""
         try:
             state = load_checkpoint(self.last, kind, map_location)
-        except LmlabError as exc:
-            if "truncated or corrupt" not in str(exc) and "is corrupt" not in str(exc) and "is empty" not in str(exc):
-                raise  # a refused or foreign file is not a crash to recover from
+        except CorruptCheckpointError as exc:  # a refused or foreign file is not a crash to recover from
             state, used = self._newest_readable_step(kind, map_location)
             if state is None:
                 raise LmlabError(f"{exc}; no readable step checkpoint to fall back to in {self.checkpoint_dir} "

@@ -56,7 +56,7 @@ def test_device_cuda_n_is_accepted_and_checked_and_torchrun_is_refused(tmp_path,
     args = ["train-ebm", "--kind", "gebm", "--set", "data.dataset=synthetic-density", "--set", "data.kind=density",
             "--run-dir", str(tmp_path / "r"), "-q"]
     if not torch.cuda.is_available():
-        assert_one_line_error(invoke(*args, "--device", "cuda:1"), "hardware.device=cuda:1", "no CUDA device")
+        assert_one_line_error(invoke(*args, "--device", "cuda:1"), "--device cuda:1", "CUDA is not available")
     assert_one_line_error(invoke(*args, "--device", "cuda:x"), "hardware.device")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert_one_line_error(invoke(*args), "one process", "torchrun")

@@ -18,10 +18,11 @@ import math
 import numpy as np
 import torch
 
+from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.fid import SmallExtractor, features, frechet_distance, kernel_inception_distance, load_inception
-from lmlab.core.gebm.models import from_state, resolve_device
+from lmlab.core.gebm.models import from_state
 from lmlab.core.gebm.config import SamplerConfig
 from lmlab.core.gebm.sample import sample as draw, sampler_config
 
@@ -65,7 +66,7 @@ def nll_rows(base, energy, x: torch.Tensor, log_z: float, batch: int = 4096) -> 
 def evaluate_density(state: dict, *, split: str = "test", is_samples: int = 100000, seed: int = 0,
                      device: str = "auto", splits: dict | None = None) -> dict:
     """Test NLL of the GEBM Q (IS estimate of log Z) and of its base B, from a checkpoint."""
-    dev = resolve_device(device)
+    dev = pick_device(device)
     cfg, base, energy, log_partition = from_state(state, dev)
     if cfg.data.kind != "density":
         raise LmlabError("this checkpoint is an image GEBM; NLL needs a density run (use FID/KID)")
@@ -101,7 +102,7 @@ def evaluate_images(state: dict, real: torch.Tensor | np.ndarray, cfg: SamplerCo
     overrides of its fields; `num_samples` is the number of fake images for FID/KID.
     """
     cfg = sampler_config(None, cfg, **overrides)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     if isinstance(real, np.ndarray) and real.dtype == np.uint8:
         real = gdata.to_float(real)
     real = torch.as_tensor(real).float()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmlab.core.config import from_dict, upgrade
+from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.config import Config
 from lmlab.core.gebm.nets import ConvEnergy, ImageBase, MLPEnergy
@@ -36,24 +37,12 @@ def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Modul
     return base, energy
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LmlabError(f"hardware.device={name} but no CUDA device is visible; use --set hardware.device=cpu")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise LmlabError(f"hardware.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise LmlabError("hardware.device=mps but MPS is not available on this machine")
-    return torch.device(name)
-
-
 def from_state(state: dict[str, Any], device: str | torch.device = "cpu"):
     """(cfg, base, energy, A) from a `gebm` checkpoint; nets in eval mode on `device`."""
     if "config" not in state:
         raise LmlabError("checkpoint has no 'config': it was not written by lmlab train-ebm --kind gebm")
     cfg = from_dict(Config, upgrade(Config, state["config"]))  # a checkpoint from before issue #13 loads too
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = pick_device(device) if isinstance(device, str) else device
     base, energy = build(cfg, state.get("data_dim"))
     try:
         base.load_state_dict(state["base"])

@@ -19,10 +19,11 @@ import torch
 
 from lmlab.core.checkpoint import atomic_write_bytes, atomic_write_text
 from lmlab.core.config import expand_env, from_dict, merge, read_preset
+from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.config import SAMPLERS, SamplerConfig
 from lmlab.core.gebm.langevin import kla, latent_potential, ula
-from lmlab.core.gebm.models import from_state, resolve_device
+from lmlab.core.gebm.models import from_state
 
 
 def sampler_config(presets: list[str] | None = None, cfg: SamplerConfig | None = None, **overrides) -> SamplerConfig:
@@ -75,7 +76,7 @@ def sample(state: dict, cfg: SamplerConfig | None = None, *, num_samples: int | 
     num_samples = cfg.num_samples if num_samples is None else num_samples
     if num_samples <= 0:
         raise LmlabError(f"--num-samples must be positive, got {num_samples}")
-    dev = resolve_device(device)
+    dev = pick_device(device)
     model_cfg, base, energy, _ = from_state(state, dev)
     gen = torch.Generator().manual_seed(seed)
     out = []

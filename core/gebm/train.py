@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from lmlab.core.config import check_renamed_file, to_dict
+from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.config import Config  # noqa: F401  (re-exported for the CLI)
 from lmlab.core.gebm.evaluate import log_partition_is, nll_rows
 from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init_log_partition, transform_grads,
                                   weight_l2_penalty)
-from lmlab.core.gebm.models import build, resolve_device
+from lmlab.core.gebm.models import build
 from lmlab.core.reporting import Reporter
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
@@ -82,7 +83,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     _validate(cfg)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
-    device = resolve_device(cfg.hardware.device)
+    device = pick_device(cfg.hardware.device)
     rundir = RunDir(cfg.run.dir)
     if cfg.run.resume != "never":
         check_renamed_file(Config, rundir.config_path)  # a run dir from before issue #13's renames
