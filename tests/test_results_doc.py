@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import REPO
-from lmlab.core import records, results_doc
+from lmlab.core import records, results_doc, results_views
 
 DOCS_WITH_REGIONS = sorted(p.name for p in (REPO / "docs").glob("*.md") if results_doc.REGION.search(p.read_text()))
 
@@ -174,10 +174,10 @@ def test_a_resumed_run_says_its_throughput_and_load_are_its_last_processs(tmp_pa
 
 
 def test_pm_shows_the_spread_to_two_significant_digits():
-    assert results_doc._pm(0.07009, 0.003196) == "0.0701 ± 0.0032"
-    assert results_doc._pm(17.71, 2.49) == "17.7 ± 2.5"
-    assert results_doc._pm(-0.0517, 0.004) == "-0.0517 ± 0.0040"
-    assert results_doc._pm(8.0, 0.0) == "8 ± 0"
+    assert results_views.pm(0.07009, 0.003196) == "0.0701 ± 0.0032"
+    assert results_views.pm(17.71, 2.49) == "17.7 ± 2.5"
+    assert results_views.pm(-0.0517, 0.004) == "-0.0517 ± 0.0040"
+    assert results_views.pm(8.0, 0.0) == "8 ± 0"
 
 
 def _toy_record():
@@ -197,8 +197,8 @@ def _toy_record():
 
 def test_a_view_renders_one_table_of_its_record_with_a_one_line_provenance(monkeypatch):
     rec = _toy_record()
-    monkeypatch.setitem(results_doc.VIEWS, "toy:arms", results_doc.view_gebm_toy_arms)
-    monkeypatch.setitem(results_doc.VIEWS, "toy:ablation", results_doc.view_gebm_toy_ablation)
+    monkeypatch.setitem(results_doc.VIEWS, "toy:arms", results_views.view_gebm_toy_arms)
+    monkeypatch.setitem(results_doc.VIEWS, "toy:ablation", results_views.view_gebm_toy_ablation)
     text = ("<!-- generated:toy:arms -->\nold 0.9\n<!-- /generated:toy:arms -->\n"
             "<!-- generated:toy:ablation -->\n<!-- /generated:toy:ablation -->\n")
     out = results_doc.render_text(text, {"toy": rec})

@@ -1,0 +1,146 @@
+"""The named views of result records: one table each, shown by a paper doc's `<!-- generated:NAME:VIEW -->` region
+(core/results_doc.py renders the regions; a record's whole rendering is there too)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+
+def num(value: Any, fmt: str = "{:,}") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and fmt == "{:,}":
+        fmt = "{:,.4g}" if abs(value) < 1000 else "{:,.1f}"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def pm(mean: float, spread: float) -> str:
+    """mean ± spread, both to the decimal that shows the spread to two significant digits."""
+    if not spread:
+        return f"{mean:.4g} ± 0"
+    places = min(max(1 - math.floor(math.log10(abs(spread))), 0), 6)
+    return f"{mean:.{places}f} ± {spread:.{places}f}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return "\n".join([row(head), "|" + "---|" * len(head)] + [row(r) for r in rows])
+
+
+def view_kn_bigram(rec: dict[str, Any]) -> str:
+    """The KN bigram's perplexities and discounts, ours beside the independent slow reference's."""
+    ours, ref = rec["metrics"]["kn_bigram"], rec["metrics"]["reference"]
+    d = lambda xs: ", ".join(f"{x:.4f}" for x in xs)  # noqa: E731
+    rows = [["`core/imm/kn_bigram.py`", f"{ours['vocab_size']:,}", f"{ours['bigram_types']:,}", d(ours["discounts"]),
+             f"**{ours['valid_ppl']:.3f}**", f"**{ours['test_ppl']:.3f}**", num(ref.get("seconds_ours"))],
+            ["slow reference (`bench/imm_kn_ptb.py`)", "", f"{ref['bigram_types']:,}", d(ref["reference_discounts"]),
+             f"{ref['valid_ppl_reference']:.3f}", f"{ref['test_ppl_reference']:.3f}", num(ref.get("seconds_reference"))]]
+    head = ["implementation", "V", "bigram types", "discounts D1, D2, D3+", "valid ppl", "test ppl", "seconds"]
+    return f"Data `{ref.get('data', '?')}`:\n\n" + _table(head, rows)
+
+
+_TOY_METRICS = (("mmd2", "MMD²"), ("sw1", "sliced W₁"), ("hq_frac", "HQ fraction"), ("mode_tv", "mode TV"))
+
+
+def _arm_label(rec: dict[str, Any], arm: str) -> str:
+    a = (rec.get("arms") or {}).get(arm) or {}
+    if arm == "generator" or a.get("sampler") == "none":
+        return "generator alone, G(z₀)"
+    return f"{a.get('sampler', arm).upper()}, β {a.get('beta', '?'):g}" if a else arm
+
+
+def view_gebm_toy_arms(rec: dict[str, Any]) -> str:
+    """The 2-D ring: each arm's metrics (mean ± sd over seeds), its paired difference to the generator
+    (mean ± s.e.) and the per-seed MMD² and HQ fraction."""
+    mt = rec["metrics"]
+    summ, seeds = mt["summary"], list(mt["per_seed"])
+    arms = list(summ)
+    main = _table(["arm"] + [label for _, label in _TOY_METRICS] + ["modes covered"],
+                  [[_arm_label(rec, a)] + [pm(summ[a][k]["mean"], summ[a][k]["sd"]) for k, _ in _TOY_METRICS]
+                   + [f"{summ[a]['modes_covered']['mean']:g}/{summ[a]['modes']['mean']:g}"] for a in arms])
+    paired = _table(["arm − generator"] + [label for _, label in _TOY_METRICS],
+                    [[_arm_label(rec, a)] + [pm(summ[a][k]["diff_vs_generator"], summ[a][k]["diff_se"])
+                                             for k, _ in _TOY_METRICS] for a in arms if a != "generator"])
+    per_seed = _table(["arm", f"MMD², seeds {', '.join(seeds)}", f"HQ fraction, seeds {', '.join(seeds)}"],
+                      [[_arm_label(rec, a)] + [" / ".join(f"{mt['per_seed'][s][a][k]:.3f}" for s in seeds)
+                                               for k in ("mmd2", "hq_frac")] for a in arms])
+    return (f"Mean ± sd over {len(seeds)} seeds:\n\n{main}\n\nPaired difference to the generator (mean ± s.e. over "
+            f"the seeds):\n\n{paired}\n\nPer seed:\n\n{per_seed}")
+
+
+def view_gebm_toy_ablation(rec: dict[str, Any]) -> str:
+    """The gradient-penalty ablation: the ablation seeds at penalty 1 beside the same seeds at the recorded penalty."""
+    mt, pen = rec["metrics"], (rec.get("config") or {}).get("penalty", "?")
+    rows = []
+    for seed, ab in mt["penalty1_ablation"].items():
+        main = mt["per_seed"][seed]
+        rows.append([seed, "KALE, mean of the last 10% of training", f"{mt['train'][seed]['kale_last10pct_mean']:.3f}",
+                     f"{ab['train']['kale_last10pct_mean']:.3f}"])
+        rows += [[seed, f"{label}, {_arm_label(rec, a)}", f"{main[a][k]:.3f}", f"{ab['metrics'][a][k]:.3f}"]
+                 for k, label in _TOY_METRICS[:2] for a in main]
+    return _table(["seed", "quantity", f"penalty {pen:g}", "penalty 1"], rows)
+
+
+_CHECK_LABELS = {"kla_default": "KLA, shipped defaults", "kla_pre19": "KLA as lmlab ran it before #19",
+                 "ula_default": "ULA, shipped defaults"}
+
+
+def view_gebm_sampler_checks(rec: dict[str, Any]) -> str:
+    """Issue #19's known posterior: each sampler's pooled mean and std against the exact ones."""
+    checks = rec["metrics"]["sampler_checks"]
+    return _table(["sampler", "mean", "std", "exact mean", "exact std"],
+                  [[_CHECK_LABELS.get(k, k), f"{c['mean']:.4f}", f"{c['std']:.4f}", f"{c['target_mean']:.4f}",
+                    f"{c['target_std']:.4f}"] for k, c in checks.items()])
+
+
+_LOGISTIC_METHODS = {"mle": "MLE", "imm": "IMM", "rkd": "reverse KD", "noising": "noising"}
+
+
+def view_imm_logistic(rec: dict[str, Any]) -> str:
+    """Test accuracy per training-set size at each method's selected r, and the paired difference to MLE."""
+    mt = rec["metrics"]
+    meth, paired = mt["methods"], mt["paired_vs_mle"]
+    acc = _table(["n"] + [_LOGISTIC_METHODS.get(k, k) for k in meth],
+                 [[str(n)] + [pm(m["test_acc"]["mean"][i], m["test_acc"]["sd"][i]) + f", r {m['selected_ratio'][i]:g}"
+                              for m in meth.values()] for i, n in enumerate(mt["sizes"])])
+    diff = _table(["n"] + [f"{_LOGISTIC_METHODS.get(k, k)} − MLE (better/worse)" for k in paired],
+                  [[str(n)] + [pm(p["mean"][i], p["se"][i]) + f" ({p['n_better'][i]}/{p['n_worse'][i]})"
+                               for p in paired.values()] for i, n in enumerate(mt["sizes"])])
+    r = mt["restricted_only_test_acc"]
+    return (f"Test accuracy, mean ± sd over {len(rec.get('seeds') or [])} seeds, at the r chosen on validation "
+            f"(thresholding P̄(y | x1) alone: {pm(r['mean'], r['sd'])}; Bayes accuracy {mt['bayes_accuracy']:g}):\n\n"
+            f"{acc}\n\nPaired difference to MLE (mean ± s.e.; seeds better/worse):\n\n{diff}")
+
+
+def view_imm_reinforce(rec: dict[str, Any]) -> str:
+    """Mean total reward per epoch count for each arm (the official cached mean beside), the paired gain over no
+    IMM, and the λ/(1+λ) sweep."""
+    mt = rec["metrics"]
+    arms, paired, sweep = mt["arms"], mt["paired_vs_none"], mt["lambda_sweep"]
+    imm_arm = next((a for a in arms if a != "none"), None)
+    head = ["epochs"] + (["λ/(1+λ)"] if imm_arm else []) + [f"{a} (official)" for a in arms]
+    reward = _table(head, [[str(e)] + ([f"{arms[imm_arm]['lambda_ratio'][i]:g}"] if imm_arm else [])
+                           + [pm(a["mean"][i], a["sd"][i])
+                              + (f" ({a['official_cached_mean'][i]:g})" if a.get("official_cached_mean") else "")
+                              for a in arms.values()] for i, e in enumerate(mt["epochs"])])
+    gain = _table(["epochs"] + [f"{a} − none (better/worse)" for a in paired],
+                  [[str(e)] + [pm(p["mean"][i], p["se"][i]) + f" ({p['n_better'][i]}/{p['n_worse'][i]})"
+                               for p in paired.values()] for i, e in enumerate(mt["epochs"])])
+    sp = sweep["paired_vs_ratio0"]
+    lam = _table(["λ/(1+λ)"] + [f"{e} epochs: reward (− ratio 0 ± s.e.)" for e in sweep["epochs"]],
+                 [[f"{r:g}"] + [pm(sweep["mean"][j][i], sweep["sd"][j][i])
+                                + (f" ({pm(sp['mean'][j][i], sp['se'][j][i])})" if r else "")
+                                for j in range(len(sweep["epochs"]))] for i, r in enumerate(sweep["ratios"])])
+    return (f"Mean total reward ± sd over {len(rec.get('seeds') or [])} seeds (the official repository's cached mean "
+            f"in brackets):\n\n{reward}\n\nPaired gain over no IMM (mean ± s.e.; seeds better/worse):\n\n{gain}\n\n"
+            f"λ/(1+λ) sweep, maximal-utility IMM:\n\n{lam}")
+
+
+VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "kn-bigram-ptb:ppl": view_kn_bigram, "gebm-toy:arms": view_gebm_toy_arms,
+    "gebm-toy:ablation": view_gebm_toy_ablation, "gebm-toy:sampler-checks": view_gebm_sampler_checks,
+    "imm-logistic:accuracy": view_imm_logistic, "imm-reinforce:reward": view_imm_reinforce}
