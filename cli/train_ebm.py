@@ -33,6 +33,9 @@ def train_ebm(
 ):
     """Train an energy-based model; rerunning the same command resumes it.
 
+    --kind residual trains data-parallel under torchrun or srun (data.batch_size is the global batch; only rank 0
+    writes); --kind gebm runs as one process.
+
     \b
     Examples:
       lmlab train-ebm --kind residual --preset residual-demo,cpu --base-lm runs/demo/checkpoints/best.pt
@@ -40,9 +43,9 @@ def train_ebm(
     """
     if kind not in KINDS:
         raise LmlabError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if distributed.detect()[2] > 1:  # each process would train alone into the same run dir
-        raise LmlabError("train-ebm runs as one process (it is not data-parallel): launch it without torchrun "
-                         "or srun --ntasks > 1, on one device (--device cuda:N)")
+    if kind == "gebm" and distributed.detect()[2] > 1:  # each process would train alone into the same run dir
+        raise LmlabError("train-ebm --kind gebm runs as one process (--kind residual is data-parallel, GEBM not yet): "
+                         "launch it without torchrun or srun --ntasks > 1, on one device (--device cuda:N)")
     cls_ref, fn_ref = KINDS[kind]
     extra = {"run.dir": run_dir, "hardware.device": device, "schedule.max_steps": steps, "seed": seed, "run.resume": resume,
              "run.force": True if force else None}

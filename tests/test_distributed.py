@@ -10,6 +10,7 @@ import torch
 
 from conftest import REPO
 from lmlab.core.checkpoint import load_checkpoint
+from test_residual_train import setup  # noqa: F401 (fixture: a tiny data dir and a seeded base LM)
 
 COMMON = ["train-lm", "--device", "cpu", "--steps", "8", "--set", "data.batch_size=4", "--set", "data.bptt=8",
           "--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "model.lstm.hidden_size=16",
@@ -132,3 +133,131 @@ def test_torchrun_translation_with_a_batch_count_not_divisible_by_the_world_size
     assert multi.returncode == 0, multi.stderr[-2000:]
     summary = json.loads(multi.stdout.strip().splitlines()[-1])
     assert n_batches % 2 == 1 and summary["step"] == 2 * (n_batches // 2)
+
+
+
+@pytest.fixture(scope="module")
+def residual_negatives(setup, tmp_path_factory):
+    """Negatives for 40 training windows of the residual tests' data, written by the negatives tool."""
+    from lmlab.core.residual.negatives import main as negatives_main
+    root, ckpt = setup
+    neg = tmp_path_factory.mktemp("neg") / "neg.npz"
+    assert negatives_main(["--base-lm", str(ckpt), "--data", str(root / "data"), "--out", str(neg), "--prefix-len", "8",
+                           "--continuation-len", "6", "--per-prefix", "3", "--max-windows", "40"]) == 0
+    return neg
+
+
+@pytest.mark.parametrize("from_file", [True, False])
+def test_residual_ranks_take_contiguous_shares_of_the_global_batch(tmp_path, setup, residual_negatives, from_file):
+    """Rank r of W scores rows r*B/W..(r+1)*B/W of the batch one process draws (same windows, same file negatives);
+    on-the-fly negatives come from a stream per rank, so only their shape is the single-process one."""
+    from lmlab.core.distributed import DistInfo
+    from lmlab.core.residual.train import ResidualTrainer
+    from test_residual_train import make_cfg
+    root, ckpt = setup
+    extra = {"negatives": {"file": str(residual_negatives)}} if from_file else {}
+    trainer = ResidualTrainer(make_cfg(root, ckpt, tmp_path / "run", **extra))  # data.batch_size = 8
+    trainer.step = 3
+    whole = trainer._batch()
+    shares = []
+    for rank in (0, 1):
+        trainer.dist = DistInfo(rank=rank, world_size=2)
+        shares.append(trainer._batch())
+    for name, w, s0, s1 in zip(("prefixes", "positives", "negatives"), whole, *shares):
+        assert s0.shape[0] == s1.shape[0] == 4, name
+        if from_file or name != "negatives":
+            assert torch.equal(torch.cat([s0, s1]), w), name
+        else:
+            assert torch.cat([s0, s1]).shape == w.shape
+
+
+def _residual_args(root, ckpt, run, steps=6, **sets):
+    sets = {"data.dir": root / "data", "data.batch_size": 4, "window.prefix_len": 8, "window.continuation_len": 6,
+            "energy.d_model": 16, "energy.n_layers": 1, "energy.n_heads": 2, "energy.dropout": 0.0,
+            "negatives.per_prefix": 3, "schedule.warmup_steps": 2, "optim.lr": 1e-3, "valid.max_examples": 16,
+            "run.eval_interval": 3, "hardware.threads": 1, "hardware.dist_timeout_s": 60, **sets}
+    return ["train-ebm", "--kind", "residual", "--base-lm", str(ckpt), "--device", "cpu", "--steps", str(steps), "-q",
+            "--run-dir", str(run), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+
+
+def test_torchrun_residual_ebm_with_a_negatives_file_matches_one_process(tmp_path, setup, residual_negatives):
+    """train-ebm --kind residual, data-parallel: each rank scores its share of the global batch of 4 prefixes with
+    those prefixes' own negatives from the file, so 2 processes train the same energy as 1 (dropout 0)."""
+    root, ckpt = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    from_file = {"negatives.file": residual_negatives}
+    single = subprocess.run([sys.executable, "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "one", **from_file)],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29593",
+                            "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "two", **from_file)],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
+    valid = [[r["valid_loss_nats"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+              if "valid_loss_nats" in r] for run in ("one", "two")]
+    assert len(valid[0]) == 2 and max(abs(a - b) for a, b in zip(*valid)) < 1e-5, valid
+    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "residual-ebm")["energy"]
+    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "residual-ebm")["energy"]
+    # The attention's key bias (rows d..2d of in_proj_bias) has a zero gradient in exact arithmetic (a softmax is
+    # unchanged by a shift shared by all keys), so both runs' gradients there are rounding noise (~1e-11), which
+    # AdamW's division by sqrt(v) turns into lr-sized steps of either sign: it may differ by up to 2 x lr x updates
+    # without changing any energy (the losses above agree within 1e-5). Every other weight agrees within 1e-5.
+    d, key_bias = 16, "encoder.layers.0.self_attn.in_proj_bias"
+    torch.testing.assert_close(a[key_bias][d:2 * d], b[key_bias][d:2 * d], atol=2 * 1e-3 * 6, rtol=0)
+    a[key_bias][d:2 * d] = b[key_bias][d:2 * d] = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_torchrun_residual_refuses_an_indivisible_batch_and_the_mlm_phase(tmp_path, setup):
+    """One error line from each rank, before the run dir is created: a global batch of 3 on 2 processes (it names
+    the sizes that work), and a BiT MLM phase (not data-parallel: it would train each rank's copy alone)."""
+    root, ckpt = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cases = [({"data.batch_size": 3}, "data.batch_size=3 is the global batch and must be divisible by the number of "
+                                      "processes (2); the nearest that work are --set data.batch_size=2"),
+             ({"mlm.steps": 2}, "mlm.steps=2: the MLM pre-training phase is not data-parallel")]
+    for extra, message in cases:
+        multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                                "29594", "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "run", **extra)],
+                               cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        assert multi.returncode != 0
+        assert multi.stderr.count(f"lmlab: error: {message}") == 2, multi.stderr[-2000:]  # then torchrun's own report
+        assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_residual_ebm_stopped_by_sigterm_resumes_exactly(tmp_path, setup):
+    """On-the-fly negatives and dropout draw from (seed, update, rank) streams: a 2-process run stopped by SIGTERM
+    (torchrun passes it to both ranks, which stop after the same update) and rerun equals an uninterrupted one."""
+    import signal
+    import time
+    root, ckpt = setup
+
+    def args(run):
+        return _residual_args(root, ckpt, run, steps=30, **{"energy.dropout": 0.1, "run.save_interval": 1})
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29597", "-m", "lmlab"]
+    whole = subprocess.run([*launch, *args(tmp_path / "whole")], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = subprocess.Popen([*launch, *args(tmp_path / "cut")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)
+    metrics, deadline = tmp_path / "cut/metrics.jsonl", time.monotonic() + 240
+    while (not metrics.exists() or len(_train_losses(tmp_path / "cut")) < 3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cut.send_signal(signal.SIGTERM)
+    out, err = cut.communicate(timeout=120)
+    summaries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert summaries and all(s["stopped_by"] == "SIGTERM" and s["step"] < 30 for s in summaries), err[-2000:]
+    again = subprocess.run([*launch, *args(tmp_path / "cut")], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "whole")
+    a = load_checkpoint(tmp_path / "whole/checkpoints/last.pt", "residual-ebm")["energy"]
+    b = load_checkpoint(tmp_path / "cut/checkpoints/last.pt", "residual-ebm")["energy"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

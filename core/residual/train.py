@@ -7,6 +7,13 @@ Validation logs the real-vs-LM classification accuracy on a fixed set of valid w
 Checkpoints (kind "residual-ebm") hold the energy weights, optimizer, step, RNG, the resolved config and
 the base LM's path + sha256, and the negatives' true provenance (`negatives`: on the fly or the file's split,
 data dir, tokenizer, top-k, temperature, prefix hash); `run.resume=auto` continues, a changed base LM is refused.
+
+Data-parallel under torchrun/srun (core/distributed.py): `data.batch_size` is the global batch; every rank draws
+the same window indices from (seed, update) and takes its contiguous share, the energy is wrapped in DDP (the
+mean over equal shares averaged over ranks is the global mean), and only rank 0 writes. With `negatives.file`
+each rank reads the negatives of its own prefixes, so N processes train as one does (tested within 1e-5); on-the-fly
+negatives and dropout draw from (seed, update, rank) streams instead, so they differ from a single process's.
+The MLM phase is not data-parallel (refused under torchrun until it has finished).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from lmlab import __version__
 from lmlab.core import distributed
@@ -36,6 +44,7 @@ from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
+from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
 
@@ -53,7 +62,12 @@ class ResidualTrainer:
         if cfg.hardware.threads:
             torch.set_num_threads(cfg.hardware.threads)
         seed_everything(cfg.seed)
-        self.device = distributed.pick_device(cfg.hardware.device)
+        self.dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
+        self.device = self.dist.device
+        if not self.dist.is_main:
+            self.reporter = NullReporter()  # rank 0 reports for the job
+        if cfg.data.batch_size % self.dist.world_size:
+            raise LmlabError(batch_not_divisible(cfg.data.batch_size, self.dist.world_size))
         self.base = base_lm_record(cfg.base_lm)
         self.lm, _, info = load_lm(cfg.base_lm, self.device)
         for p in self.lm.parameters():
@@ -73,6 +87,10 @@ class ResidualTrainer:
         self.energy = build_energy(cfg.energy, self.data.vocab_size, P + C, self.lm).to(self.device)
         # the scoring forward: compiled and autocast when asked; the weights, optimizer and checkpoints stay fp32
         self.energy_forward = torch.compile(self.energy) if cfg.hardware.compile else self.energy
+        self.train_forward = self.energy_forward  # validation scores with the plain energy: no collectives there
+        if self.dist.distributed:  # gradients averaged over ranks in backward; the constructor broadcasts rank 0's weights
+            ddp = DistributedDataParallel(self.energy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_forward = torch.compile(ddp) if cfg.hardware.compile else ddp
         self.autocast = autocast_factory(self.device, cfg.hardware.precision) or contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if cfg.hardware.precision == "fp16" else None
         o = cfg.optim
@@ -94,7 +112,7 @@ class ResidualTrainer:
         self.gen = torch.Generator(device=self.device)
         self.sampler = NegativeSampler(self.lm, cfg.negatives.per_prefix, C, cfg.negatives.top_k,
                                        cfg.negatives.temperature, self.gen)
-        self.run = RunDir(cfg.run.dir)
+        self.run = RunDir(cfg.run.dir, is_main=self.dist.is_main)
         self.step, self.best_valid, self.mlm_done = 0, math.inf, cfg.mlm.steps == 0 or cfg.energy.kind != "bit"
         m = cfg.mlm
         self.mlm = (None if self.mlm_done else
@@ -108,7 +126,7 @@ class ResidualTrainer:
         return {**to_dict(self.cfg), "derived": {"base_lm_sha256": self.base["sha256"], "lmlab_version": __version__,
                                                   "energy_params": count_parameters(self.energy),
                                                   "tokenizer_sha256": self.data.tokenizer_sha256,
-                                                  "negatives": self.negatives_record}}
+                                                  "negatives": self.negatives_record, "world_size": self.dist.world_size}}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"energy": self.energy.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -135,27 +153,37 @@ class ResidualTrainer:
 
     # ------------------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prefixes (B, P), positives (B, 1, C), negatives (B, K, C)); window order is a function of (seed, step)."""
+        """This rank's (prefixes (B/W, P), positives (B/W, 1, C), negatives (B/W, K, C)) of the global batch of B;
+        window order is a function of (seed, step), the same on every rank, so the W shares make one process's batch."""
         rng = np.random.default_rng([self.cfg.seed, self.step])
-        B = self.cfg.data.batch_size
-        if self.neg_file is not None:
-            index, neg = self.neg_file.rows(rng.integers(0, len(self.neg_file), B), self.device)
+        B, W, rank = self.cfg.data.batch_size, self.dist.world_size, self.dist.rank
+        share = slice(rank * B // W, (rank + 1) * B // W)
+        if self.neg_file is not None:  # the file rows of this rank's prefixes: their own negatives
+            index, neg = self.neg_file.rows(rng.integers(0, len(self.neg_file), B)[share], self.device)
             prefixes, pos = self.train_windows.get(index, self.device)
         else:
-            prefixes, pos = self.train_windows.get(rng.integers(0, len(self.train_windows), B), self.device)
-            self.gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            prefixes, pos = self.train_windows.get(rng.integers(0, len(self.train_windows), B)[share], self.device)
+            # one process: (seed, step) as always; W > 1: one stream per rank, so ranks draw independent negatives
+            self.gen.manual_seed((self.cfg.seed * 1_000_003 + self.step) * W + rank)
             neg = self.sampler(prefixes)
         return prefixes, pos.unsqueeze(1), neg
 
     def train_update(self) -> dict[str, float]:
         self.energy.train()
+        if self.dist.distributed:  # dropout masks from (seed, step, rank): independent across ranks, exact on resume
+            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.step, self.dist.rank, 2]).generate_state(1)[0]))
         prefixes, pos, neg = self._batch()
         with self.autocast():
-            e = score(self.energy_forward, prefixes, torch.cat([pos, neg], dim=1)).float()  # (B, 1+K)
-        loss = nce_loss(e[:, 0], e[:, 1:])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"NCE loss became {loss.item()} at update {self.step}; last good checkpoint: "
-                                     f"{self.run.last} (lower optim.lr)")
+            e = score(self.train_forward, prefixes, torch.cat([pos, neg], dim=1)).float()  # (B/W, 1+K)
+        loss = nce_loss(e[:, 0], e[:, 1:])  # mean over this rank's share; DDP averages the shares' gradients
+        acc = classification_accuracy(e[:, 0].detach(), e[:, 1:].detach())
+        logged = {"train_loss_nats": loss.item(), "train_acc": acc["acc"]}
+        if self.dist.distributed:  # the global batch's loss (means of equal shares), the same on every rank
+            values = torch.tensor(list(logged.values()), dtype=torch.float64, device=self.device)
+            logged = dict(zip(logged, distributed.all_reduce_mean(values).tolist()))
+        if not math.isfinite(logged["train_loss_nats"]):  # every rank agrees, so none is left waiting in backward
+            raise NonFiniteLossError(f"NCE loss became {logged['train_loss_nats']} at update {self.step}; last good "
+                                     f"checkpoint: {self.run.last} (lower optim.lr)")
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
@@ -169,8 +197,7 @@ class ResidualTrainer:
             self.optimizer.step()
         self.schedule.step()
         self.step += 1
-        acc = classification_accuracy(e[:, 0].detach(), e[:, 1:].detach())
-        return {"train_loss_nats": loss.item(), "train_acc": acc["acc"], "lr": self.schedule.get_last_lr()[0]}
+        return {**logged, "lr": self.schedule.get_last_lr()[0]}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -234,13 +261,29 @@ class ResidualTrainer:
         if self.cfg.run.resume != "never" and self.run.config_path.is_file():
             check_renamed_file(Config, self.run.config_path)
 
+    def _refuse_distributed_mlm(self) -> None:
+        """The MLM phase updates through MLMPretrainer's own optimizer step, with no gradient averaging over ranks."""
+        if self.dist.distributed and not self.mlm_done:
+            raise LmlabError(f"mlm.steps={self.cfg.mlm.steps}: the MLM pre-training phase is not data-parallel; run it as "
+                             "one process (the same command without torchrun, stopped by Ctrl-C once NCE has started, "
+                             "then rerun under torchrun to resume) or --set mlm.steps=0")
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._check_renamed_keys()
+        if not self.run.last.exists():
+            self._refuse_distributed_mlm()  # before the run dir is touched (a resumed run may have finished its MLM)
         resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force,
                                    length_fixed_by="its lr decays linearly to 0 at the last update")
+        distributed.barrier()  # rank 0 has created (or moved aside) the run dir before any rank reads last.pt
+        try:
+            if resumed:
+                self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
+            self._refuse_distributed_mlm()
+        except BaseException:
+            self.run.release()
+            raise
         if resumed:
-            self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
             self.run.truncate_metrics_after(self.step)
             self.reporter.log(f"resumed {self.run.path} at update {self.step}")
         else:
@@ -261,7 +304,7 @@ class ResidualTrainer:
                     self._log_eval()
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
                     self._save(is_best=False)
-                if stop.requested:
+                if distributed.any_true(stop.requested, self.device):  # every rank stops after the same update
                     stopped_by = stop.signal_name or "signal"
                     self._save(is_best=False)
                     self.reporter.log(f"{stopped_by}: saved {self.run.last} at update {self.step}; rerun to resume")
@@ -278,5 +321,19 @@ class ResidualTrainer:
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train a residual energy on `cfg.base_lm`; returns a summary dict (run dir, updates, best valid NCE loss)."""
-    return ResidualTrainer(cfg, reporter).fit()
+    """Train a residual energy on `cfg.base_lm`; returns a summary dict (run dir, updates, best valid NCE loss).
+    Under torchrun/srun every process calls this; they train one model data-parallel and rank 0 writes."""
+    launched_distributed = distributed.detect()[2] > 1
+    try:
+        trainer = ResidualTrainer(cfg, reporter)
+        try:
+            return trainer.fit()
+        except RuntimeError as exc:
+            if not trainer.dist.distributed:
+                raise
+            first = " ".join(str(exc).split())[:200]
+            raise LmlabError(f"rank {trainer.dist.rank}: lost another process of the job ({first}); the last complete "
+                             f"checkpoint is {trainer.run.last}: rerun the same command to resume") from exc
+    finally:
+        if launched_distributed:
+            distributed.shutdown()
