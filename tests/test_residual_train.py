@@ -118,6 +118,9 @@ def test_unit_from_negatives_file_then_sample_and_eval(setup):
     state = load_checkpoint(root / "run-unit/checkpoints/last.pt", "residual-ebm")
     lm, tok, _ = load_lm(str(ckpt))
     assert set(state["energy"]) >= {f"embed.{k}" for k in lm.embed.state_dict()}
+    base = {**{f"embed.{k}": v for k, v in lm.embed.state_dict().items()}, **{f"body.{k}": v for k, v in lm.body.state_dict().items()}}
+    moved = [k for k, v in base.items() if not torch.equal(state["energy"][k], v)]
+    assert len(moved) == len(base), f"UniT's copies of the base LM must train; frozen: {sorted(set(base) - set(moved))}"
     outs = sample_lines(state, ["the cat", "a dog ran", "the cat"], num_samples=2, candidates=4, top_k=3,
                         max_new_tokens=5, seed=1, device="cpu", with_scores=True)
     assert [len(o) for o in outs] == [2, 2, 2] and outs[0][0]["prompt"] == "the cat"

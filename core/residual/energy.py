@@ -87,6 +87,8 @@ class UniTEnergy(nn.Module):
         super().__init__()
         self.embed = copy.deepcopy(base_lm.embed)
         self.body = copy.deepcopy(base_lm.body)
+        for p in [*self.embed.parameters(), *self.body.parameters()]:
+            p.requires_grad_(True)  # the copies train; the frozen base LM (requires_grad False) must not freeze them
         self.head = nn.Linear(d_model, 1)
         nn.init.zeros_(self.head.weight)  # start at E = 0: the joint model starts as the base LM
         nn.init.zeros_(self.head.bias)
