@@ -19,7 +19,7 @@ from lmlab.core.train.config import HardwareConfig, RunConfig
 class DataConfig:
     dir: str = option("data/demo", "data dir written by `lmlab prep` (the same tokenizer as the base LM)")
     train_split: str = option("train", "split whose windows give the positives")
-    batch_size: int = option(32, "prefixes per NCE update (each with one positive and `negatives.per_prefix` negatives)",
+    batch_size: int = option(32, "prefixes per NCE update, summed over all processes under torchrun (each with one positive and `negatives.per_prefix` negatives)",
                              check=at_least(1))
 
 
