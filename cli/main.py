@@ -8,6 +8,7 @@ import typer
 
 from lmlab import __version__
 from lmlab.cli.bleu import bleu
+from lmlab.cli.cache_define import cache_define
 from lmlab.cli.common import config_epilog, handle_errors
 from lmlab.cli.eval_ppl import eval_ppl
 from lmlab.cli.plot import plot
@@ -40,6 +41,7 @@ app.command("eval-ppl")(eval_ppl)
 
 app.command("bleu")(bleu)
 app.command("plot")(plot)
+app.command("cache-define")(cache_define)
 
 
 @app.command("presets")

@@ -43,7 +43,7 @@ define-demo: results/define-demo.json  ## standard vs DeFINE input embedding on 
 DEFINE_CKPT ?= runs/define-demo-define-untied-lr$(DEFINE_LR)/checkpoints
 results/define-cache.json: runs/define-demo-define-untied-lr$(DEFINE_LR).train.json
 	@mkdir -p $(@D) $(DEFINE_WORK)
-	$(PYTHON) bench/define_cache.py $(DEFINE_CKPT)/best.pt $(DEFINE_CKPT)/cached.pt
+	$(LMLAB) cache-define -c $(DEFINE_CKPT)/best.pt -o $(DEFINE_CKPT)/cached.pt --force > $(DEFINE_WORK)/cache.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/best.pt --split valid -q > $(DEFINE_WORK)/eval-valid-best.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/cached.pt --split valid -q > $(DEFINE_WORK)/eval-valid-cached.json
 	$(RECORD) define-cache --command '$(call made_by,define-cache)' --json best=$(DEFINE_WORK)/eval-valid-best.json \

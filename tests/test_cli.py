@@ -29,7 +29,7 @@ def test_root_help_lists_the_working_commands():
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["prep", "train-lm", "train-ebm", "sample", "eval-ppl", "presets"])
+@pytest.mark.parametrize("command", ["prep", "train-lm", "train-ebm", "sample", "eval-ppl", "presets", "cache-define"])
 def test_every_command_help_runs(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.stdout
@@ -178,3 +178,23 @@ def test_run_log_interval_s_spaces_the_plain_progress_lines(tmp_path, tiny_data,
     assert result.returncode == 0, result.stderr
     progress = [l for l in result.stderr.splitlines() if " train " in l and "/8 " in l]
     assert len(progress) == lines, result.stderr  # every update, or the first and the last only
+
+
+def test_cache_define_scores_as_the_live_unit_and_refuses_what_it_cannot_cache(tmp_path, tiny_data, trained):
+    from conftest import tiny_train_config
+    from lmlab.core.reporting import NullReporter
+    from lmlab.core.train.lm_trainer import train_lm
+    run = tmp_path / "define"
+    define = {"kind": "define", "define": {"map_dim": 8, "expand_dim": 32, "layers": 3}}
+    train_lm(tiny_train_config(tiny_data, run, model={"embedding": define}, schedule={"max_steps": 6}), NullReporter())
+    best, cached = run / "checkpoints" / "best.pt", tmp_path / "cached.pt"
+    result = invoke("cache-define", "-c", str(best), "-o", str(cached))
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    vocab = torch.load(best, weights_only=True)["vocab_size"]
+    assert summary["embedding_params_after"] == vocab * 16 < summary["embedding_params_before"]  # V x d_model table
+    live = json.loads(invoke("eval-ppl", "-c", str(best), "--split", "valid", "--device", "cpu", "-q").stdout)
+    table = json.loads(invoke("eval-ppl", "-c", str(cached), "--split", "valid", "--device", "cpu", "-q").stdout)
+    assert abs(live["nats_per_token"] - table["nats_per_token"]) < 1e-6 and live["tokens"] == table["tokens"]
+    assert_one_line_error(invoke("cache-define", "-c", str(best), "-o", str(cached)), "exists", "--force")
+    assert_one_line_error(invoke("cache-define", "-c", str(trained), "-o", str(tmp_path / "x.pt")), "not define")
