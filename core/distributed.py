@@ -103,6 +103,13 @@ def shutdown() -> None:
     _stopping = False
 
 
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         value = value.clone()

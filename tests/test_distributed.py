@@ -136,6 +136,37 @@ def test_torchrun_translation_with_a_batch_count_not_divisible_by_the_world_size
 
 
 
+def test_torchrun_translation_two_processes_equal_one_accumulating_two_batches(tmp_path):
+    """Same global batch: 2 ranks of max_tokens/2 each == 1 process of max_tokens/2 accumulating 2 batches; the
+    update is normalised by its target tokens on all ranks together (fairseq), so per-update losses agree."""
+    from lmlab.core.seq2seq.config import Config
+    from lmlab.core.seq2seq.data import load_split, read_meta, token_batches
+    from lmlab.core.seq2seq.prep import prep_parallel
+    from seq2seq_fixtures import write_corpus
+    data = tmp_path / "data"
+    prep_parallel(data, src_lang="de", tgt_lang="en", splits=write_corpus(tmp_path, 120, 10), vocab_size=200)
+    train_split = load_split(data, "train", read_meta(data))
+    max_positions = Config().model.max_positions
+    per_rank = next(t for t in range(100, 400, 10) if len(token_batches(train_split, t, max_positions)) % 2 == 0)
+    common = ["train-lm", "--task", "translation", "--data", str(data), "--device", "cpu", "--epochs", "1", "-q",
+              "--set", "model.d_model=16", "--set", "model.encoder_layers=1", "--set", "model.decoder_layers=1",
+              "--set", "model.n_heads=2", "--set", "model.ffn_dim=32", "--set", "model.dropout=0.0",
+              "--set", "run.eval_interval=1", "--set", "hardware.threads=1", "--set", "hardware.dist_timeout_s=60"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    single = subprocess.run([sys.executable, "-m", "lmlab", *common, "--set", f"data.max_tokens={per_rank}",
+                             "--set", "optim.grad_accum=2", "--run-dir", str(tmp_path / "one")],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29579",
+                            "-m", "lmlab", *common, "--set", f"data.max_tokens={2 * per_rank}", "--run-dir", str(tmp_path / "two")],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert len(one) == len(two) >= 2
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
+
+
 @pytest.fixture(scope="module")
 def residual_negatives(setup, tmp_path_factory):
     """Negatives for 40 training windows of the residual tests' data, written by the negatives tool."""

@@ -144,14 +144,22 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
                 group = mine[batch_pos:batch_pos + cfg.optim.grad_accum]
                 bs = [{k: v.to(device) for k, v in collate(train_split, batches[bi]).items()} for bi in group]
                 ntok = sum(int((b["target"] != 0).sum()) for b in bs)
+                if dist.distributed:  # fairseq's normalisation: the update's target tokens on all ranks together
+                    ntok = int(distributed.all_reduce_sum(torch.tensor([float(ntok)], device=device)).item())
                 sums = [0.0, 0.0]
                 for i, b in enumerate(bs):
                     sync = dist.distributed and i < len(bs) - 1
                     with (train_model.no_sync() if sync else nullcontext()), amp:
                         logits = train_model(b["src"], b["prev"])
                     loss, nll = label_smoothed_nll(logits, b["target"], cfg.label_smoothing)
-                    scaler.scale(loss / ntok).backward()  # per-token mean over the whole update
+                    if dist.distributed:  # DDP averages the ranks' gradients: x W makes it the sum over all ranks / ntok
+                        loss_for_grad = loss * (dist.world_size / ntok)
+                    else:
+                        loss_for_grad = loss / ntok  # per-token mean over the whole update
+                    scaler.scale(loss_for_grad).backward()
                     sums = [sums[0] + float(loss.detach()), sums[1] + float(nll.detach())]
+                if dist.distributed:  # the logged losses are the update's, over every rank's tokens
+                    sums = distributed.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
                 if not math.isfinite(sums[0]):
                     raise NonFiniteLossError(f"loss became {sums[0]} at step {step}; lower optim.lr or raise "
                                              f"schedule.warmup_steps (last good checkpoint: {run.last})")
