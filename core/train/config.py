@@ -17,6 +17,11 @@ class DataConfig:
     dir: str = option("data/demo", "data dir written by `lmlab prep` (meta.json, tokenizer.json, train.bin, ...)")
     batch_size: int = option(20, "sequences per batch, summed over all processes (contiguous BPTT columns)", check=at_least(1))
     bptt: int = option(35, "tokens per training window (LSTM unroll length / Transformer sequence length)", check=at_least(1))
+    variable_bptt: bool = option(
+        False, "AWD-LSTM variable-length BPTT (Merity et al. 2018, Sec. 4.1; awd-lstm-lm main.py): each training "
+        "window's length is max(5, int(N(b, 5))) with b = bptt, or b = bptt/2 with probability 0.05, and its update's "
+        "lr is scaled by length/bptt (by the mean length/bptt over grad_accum windows); an epoch ends at the stream's end, "
+        "so schedule.epochs counts epochs exactly and the update count is an estimate. Off: every window is bptt long")
     valid_split: str = option("valid", "split used for validation, model selection and plateau decay")
     eval_batch_size: int = option(10, "columns of the validation stream", check=at_least(1))
 
@@ -102,6 +107,9 @@ class TrainConfig:
     def problems(self):
         if self.hardware.precision == "bf16" and self.model.kind == "lstm" and self.hardware.device == "cpu":
             yield "hardware.precision", BF16_CPU_LSTM
+        if self.data.variable_bptt and self.model.kind != "lstm":
+            yield "data.variable_bptt", ("true needs model.kind=lstm (AWD-LSTM's variable-length windows run past "
+                                         "data.bptt, and past a Transformer's context)")
 
     def environment_problems(self):
         """Rules that depend on this machine: checked when a command starts, never when a checkpoint's config loads."""

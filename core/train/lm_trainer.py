@@ -29,7 +29,7 @@ from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag, StopRequested
-from lmlab.core.train.batches import StreamBatches
+from lmlab.core.train.batches import StreamBatches, VariableBPTT, expected_window_length
 from lmlab.core.train.config import TrainConfig
 from lmlab.core.train.objectives import build_objective
 from lmlab.core.train.optim import LRSchedule, averaged_state_dict, build_asgd, build_optimizer, should_trigger_asgd
@@ -64,8 +64,13 @@ class LMTrainer:
             self.model.body.compile()  # in place: state_dict keys stay free of `_orig_mod.`
         self.batches = StreamBatches(self.train_stream, cfg.data.batch_size, cfg.data.bptt,
                                      self.dist.rank, self.dist.world_size)
+        # AWD-LSTM's variable-length windows: an epoch ends at the stream's end, after a varying number of
+        # windows; windows_per_epoch (hence total_updates under schedule.epochs) is then their expected number
+        self.variable_bptt = VariableBPTT(cfg.data.bptt, cfg.seed) if cfg.data.variable_bptt else None
+        self.windows_per_epoch = (math.ceil(self.batches.positions / expected_window_length(cfg.data.bptt))
+                                  if self.variable_bptt else self.batches.windows_per_epoch)
         self.optimizer = build_optimizer(cfg.optim, self.model)
-        updates_per_epoch = max(1, self.batches.windows_per_epoch // cfg.optim.grad_accum)
+        updates_per_epoch = max(1, self.windows_per_epoch // cfg.optim.grad_accum)
         self.total_updates = cfg.schedule.epochs * updates_per_epoch if cfg.schedule.epochs else cfg.schedule.max_steps
         self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, self.total_updates)
         self.objective = build_objective(cfg, self.train_stream, self.data.vocab_size, Path(cfg.data.dir), self.device)
@@ -77,6 +82,7 @@ class LMTrainer:
         self.step = 0
         self.epoch = 0
         self.window = 0
+        self.position = 0  # variable_bptt: where the next window starts in the columns
         self.state = None
         self.best_valid = math.inf
         self.tokens_seen = 0
@@ -90,7 +96,7 @@ class LMTrainer:
     def config_record(self) -> dict[str, Any]:
         record = to_dict(self.cfg)
         record["derived"] = {**self.params, "vocab_size": self.data.vocab_size, "total_updates": self.total_updates,
-                             "windows_per_epoch": self.batches.windows_per_epoch, "world_size": self.dist.world_size,
+                             "windows_per_epoch": self.windows_per_epoch, "world_size": self.dist.world_size,
                              "tokenizer_sha256": self.data.tokenizer_sha256, "lmlab_version": __version__}
         return record
 
@@ -105,6 +111,8 @@ class LMTrainer:
                 "schedule": self.schedule.state_dict(),
                 "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
                 "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
+                "position": self.position,
+                "variable_bptt": self.variable_bptt.state_dict() if self.variable_bptt else None,
                 "best_valid_nats": self.best_valid, "carried_state": self._gather_state(), "rng": rng_state(),
                 "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
                 "vocab_size": self.data.vocab_size, "specials": self.data.specials,
@@ -134,6 +142,9 @@ class LMTrainer:
         if ckpt.get("tokenizer_sha256") != self.data.tokenizer_sha256:
             raise LmlabError(f"run dir {self.run.path} was trained with another tokenizer than {self.data.tokenizer_path}; "
                              "use a new --run-dir")
+        if self.variable_bptt and ckpt.get("variable_bptt") is None:
+            raise LmlabError(f"run dir {self.run.path} was trained with fixed-length windows (before data.variable_bptt "
+                             "existed); resume it with --set data.variable_bptt=false, or use a new --run-dir")
         self.averaging = bool(ckpt.get("averaging", False))
         self.valid_history = [float(v) for v in ckpt.get("valid_history", [])]
         self.raw_model.load_state_dict(ckpt["model_iterate"] if self.averaging else ckpt["model"])
@@ -145,6 +156,9 @@ class LMTrainer:
             self.objective.load_state_dict(ckpt["objective"])
         self.step, self.epoch, self.window = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["window"])
         self.tokens_seen, self.best_valid = int(ckpt["tokens_seen"]), float(ckpt["best_valid_nats"])
+        self.position = int(ckpt.get("position", 0))
+        if self.variable_bptt:
+            self.variable_bptt.load_state_dict(ckpt["variable_bptt"])
         carried = ckpt.get("carried_state")
         if carried is not None:
             per = self.cfg.data.batch_size // self.dist.world_size
@@ -189,10 +203,22 @@ class LMTrainer:
             return epoch_ended
         return self.step % max(1, self.total_updates // 10) == 0
 
+    def _trained_enough(self) -> bool:
+        """The run's length: schedule.epochs whole epochs when window lengths vary (total_updates is then an
+        estimate), else total_updates."""
+        if self.variable_bptt and self.cfg.schedule.epochs:
+            return self.epoch >= self.cfg.schedule.epochs
+        return self.step >= self.total_updates
+
     def _next_window(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        x, y = self.batches.window(self.window)
-        self.window += 1
-        epoch_ended = self.window >= self.batches.windows_per_epoch
+        if self.variable_bptt:  # every rank draws the same length from the same seeded generator
+            x, y = self.batches.span(self.position, self.variable_bptt.draw())
+            self.position += x.shape[1]
+            epoch_ended = self.position >= self.batches.positions
+        else:
+            x, y = self.batches.window(self.window)
+            self.window += 1
+            epoch_ended = self.window >= self.batches.windows_per_epoch
         return x.to(self.device), y.to(self.device), epoch_ended
 
     def _sync_gradients(self) -> None:
@@ -223,6 +249,7 @@ class LMTrainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         sums: dict[str, float] = {}
         epoch_ended = False
+        lengths = []  # the windows' lengths (variable_bptt scales the lr by them)
         for _ in range(cfg.optim.grad_accum):
             x, y, ended = self._next_window()
             with self.autocast() if self.autocast else contextlib.nullcontext():
@@ -238,10 +265,15 @@ class LMTrainer:
             self.state = self.model.detach_state(self.state)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.optim.grad_accum
-            self.tokens_seen += self.batches.tokens_per_window_global
+            if self.variable_bptt:
+                lengths.append(x.shape[1])
+                self.tokens_seen += self.batches.batch_size * x.shape[1]
+            else:
+                self.tokens_seen += self.batches.tokens_per_window_global
             if ended:
                 epoch_ended = True
                 self.window = 0
+                self.position = 0
                 self.epoch += 1
                 self.state = None
                 self.schedule.on_epoch_end(self.epoch)
@@ -257,11 +289,21 @@ class LMTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip if cfg.optim.clip > 0 else float("inf"))
         if hasattr(self.objective, "after_clip"):  # IMM with imm.clip = main: its gradient joins unclipped
             self.objective.after_clip(self.model)
+        if lengths:  # AWD-LSTM: this update's lr x window length / bptt (the mean length over grad_accum windows)
+            # Under NT-ASGD's averaging phase torch's ASGD steps with the eta it computed from the previous
+            # update's lr, so the scale lags one update there, as it does in the reference code.
+            mean_length = sum(lengths) / len(lengths)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * mean_length / cfg.data.bptt
+            sums["window_tokens"] = mean_length
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        if lengths:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr  # the schedule's lr again
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         sums.update(lr=lr, grad_norm=float(grad_norm))
@@ -321,7 +363,8 @@ class LMTrainer:
         if resumed:
             self._restore(self.run.load_last(self.KIND, map_location="cpu", log=self.reporter.log))
             self.run.truncate_metrics_after(self.step)
-            self.reporter.log(f"resumed {self.run.path} at update {self.step} (epoch {self.epoch}, window {self.window})")
+            where = f"position {self.position}" if self.variable_bptt else f"window {self.window}"
+            self.reporter.log(f"resumed {self.run.path} at update {self.step} (epoch {self.epoch}, {where})")
         else:
             self.reporter.log(f"training {cfg.model.kind} LM: {self.params['params_total']:,} parameters "
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
@@ -337,7 +380,7 @@ class LMTrainer:
                 self._log_eval_unless_stopped()
                 if self.eval_pending:  # stopped again: last.pt already holds this state
                     stopped_by = stop.signal_name or "signal"
-            while stopped_by is None and self.step < self.total_updates and not self.schedule.finished():
+            while stopped_by is None and not self._trained_enough() and not self.schedule.finished():
                 t0, tokens_before = time.perf_counter(), self.tokens_seen
                 metrics, epoch_ended = self.train_update()
                 seconds = time.perf_counter() - t0
@@ -349,9 +392,11 @@ class LMTrainer:
                           "tokens": self.tokens_seen, "tokens_per_s": tps, "train_s": train_s}
                 record["train_ppl"] = math.exp(min(record["train_loss_nats"], 700))
                 self.run.log_metrics(record)
-                self.reporter.update(self.step, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
+                # variable_bptt + epochs: total_updates is an estimate; the bar waits below it until the last epoch ends
+                shown = self.step if self._trained_enough() else min(self.step, self.total_updates - 1)
+                self.reporter.update(shown, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
                                                  "lr": record["lr"], "tok/s": round(tps)})
-                if self._eval_due(epoch_ended) or self.step == self.total_updates:
+                if self._eval_due(epoch_ended) or self._trained_enough():
                     self._log_eval_unless_stopped()
                     since_eval_tokens, since_eval_s = 0, 0.0
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
