@@ -1,6 +1,7 @@
 """Find the separate interpreter fairseq is installed in (never the main one: its pins would break
-lmlab's environment). FAIRSEQ_PYTHON names it; default /work/venv-fairseq/bin/python when present.
-When fairseq cannot be imported the harness reports the reason and skips the fairseq column."""
+lmlab's environment). FAIRSEQ_PYTHON names it; default the repository's .venv-fairseq (`make fairseq-env`
+builds it) when present. When fairseq cannot be imported the harness reports the reason and skips the
+fairseq column."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-DEFAULT_PYTHON = "/work/venv-fairseq/bin/python"
+DEFAULT_PYTHON = str(Path(__file__).resolve().parents[1] / ".venv-fairseq" / "bin" / "python")
 _PROBE = ("import json, sys, fairseq, torch; "
           "print(json.dumps({'fairseq': fairseq.__version__, 'torch': torch.__version__}))")
 
@@ -38,7 +39,7 @@ def find_fairseq(env: dict | None = None, timeout: float = 180.0) -> FairseqEnv:
     python = env.get("FAIRSEQ_PYTHON") or (DEFAULT_PYTHON if Path(DEFAULT_PYTHON).exists() else None)
     if not python:
         return FairseqEnv(None, reason=f"no fairseq interpreter: set FAIRSEQ_PYTHON (default {DEFAULT_PYTHON} is absent); "
-                                       "install with `python -m venv --system-site-packages DIR && DIR/bin/pip install fairseq-fixed`")
+                                       "build it with `make fairseq-env` (it compiles fairseq's C++ extensions)")
     if not Path(python).exists():
         return FairseqEnv(python, reason=f"FAIRSEQ_PYTHON={python} does not exist")
     try:

@@ -71,6 +71,17 @@ def test_missing_fairseq_is_reported_as_skipped(tmp_path):
     assert not env.available and "No module named 'fairseq'" in env.reason
 
 
+def test_the_default_fairseq_interpreter_is_the_repositorys_own_venv_that_make_builds():
+    import subprocess
+    from bench import fairseq_env
+    repo = Path(__file__).resolve().parents[1]
+    assert fairseq_env.DEFAULT_PYTHON == str(repo / ".venv-fairseq" / "bin" / "python")  # no machine-specific path
+    plan = subprocess.run(["make", "-n", "-B", "fairseq-env", "FAIRSEQ_VENV=/tmp/x-venv"], cwd=repo, capture_output=True,
+                          text=True).stdout
+    assert "-m venv --system-site-packages /tmp/x-venv" in plan  # the baseline runs on lmlab's own torch
+    assert "/tmp/x-venv/bin/pip install -q --no-build-isolation 'fairseq-fixed==0.12.3.1'" in plan
+
+
 def test_fairseq_train_log_parser_times_updates_after_warmup():
     def line(tag, rec):
         return f"2024-01-01 00:00:00 | INFO | {tag} | {json.dumps(rec)}"
