@@ -34,8 +34,9 @@ class StopFlag:
             return self
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handler)
+            if sig is None or (sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN):
+                continue  # a SIGINT ignored at start (a background job of a script) stays ignored, as make keeps it
+            self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def uninstall(self) -> None:

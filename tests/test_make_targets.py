@@ -101,8 +101,11 @@ def test_a_sigterm_stopped_training_is_resumed_by_make_not_decoded(ws, stamp, ta
 
 def test_ctrl_c_during_training_keeps_the_checkpoint_and_writes_no_stamp(ws):
     env = {**os.environ, "FAKE_SLEEP": "60"}
+    # SIGINT at its default in make (and so in the trainer): a test run in the background (nohup, `cmd &` in a
+    # script) inherits SIGINT ignored, and make and Python keep an ignored SIGINT ignored, so Ctrl-C would do nothing
     proc = subprocess.Popen(["make", f"LMLAB_TRAIN={sys.executable} {ws / 'fake_train.py'}", f"PYTHON={sys.executable}",
                              "runs/multi30k-de-en.train.json"], cwd=ws, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = ws / "runs" / "multi30k-de-en" / "started"
     deadline = time.time() + 60

@@ -51,6 +51,20 @@ def test_a_stop_during_evaluation_saves_and_the_resumed_run_evaluates_first(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_an_ignored_sigint_stays_ignored():
+    """A background job of a script starts with SIGINT ignored; the training loop must not start answering it."""
+    from lmlab.core.signals import StopFlag
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopFlag():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        with StopFlag() as flag:
+            assert signal.getsignal(signal.SIGINT) == flag._handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "lmlab", "train-lm", "--data", str(tiny_data), "--run-dir", str(run_dir), "--device", "cpu",
@@ -58,7 +72,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path
             "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1", "--set", "run.eval_interval=1000000",
             "--set", "schedule.name=constant", "--steps", "100000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*argv, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([*argv, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
