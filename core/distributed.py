@@ -132,3 +132,39 @@ def any_true(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def average_gradients(params: list[torch.Tensor], world_size: int) -> None:
+    """Average `.grad` over the ranks in one all-reduce. Every rank sends every parameter: an adaptive-softmax band
+    with no target in this rank's batch has no .grad here (zeros sent) but may have one on another rank. A presence
+    count rides along, so a parameter no rank touched stays without a gradient, as in one process over the global batch."""
+    present = [p.grad is not None for p in params]
+    flat = torch.cat([(p.grad if has else torch.zeros_like(p)).reshape(-1) for p, has in zip(params, present)]
+                     + [torch.tensor(present, dtype=params[0].dtype, device=params[0].device)])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset, touched = 0, flat[-len(params):] > 0
+    for p, has, anyone in zip(params, present, touched.tolist()):
+        part = flat[offset: offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if has:
+            p.grad.copy_(part)
+        elif anyone:
+            p.grad = part.clone()
+
+
+def gather_columns(state):
+    """A carried LSTM state [(h, c) per layer], each (layers, B / world, hidden), as the whole batch's on CPU: the
+    ranks' column shares concatenated in rank order (every rank takes part; None or a non-list state passes through)."""
+    if state is None or not isinstance(state, list):
+        return None
+    out = []
+    for h, c in state:
+        if dist.is_initialized():
+            hs = [torch.empty_like(h) for _ in range(dist.get_world_size())]
+            cs = [torch.empty_like(c) for _ in range(dist.get_world_size())]
+            dist.all_gather(hs, h.contiguous())
+            dist.all_gather(cs, c.contiguous())
+            h, c = torch.cat(hs, 1), torch.cat(cs, 1)
+        out.append([h.detach().cpu(), c.detach().cpu()])
+    return out

@@ -113,7 +113,7 @@ class LMTrainer:
                 "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
                 "position": self.position,
                 "variable_bptt": self.variable_bptt.state_dict() if self.variable_bptt else None,
-                "best_valid_nats": self.best_valid, "carried_state": self._gather_state(), "rng": rng_state(),
+                "best_valid_nats": self.best_valid, "carried_state": distributed.gather_columns(self.state), "rng": rng_state(),
                 "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
                 "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
@@ -123,20 +123,6 @@ class LMTrainer:
         """Training wall time over every process of this run (resumes add up; evaluations included)."""
         start = getattr(self, "_wall_t0", None)
         return self.wall_s_before + (time.perf_counter() - start if start is not None else 0.0)
-
-    def _gather_state(self):
-        if self.state is None or not isinstance(self.state, list):
-            return None
-        out = []
-        for h, c in self.state:
-            if self.dist.distributed:
-                hs = [torch.empty_like(h) for _ in range(self.dist.world_size)]
-                cs = [torch.empty_like(c) for _ in range(self.dist.world_size)]
-                dist.all_gather(hs, h.contiguous())
-                dist.all_gather(cs, c.contiguous())
-                h, c = torch.cat(hs, 1), torch.cat(cs, 1)
-            out.append([h.detach().cpu(), c.detach().cpu()])
-        return out
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("tokenizer_sha256") != self.data.tokenizer_sha256:
@@ -221,27 +207,6 @@ class LMTrainer:
             epoch_ended = self.window >= self.batches.windows_per_epoch
         return x.to(self.device), y.to(self.device), epoch_ended
 
-    def _sync_gradients(self) -> None:
-        if not self.dist.distributed:
-            return
-        # Every rank sends every parameter: an adaptive-softmax band with no target in this rank's batch has no
-        # .grad here (zeros sent) but may have one on another rank. A presence count rides along, so a parameter
-        # no rank touched stays without a gradient, as in one process over the global batch.
-        params = list(self.model.parameters())
-        present = [p.grad is not None for p in params]
-        flat = torch.cat([(p.grad if has else torch.zeros_like(p)).reshape(-1) for p, has in zip(params, present)]
-                         + [torch.tensor(present, dtype=params[0].dtype, device=params[0].device)])
-        dist.all_reduce(flat)
-        flat /= self.dist.world_size
-        offset, touched = 0, flat[-len(params):] > 0
-        for p, has, anyone in zip(params, present, touched.tolist()):
-            part = flat[offset: offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if has:
-                p.grad.copy_(part)
-            elif anyone:
-                p.grad = part.clone()
-
     def train_update(self) -> tuple[dict[str, float], bool]:
         """One optimizer update over `grad_accum` windows. Returns (metrics, epoch ended)."""
         cfg = self.cfg
@@ -278,7 +243,8 @@ class LMTrainer:
                 self.state = None
                 self.schedule.on_epoch_end(self.epoch)
                 break
-        self._sync_gradients()
+        if self.dist.distributed:
+            distributed.average_gradients(list(self.model.parameters()), self.dist.world_size)
         if self.dist.distributed:  # log the global mean, not rank 0's shard
             keys = sorted(sums)
             values = distributed.all_reduce_mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
