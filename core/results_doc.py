@@ -119,6 +119,13 @@ def render_lm(rec: dict[str, Any]) -> str:
         out += "\n\n" + "; ".join(facts) + "."
     if has_paper and paper.get("source"):
         out += f" Paper: {paper['source']}."
+    curve = train.get("valid_curve") or []
+    if curve:  # [update, epoch, valid ppl] per evaluation, kept by the record when the run dir is gone
+        by = "epoch" if all(e is not None for _, e, _ in curve) and len({e for _, e, _ in curve}) == len(curve) else "update"
+        points = " · ".join(f"{e if by == 'epoch' else u:,}: {ppl:.1f}" for u, e, ppl in curve)
+        best = min(ppl for _, _, ppl in curve)
+        paper_valid = f"; the paper's final valid perplexity: {_num(paper['valid_ppl'], '{}')}" if paper.get("valid_ppl") else ""
+        out += f"\n\nValidation perplexity by {by} (the trainer's evaluation): {points} (best {best:.1f}{paper_valid})."
     return out
 
 

@@ -173,6 +173,18 @@ def test_a_resumed_run_says_its_throughput_and_load_are_its_last_processs(tmp_pa
     assert "1.50 at the start of its last (resumed) training process, 2.50 at end; wall 1 min 40 s" in out
 
 
+def test_an_lm_record_shows_its_validation_curve_beside_the_papers_figure():
+    rec = {"name": "z", "kind": "lm", "command": "make z", "commit": "0" * 40, "dirty": False, "date": "2026-12-03",
+           "machine": {}, "wall_s": 60.0, "paper": {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba"},
+           "metrics": {"train": {"valid_curve": [[100, 1, 250.04], [200, 2, 180.0], [300, 3, 181.25]]},
+                       "valid": {"tokens": 10, "nats_per_token": 4.8, "bits_per_token": 6.9, "ppl": 121.5}}}
+    out = results_doc.render("z", {"z": rec})
+    assert ("Validation perplexity by epoch (the trainer's evaluation): 1: 250.0 · 2: 180.0 · 3: 181.2 "
+            "(best 180.0; the paper's final valid perplexity: 120.7).") in out
+    rec["metrics"]["train"]["valid_curve"] = [[100, 1, 250.0], [200, 1, 180.0]]  # two evaluations in one epoch
+    assert "by update (the trainer's evaluation): 100: 250.0 · 200: 180.0" in results_doc.render("z", {"z": rec})
+
+
 def test_pm_shows_the_spread_to_two_significant_digits():
     assert results_views.pm(0.07009, 0.003196) == "0.0701 ± 0.0032"
     assert results_views.pm(17.71, 2.49) == "17.7 ± 2.5"
