@@ -168,3 +168,10 @@ def gather_columns(state):
             h, c = torch.cat(hs, 1), torch.cat(cs, 1)
         out.append([h.detach().cpu(), c.detach().cpu()])
     return out
+
+
+def lost_process_error(rank: int, exc: RuntimeError, last_checkpoint) -> LmlabError:
+    """The one error line for a collective that failed because another process of the job died or timed out."""
+    first = " ".join(str(exc).split())[:200]
+    return LmlabError(f"rank {rank}: lost another process of the job ({first}); the last complete "
+                      f"checkpoint is {last_checkpoint}: rerun the same command to resume")

@@ -23,21 +23,26 @@ def _train_losses(run):
     return [r["train_loss_nats"] for r in rows if "train_loss_nats" in r]
 
 
-def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
+def _one_and_two_processes(tmp_path, data, extra: list[str], port: int):
+    """The same train-lm command as one process (run dir one/) and under torchrun with 2 (two/): their per-update
+    train losses and last checkpoints."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, "--data", str(tiny_data), "--run-dir", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, *extra, "--data", str(data), "--run-dir", str(tmp_path / "one")],
                             cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
-                            "-m", "lmlab", *COMMON, "--data", str(tiny_data), "--run-dir", str(tmp_path / "two")],
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                            "-m", "lmlab", *COMMON, *extra, "--data", str(data), "--run-dir", str(tmp_path / "two")],
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert multi.returncode == 0, multi.stderr[-2000:]
-    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    return (_train_losses(tmp_path / "one"), _train_losses(tmp_path / "two"),
+            load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm"), load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm"))
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
+    one, two, a, b = _one_and_two_processes(tmp_path, tiny_data, [], 29571)
     assert len(one) == len(two) == 8
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
-    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm")
-    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4)
     # the carried LSTM state of all columns is gathered into the checkpoint
@@ -50,20 +55,10 @@ def test_torchrun_transformer_with_gradient_accumulation_matches_one_process(tmp
                    "--set", "model.transformer.dropout=0.0", "--set", "optim.grad_accum=2", "--set", "optim.lr=0.5"]
     # SGD (COMMON's optimizer): Adam's division by sqrt(v) would blow float-rounding differences of near-zero
     # gradients up to lr-sized steps, hiding whether the two runs computed the same update
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, *transformer, "--data", str(tiny_data),
-                             "--run-dir", str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29577",
-                            "-m", "lmlab", *COMMON, *transformer, "--data", str(tiny_data), "--run-dir", str(tmp_path / "two")],
-                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-2000:]
-    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    one, two, a, b = _one_and_two_processes(tmp_path, tiny_data, transformer, 29577)
+    a, b = a["model"], b["model"]
     assert len(one) == len(two) == 8
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
-    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm")["model"]
-    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
@@ -92,20 +87,10 @@ def test_torchrun_adaptive_softmax_with_untouched_tail_band(tmp_path):
     data = _banded_corpus(tmp_path)
     adaptive = ["--set", "model.output.kind=adaptive", "--set", "model.output.adaptive.cutoffs=[12]",
                 "--set", "model.output.tie=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    single = subprocess.run([sys.executable, "-m", "lmlab", *COMMON, *adaptive, "--data", str(data), "--run-dir", str(tmp_path / "one")],
-                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
-                            "-m", "lmlab", *COMMON, *adaptive, "--data", str(data), "--run-dir", str(tmp_path / "two")],
-                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-2000:]
-    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    one, two, a, b = _one_and_two_processes(tmp_path, data, adaptive, 29573)
+    a, b = a["model"], b["model"]
     assert len(one) == len(two) == 8
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
-    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm")["model"]
-    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 

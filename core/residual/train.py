@@ -331,9 +331,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         except RuntimeError as exc:
             if not trainer.dist.distributed:
                 raise
-            first = " ".join(str(exc).split())[:200]
-            raise LmlabError(f"rank {trainer.dist.rank}: lost another process of the job ({first}); the last complete "
-                             f"checkpoint is {trainer.run.last}: rerun the same command to resume") from exc
+            raise distributed.lost_process_error(trainer.dist.rank, exc, trainer.run.last) from exc
     finally:
         if launched_distributed:
             distributed.shutdown()
