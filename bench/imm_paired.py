@@ -1,6 +1,8 @@
 """Paired seeds of a two-arm comparison (dropout-only vs + IMM): best validation perplexity of each run
 (test perplexity too where RUN/eval-test.json exists), mean ± sd per arm, and the paired difference
-(IMM − dropout-only) with its standard error, as Markdown; --json writes the same numbers.
+(IMM − dropout-only) with its standard error, as Markdown; --json writes the same numbers. The paper's claim is
+read as: the arm's mean below the base's by more than twice the paired standard error; the output says whether the
+measured seeds show it, and the paper's own figures (--paper-base/--paper-arm) are printed beside.
 
     python bench/imm_paired.py runs/imm-ptb-cpu --seeds 1 2 3 [--base dropout --arm imm] [--json out.json]
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="dropout")
     ap.add_argument("--arm", default="imm")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--paper-base", type=float, help="the paper's figure for the base arm (validation perplexity)")
+    ap.add_argument("--paper-arm", type=float, help="the paper's figure for the arm")
+    ap.add_argument("--paper-source", default="", help="where the paper figures come from (setting, table)")
     args = ap.parse_args(argv)
     rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm}
     for metric, read in (("valid_ppl", best_valid_ppl), ("test_ppl", test_ppl)):
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out[metric] = {"per_seed": {s: {args.base: b, args.arm: a} for s, b, a in zip(args.seeds, base, arm)},
                        args.base: summary(base), args.arm: summary(arm), "difference": paired(base, arm)}
+        d = out[metric]["difference"]
+        d["below_by_2se"] = d["se"] is not None and d["mean"] < -2 * d["se"]  # the paper's claim, on these seeds
         for s, b, a in zip(args.seeds, base, arm):
             rows.append(f"| {metric} | {s} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
         sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
@@ -69,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| metric | seed | {args.base} | {args.arm} | {args.arm} − {args.base} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
+    for metric in ("valid_ppl", "test_ppl"):
+        if metric in out:
+            d = out[metric]["difference"]
+            verdict = "shows" if d["below_by_2se"] else "does not show"
+            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds): this "
+                  f"{verdict} the paper's claim ({args.arm} below {args.base} by more than 2 SE).")
+    if args.paper_base is not None and args.paper_arm is not None:
+        out["paper"] = {args.base: args.paper_base, args.arm: args.paper_arm, "source": args.paper_source}
+        print(f"\nPaper ({args.paper_source}): {args.base} {args.paper_base:g}, {args.arm} {args.paper_arm:g} "
+              f"({args.paper_arm - args.paper_base:+g}).")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     return 0

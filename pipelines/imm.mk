@@ -115,28 +115,42 @@ $(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
 	  $(LMLAB) prep --train - --valid $(LMLAB_PTB)/ptb.valid.txt --test $(LMLAB_PTB)/ptb.test.txt \
 	  --tokenizer data/ptb/tokenizer.json --out $(IMM_CPU_DATA) --force
 
-# $(call imm_cpu_arm,ARM,PRESETS,SEED): the stamp $(IMM_CPU_RUNS)/ARM-sSEED.train.json, trained by train_lm (lm.mk)
+# $(call imm_cpu_arm,RUNS,ARM,PRESETS,SEED): the stamp RUNS/ARM-sSEED.train.json, trained by train_lm (lm.mk)
 define imm_cpu_arm
-$(IMM_CPU_RUNS)/$(1)-s$(3).train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $(3)
-$(IMM_CPU_RUNS)/$(1)-s$(3).train.json: $(IMM_CPU_DATA)/meta.json $(if $(filter imm,$(1)),$(IMM_CPU_DATA)/kn_bigram.safetensors)
-	$$(call train_lm,$(2),$(IMM_CPU_RUNS)/$(1)-s$(3))
+$(1)/$(2)-s$(4).train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $(4)
+$(1)/$(2)-s$(4).train.json: $(IMM_CPU_DATA)/meta.json $(if $(filter imm,$(2)),$(IMM_CPU_DATA)/kn_bigram.safetensors)
+	$$(call train_lm,$(3),$(1)/$(2)-s$(4))
 endef
-$(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,dropout,ptb ptb-lstm-small-dropout,$(s))))
-$(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,imm,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(s))))
 
-$(IMM_CPU_RUNS)/%/eval-test.json: $(IMM_CPU_RUNS)/%.train.json
-	$(LMLAB) eval-ppl -c $(IMM_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
+# $(call imm_cpu_tier,NAME,RUNS,BASE_PRESETS,IMM_PRESET[,PAPER_VAR]): both arms for every seed in IMM_CPU_SEEDS, their
+# test perplexities, and results/NAME.json (bench/imm_paired.py pairs the seeds and prints the paper's figures held in
+# the variable PAPER_VAR beside them; the figure plots every valid curve)
+define imm_cpu_tier
+$(foreach s,$(IMM_CPU_SEEDS),$(call imm_cpu_arm,$(2),dropout,$(3),$(s))
+$(call imm_cpu_arm,$(2),imm,$(3) $(4),$(s))
+)
+$(2)/%/eval-test.json: $(2)/%.train.json
+	$$(LMLAB) eval-ppl -c $(2)/$$*/checkpoints/best.pt --split test -q > $$@
 
-IMM_CPU_ARMS = $(foreach s,$(IMM_CPU_SEEDS),dropout-s$(s) imm-s$(s))
+results/$(1).json: $(foreach s,$(IMM_CPU_SEEDS),$(2)/dropout-s$(s)/eval-test.json $(2)/imm-s$(s)/eval-test.json)
+	@mkdir -p $$(@D)
+	$$(PYTHON) bench/imm_paired.py $(2) --seeds $$(IMM_CPU_SEEDS) $(if $(5),$$($(5))) --json $(2)/paired.json > $(2)/paired.md
+	$$(LMLAB) plot $(foreach s,$(IMM_CPU_SEEDS),$(2)/dropout-s$(s) $(2)/imm-s$(s)) --x epoch -o docs/figures/$(1).png
+	$$(RECORD) $(1) --command '$$(call made_by,$(1))' $(foreach s,$(IMM_CPU_SEEDS),--train dropout-s$(s)=$(2)/dropout-s$(s).train.json --train imm-s$(s)=$(2)/imm-s$(s).train.json) \
+	  --json paired=$(2)/paired.json --markdown $(2)/paired.md --seed '$$(IMM_CPU_SEEDS)'
+	$$(RESULTS_DOC)
 
-results/imm-ptb-cpu.json: $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%/eval-test.json)
-	@mkdir -p $(@D)
-	$(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --json $(IMM_CPU_RUNS)/paired.json > $(IMM_CPU_RUNS)/paired.md
-	$(LMLAB) plot $(IMM_CPU_ARMS:%=$(IMM_CPU_RUNS)/%) --x epoch -o docs/figures/imm-ptb-cpu.png
-	$(RECORD) imm-ptb-cpu --command '$(call made_by,imm-ptb-cpu)' $(foreach a,$(IMM_CPU_ARMS),--train $(a)=$(IMM_CPU_RUNS)/$(a).train.json) \
-	  --json paired=$(IMM_CPU_RUNS)/paired.json --markdown $(IMM_CPU_RUNS)/paired.md --seed '$(IMM_CPU_SEEDS)'
-	$(RESULTS_DOC)
+$(1): results/$(1).json
+	@$$(RESULTS_DOC) --print $(1)
+.PHONY: $(1)
+endef
 
-imm-ptb-cpu: results/imm-ptb-cpu.json  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
-	@$(RESULTS_DOC) --print imm-ptb-cpu
-.PHONY: imm-ptb-cpu
+# the paper's side: the official code's README (Table 1's setting at full size: 2x1500 LSTM on all of PTB)
+IMM_PTB_PAPER = --paper-base 81.6 --paper-arm 76 --paper-source "official code README, 2x1500 LSTM on all of PTB: dropout-only best 81.6 (Xie et al.), with IMM 76.x; not this CPU scale"
+$(eval $(call imm_cpu_tier,imm-ptb-cpu,$(IMM_CPU_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER))
+imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+
+# The same protocol on a 2-layer Transformer LM (item 4 of the IMM issue): same data, seeds and IMM settings.
+IMM_TF_RUNS ?= runs/imm-transformer-ptb-cpu
+$(eval $(call imm_cpu_tier,imm-transformer-ptb-cpu,$(IMM_TF_RUNS),ptb ptb-transformer-small-dropout,ptb-transformer-small-imm))
+imm-transformer-ptb-cpu:  ## dropout-only vs + IMM, 2x256 Transformer LM on a quarter of PTB, seeds 1-3 paired (CPU, hours) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]

@@ -263,6 +263,23 @@ def test_cpu_pair_differs_by_imm_alone():
     assert 90 < imm.imm.start_below_ppl < 200 and imm.imm.lr_at_start == 0.5
 
 
+def test_transformer_cpu_pair_differs_by_imm_alone():
+    """make imm-transformer-ptb-cpu: the LSTM pair's protocol on a Transformer; IMM's SGD-only settings are off."""
+    base = _preset("ptb,ptb-transformer-small-dropout")
+    imm = _preset("ptb,ptb-transformer-small-dropout,ptb-transformer-small-imm")
+    strip = ("objective", "imm", "run")
+    assert {k: v for k, v in to_dict(base).items() if k not in strip} == {k: v for k, v in to_dict(imm).items() if k not in strip}
+    assert (base.objective, imm.objective, base.model.kind) == ("ce", "imm", "transformer")
+    # the sampled contexts are windows as long as the training ones, within the model's context
+    assert base.data.bptt == base.model.transformer.context == 35 and imm.imm.context in (0, 35)
+    assert (base.schedule.name, base.schedule.decay, base.schedule.reload_best, base.optim.loss_reduction) == \
+        ("plateau", 2.0, True, "mean_token")
+    i = imm.imm
+    assert (i.weight, i.k, i.j, i.every, i.sampled_start, i.clip, i.between) == (0.2, 10, 5, 5, "zero", "main", "smoothed")
+    assert i.lr_at_start <= 0  # the official 0.5 is an SGD lr; AdamW keeps its schedule
+    assert i.embedding_grad == "plain" and base.model.output.tie  # the official rule needs untied embeddings
+
+
 def test_forget_bias_is_tensorflows_constant():
     """forget_bias = 1 changes only the forget-gate slice of bias_ih (by exactly 1) and computes TF's
     BasicLSTMCell: f = σ(W x + U h + b_f + 1); forget_bias = 0 leaves every parameter bitwise as without it."""
@@ -314,3 +331,9 @@ def test_paired_seed_statistics_by_hand(tmp_path):
     assert d["mean"] == pytest.approx(-7 / 3) and d["sd"] == pytest.approx(math.sqrt(7 / 3))
     assert d["se"] == pytest.approx(math.sqrt(7 / 3) / math.sqrt(3))
     assert "test_ppl" not in json.loads((tmp_path / "out.json").read_text())  # no eval-test.json yet
+    assert d["below_by_2se"]  # -2.33 < -2 x 0.88
+    # the arms swapped: IMM above by the same amount is not the claim; the paper's figures are printed beside
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--base", "imm", "--arm", "dropout", "--json",
+                        str(tmp_path / "swap.json"), "--paper-base", "81.6", "--paper-arm", "76"]) == 0
+    swap = json.loads((tmp_path / "swap.json").read_text())
+    assert not swap["valid_ppl"]["difference"]["below_by_2se"] and swap["paper"]["imm"] == 81.6

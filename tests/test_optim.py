@@ -39,6 +39,14 @@ def test_plateau_decays_after_patience_and_reports_it():
     assert s.lr == 0.25 and s.decays == 1
 
 
+def test_plateau_warms_up_then_follows_its_decays():
+    s = LRSchedule(ScheduleConfig(name="plateau", warmup_steps=4, decay=2.0), 1e-3, 100)
+    assert [s.lr_at(t) for t in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    s.on_eval(5.0), s.on_eval(6.0)  # a plateau halves the lr the warmup hands over to
+    assert s.lr_at(10) == pytest.approx(5e-4)
+    assert LRSchedule(ScheduleConfig(name="plateau"), 1e-3, 100).lr_at(0) == 1e-3  # no warmup: unchanged
+
+
 def test_nt_asgd_trigger_counts_nonmono_as_the_reference_code():
     """AWD-LSTM checks `len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono])` *before*
     appending val_loss: the `nonmono` evaluations just before the newest are left out of the minimum."""

@@ -59,7 +59,7 @@ class ScheduleConfig:
                        choices=("plateau", "cosine", "step", "multistep", "constant"))
     epochs: int = option(0, "epochs to train (0: use max_steps)", check=at_least(0))
     max_steps: int = option(1000, "optimizer updates to train when epochs = 0", check=at_least(1))
-    warmup_steps: int = option(0, "linear warmup updates (cosine)", check=at_least(0))
+    warmup_steps: int = option(0, "linear warmup updates (cosine, plateau, constant)", check=at_least(0))
     min_lr_ratio: float = option(0.1, "cosine floor as a fraction of lr", check=between(0, 1))
     decay: float = option(4.0, "divide lr by this on plateau / per epoch after decay_start (step)", check=greater_than(0))
     decay_start: int = option(0, "first epoch (1-based) whose end divides lr (step schedule)", check=at_least(0))

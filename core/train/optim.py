@@ -62,8 +62,8 @@ class LRSchedule:
             progress = min(1.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps))
             floor = self.base_lr * c.min_lr_ratio
             return floor + 0.5 * (self.base_lr - floor) * (1 + math.cos(math.pi * progress))
-        if c.name == "constant" and c.warmup_steps and step < c.warmup_steps:
-            return self.base_lr * (step + 1) / c.warmup_steps
+        if c.name in ("constant", "plateau") and c.warmup_steps and step < c.warmup_steps:
+            return self.base_lr * (step + 1) / c.warmup_steps  # linear warmup, then the event-driven lr
         return self.lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
