@@ -9,7 +9,6 @@ import typer
 from lmlab.cli.common import (PRESET_HELP, SET_HELP, exit_if_interrupted, handle_errors, make_reporter, nested, print_config,
                               resolve_config, strict_json)
 from lmlab.cli.train_lm import _load
-from lmlab.core import distributed
 from lmlab.core.errors import LmlabError
 
 KINDS = {"residual": ("lmlab.core.residual.train:Config", "lmlab.core.residual.train:train"),
@@ -33,8 +32,8 @@ def train_ebm(
 ):
     """Train an energy-based model; rerunning the same command resumes it.
 
-    --kind residual trains data-parallel under torchrun or srun (data.batch_size is the global batch; only rank 0
-    writes); --kind gebm runs as one process.
+    Both kinds train data-parallel under torchrun or srun: data.batch_size is the global batch, only rank 0
+    writes.
 
     \b
     Examples:
@@ -43,9 +42,6 @@ def train_ebm(
     """
     if kind not in KINDS:
         raise LmlabError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if kind == "gebm" and distributed.detect()[2] > 1:  # each process would train alone into the same run dir
-        raise LmlabError("train-ebm --kind gebm runs as one process (--kind residual is data-parallel, GEBM not yet): "
-                         "launch it without torchrun or srun --ntasks > 1, on one device (--device cuda:N)")
     cls_ref, fn_ref = KINDS[kind]
     extra = {"run.dir": run_dir, "hardware.device": device, "schedule.max_steps": steps, "seed": seed, "run.resume": resume,
              "run.force": True if force else None}

@@ -131,6 +131,8 @@ class HardwareConfig:
                             choices=("fp32", "bf16", "fp16"))
     compile: bool = option(False, f"train-lm's key; {FP32_ONLY}, so only false is accepted")
     threads: int = option(0, "torch CPU threads (0 = torch default)", check=at_least(0))
+    dist_timeout_s: float = option(300.0, "collective timeout under torchrun/srun: a dead rank stops the job after this long instead of hanging",
+                                   check=greater_than(0))
 
     def problems(self):
         if self.precision != "fp32":

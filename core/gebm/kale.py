@@ -37,11 +37,15 @@ def base_loss(e_fake: torch.Tensor, e_real: torch.Tensor | None = None) -> torch
     return loss if e_real is None else loss - e_real.mean()
 
 
-def gradient_penalty(energy, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """mean_i ||grad_x E(x_i)||^2 at x_i = a real_i + (1-a) fake_i, a ~ U(0,1) per example (official penalty)."""
+def gradient_penalty(energy, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None,
+                     alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_i ||grad_x E(x_i)||^2 at x_i = a real_i + (1-a) fake_i, a ~ U(0,1) per example (official penalty).
+    `alpha` (n, 1, ...): given weights instead of drawing them (a process's rows of the global batch's draw)."""
     n = min(real.shape[0], fake.shape[0])
     shape = (n,) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, generator=generator).to(real.device, real.dtype)
+    if alpha is None:
+        alpha = torch.rand(shape, generator=generator)
+    alpha = alpha.to(real.device, real.dtype)
     x = (alpha * real[:n].detach() + (1 - alpha) * fake[:n].detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(energy(x).sum(), x, create_graph=True)
     return grad.reshape(n, -1).pow(2).sum(dim=1).mean()

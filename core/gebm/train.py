@@ -4,18 +4,25 @@ One "step" is one base update preceded by its energy updates: 100 before base st
 every `init_every`-th, `energy_steps` (5) otherwise. The run dir holds config.json, metrics.jsonl
 and checkpoints whose state (nets, both Adams, A, step, data position, RNG states, resolved config)
 lets a killed run continue bit-for-bit where its last checkpoint was.
+
+Data-parallel under torchrun/srun: `data.batch_size` is the global batch. Every process draws the global batch's
+indices, latents and penalty weights from the same seeded streams and computes its own rows (`Shares`); gradients
+are averaged in one all-reduce per update (the gradient penalty's double backward rules out DDP's hooks), the base
+step's log-mean-exp over all latents is reduced exactly, and rank 0 alone writes. Batch-norm statistics (the image
+generator's) are those of a process's rows, as under torch DDP.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmlab.core.config import check_renamed_file, to_dict
-from lmlab.core.distributed import pick_device
+from lmlab.core import distributed
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.config import Config  # noqa: F401  (re-exported for the CLI)
@@ -23,9 +30,10 @@ from lmlab.core.gebm.evaluate import log_partition_is, nll_rows
 from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init_log_partition, transform_grads,
                                   weight_l2_penalty)
 from lmlab.core.gebm.models import build
-from lmlab.core.reporting import Reporter
+from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
+from lmlab.core.train.batches import batch_not_divisible
 
 KIND = "gebm"
 
@@ -49,6 +57,46 @@ class Batches:
         idx = self._perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         return self.data[idx]
+
+
+class Shares:
+    """This process's rows of the global batch (B data rows, N >= B latents) among W processes: data rows
+    [rB/W, (r+1)B/W); latents the same rows (the gradient penalty pairs data row i with latent row i) plus an
+    equal share of rows B..N. Equal shares make one process's means over the global batch the mean of the W
+    processes' means. One process: the whole batch, untouched."""
+
+    def __init__(self, rank: int, world: int, batch: int, n_fake: int):
+        if batch % world or n_fake % world:  # data.batch_size itself was checked first; a data set smaller than it
+            raise LmlabError(f"{batch} data rows and {n_fake} latents per update cannot be shared by {world} processes: "
+                             f"set data.batch_size to a multiple of {world} no larger than the data set")
+        self.world = world
+        self.rows = slice(rank * batch // world, (rank + 1) * batch // world)
+        extra = n_fake - batch
+        self.fake_rows = torch.cat([torch.arange(batch)[self.rows],
+                                    batch + torch.arange(rank * extra // world, (rank + 1) * extra // world)])
+
+    def real(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.world == 1 else x[self.rows]
+
+    def fake(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.world == 1 else z[self.fake_rows.to(z.device)]
+
+
+def _global_base_loss(e_fake: torch.Tensor, e_real: torch.Tensor | None, n_fake: int, rank: int, world: int):
+    """Algorithm 1's base loss over the global batch from this process's rows: (its value, a surrogate whose gradient,
+    once averaged over the processes, is the global loss's). -log mean exp(-E) has gradient softmax(-E) over *all*
+    latents, so the normaliser is reduced across processes first."""
+    neg = -e_fake.detach()
+    lse = torch.zeros(world, dtype=neg.dtype, device=neg.device)
+    lse[rank] = torch.logsumexp(neg, 0)
+    lse = torch.logsumexp(distributed.all_reduce_sum(lse), 0)  # log sum exp(-E) over every latent
+    weights = torch.exp(neg - lse)  # softmax(-E) over the global latent batch, this process's rows
+    value = -(lse - math.log(n_fake))
+    surrogate = world * (weights * e_fake).sum()  # averaged over W processes: sum_i w_i grad E(G(z_i))
+    if e_real is not None:
+        value = value - distributed.all_reduce_mean(e_real.detach().mean())
+        surrogate = surrogate - e_real.mean()
+    return value, surrogate
 
 
 def _check(value: torch.Tensor, what: str, step: int) -> float:
@@ -79,15 +127,36 @@ def lr_factor(updates: int, steps: list[int], decay: float) -> float:
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train a GEBM (or its base by MLE); returns a summary dict. Under torchrun/srun every process calls this;
+    they train one model data-parallel and rank 0 writes."""
+    launched_distributed = distributed.detect()[2] > 1
+    try:
+        return _train(cfg, reporter)
+    except RuntimeError as exc:
+        if not launched_distributed:
+            raise
+        raise distributed.lost_process_error(distributed.detect()[0], exc, Path(cfg.run.dir) / "checkpoints" / "last.pt") from exc
+    finally:
+        if launched_distributed:
+            distributed.shutdown()
+
+
+def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter = reporter or Reporter()
     _validate(cfg)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
-    device = pick_device(cfg.hardware.device)
-    rundir = RunDir(cfg.run.dir)
+    dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
+    device, world = dist.device, dist.world_size
+    if not dist.is_main:
+        reporter = NullReporter()  # rank 0 reports for the job
+    if cfg.data.batch_size % world:
+        raise LmlabError(batch_not_divisible(cfg.data.batch_size, world))
+    rundir = RunDir(cfg.run.dir, is_main=dist.is_main)
     if cfg.run.resume != "never":
         check_renamed_file(Config, rundir.config_path)  # a run dir from before issue #13's renames
     resuming = rundir.prepare(to_dict(cfg), cfg.run.resume, cfg.run.force)
+    distributed.barrier()  # rank 0 has created (or moved aside) the run dir before any rank reads last.pt
 
     # data -------------------------------------------------------------------------------------
     raw = gdata.load_for_config(cfg.data)
@@ -120,6 +189,19 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     # base is frozen in the energy step), and divides by all their shape dims, so the energy's share is as there
     penalised = list(energy.parameters()) + (list(base.parameters()) if cfg.model.energy == "flow-combined" else [])
     n_fake = o.noise_factor * batch_size
+    shares = Shares(dist.rank, world, batches.batch_size, n_fake)
+    energy_params = list(energy.parameters()) + [log_partition]
+
+    agreed = {"stop": False}
+
+    def stopping() -> bool:  # every process leaves a loop at the same update
+        agreed["stop"] = distributed.any_true(stop.requested, device) if world > 1 else stop.requested
+        return agreed["stop"]
+
+    def averaged(*values: torch.Tensor) -> list[torch.Tensor]:  # the global batch's figures, the same on every rank
+        if world == 1:
+            return [v.detach() for v in values]
+        return list(distributed.all_reduce_mean(torch.stack([v.detach().double() for v in values])).unbind())
 
     def set_lr() -> None:
         f = lr_factor(updates, lr_steps, o.lr_decay)
@@ -127,8 +209,9 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = lr * f
 
-    def fake_batch(n: int, grad: bool) -> torch.Tensor:
-        z = base.sample(n, gen, device)
+    def fake_batch(n: int, grad: bool, share: bool = True) -> torch.Tensor:
+        z = base.sample(n, gen, device)  # every process draws the global latents: the streams stay in step
+        z = shares.fake(z) if share else z
         with torch.set_grad_enabled(grad):
             return base(z)
 
@@ -150,7 +233,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         reporter.log(f"resumed {rundir.last} at base step {step}")
     elif o.objective == "gebm":
         base.eval()
-        a0 = init_log_partition(energy, lambda: fake_batch(n_fake, False), o.init_log_partition_batches)
+        a0 = init_log_partition(energy, lambda: fake_batch(n_fake, False, share=False), o.init_log_partition_batches)
         with torch.no_grad():
             log_partition.fill_(a0)  # A_0 = log mean exp(-E(G(z)))
         reporter.log(f"initial log-partition A = {a0:.4f}")
@@ -181,7 +264,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
     reporter.start(max_steps, "gebm")
     try:
-        while step < max_steps and not stop.requested:
+        while step < max_steps and not stopping():
             rec: dict[str, float] = {}
             if o.objective == "gebm":
                 n_e = o.energy_steps_init if (step < 2 or step % o.init_every == 0) else o.energy_steps
@@ -190,24 +273,31 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 for p in base.parameters():  # a combined energy reads log b(x): no base grads in the energy step
                     p.requires_grad_(False)
                 for _ in range(energy_done, n_e):  # energy step of Algorithm 1
-                    if stop.requested:  # a long energy phase (100 steps at init) must not delay a SLURM stop
+                    if stopping():  # a long energy phase (100 steps at init) must not delay a SLURM stop
                         break
-                    real = prep(batches.next()).to(device)
+                    real = shares.real(prep(batches.next())).to(device)
                     fake = fake_batch(n_fake, False)
                     e_real, e_fake = energy(real), energy(fake)
                     loss = energy_loss(e_real, e_fake, log_partition)
-                    pen = gradient_penalty(energy, real, fake, gen) if o.penalty > 0 else torch.zeros((), device=device)
+                    if o.penalty > 0:  # the global batch's weights, this process's rows
+                        alpha = None if world == 1 else shares.real(torch.rand((len(real) * world,) + (1,) * (real.dim() - 1), generator=gen))
+                        pen = gradient_penalty(energy, real, fake, gen, alpha=alpha)
+                    else:
+                        pen = torch.zeros((), device=device)
                     if o.penalty > 0 and o.penalty_type == "gradient_l2":
                         pen = pen + weight_l2_penalty(penalised)
+                    loss_all, pen_all = averaged(loss, pen)  # every rank checks the same figures
                     opt_e.zero_grad(set_to_none=True)
                     (loss + o.penalty * pen).backward()
-                    if o.grad_transform:
+                    if world > 1:
+                        distributed.average_gradients(energy_params, world)
+                    if o.grad_transform:  # on the global gradient: the transform is not linear
                         transform_grads(energy.parameters(), log_partition)
                     set_lr()
                     opt_e.step()
                     updates += 1
-                    rec["energy_loss_nats"] = _check(loss.detach(), "energy loss", step)
-                    rec["grad_penalty"] = float(pen.detach())
+                    rec["energy_loss_nats"] = _check(loss_all, "energy loss", step)
+                    rec["grad_penalty"] = float(pen_all)
                     energy_done += 1
                 if energy_done < n_e:  # stopped mid-phase: save it, the resumed run makes the remaining energy steps
                     for p in base.parameters():
@@ -221,20 +311,28 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 energy.eval()
                 for p in energy.parameters():
                     p.requires_grad_(False)
-                real = prep(batches.next()).to(device)
-                lb = base_loss(energy(fake_batch(n_fake, True)), energy(real))  # base step of Algorithm 1
+                real = shares.real(prep(batches.next())).to(device)
+                e_fake, e_real = energy(fake_batch(n_fake, True)), energy(real)
+                if world == 1:
+                    lb = lb_value = base_loss(e_fake, e_real)  # base step of Algorithm 1
+                else:
+                    lb_value, lb = _global_base_loss(e_fake, e_real, n_fake, dist.rank, world)
                 for p in energy.parameters():
                     p.requires_grad_(True)
                 rec["log_partition_A"] = float(log_partition.detach())
             else:
                 base.train()
-                lb = -base.log_prob(prep(batches.next()).to(device)).mean()  # maximum likelihood baseline
+                lb = -base.log_prob(shares.real(prep(batches.next())).to(device)).mean()  # maximum likelihood baseline
+                (lb_value,) = averaged(lb)
+            _check(lb_value, "base loss", step)  # before backward: every rank raises, none waits in the all-reduce
             opt_b.zero_grad(set_to_none=True)
             lb.backward()
+            if world > 1:
+                distributed.average_gradients(list(base.parameters()), world)
             set_lr()
             opt_b.step()
             updates += 1
-            rec["base_loss_nats"] = _check(lb.detach(), "base loss", step)
+            rec["base_loss_nats"] = float(lb_value)
             step += 1
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -255,7 +353,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                     rundir.log_metrics({"step": step, **ev})
                     reporter.log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
                 rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.run.keep)
-        if stop.requested and step < max_steps:
+        if agreed["stop"] and step < max_steps:
             inside = f" after {energy_done} energy updates of base step {step + 1}" if energy_done else ""
             reporter.log(f"{stop.signal_name}: saving base step {step}{inside} and stopping")
             rundir.save(state(), KIND, step, is_best=False, keep=cfg.run.keep)
@@ -264,5 +362,5 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         reporter.finish()
         rundir.release()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
-            "stopped_by": stop.signal_name, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
+            "stopped_by": stop.signal_name or ("signal" if agreed["stop"] and step < max_steps else None), "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}
