@@ -233,3 +233,38 @@ def test_hardware_precision_is_applied_not_ignored(setup):
         assert all(v.dtype == torch.float32 for v in state["energy"].values() if v.is_floating_point())
     assert rows["fp32"] != rows["bf16"]
     assert max(abs(a - b) for a, b in zip(rows["fp32"], rows["bf16"])) < 0.05
+
+
+def test_a_stop_during_evaluation_saves_and_the_resumed_run_evaluates_first(setup, monkeypatch):
+    """SIGTERM while the validation at update 6 runs: met at the next validation chunk, saved with the evaluation
+    pending; the rerun evaluates update 6 first and ends bit for bit where an uninterrupted run ends."""
+    import os
+    import signal
+    from lmlab.core.residual.train import ResidualTrainer
+    root, ckpt = setup
+    sched = {"schedule": {"max_steps": 9, "warmup_steps": 2}}
+    train(make_cfg(root, ckpt, "stop-whole", **sched))
+    real, calls = ResidualTrainer.evaluate, [0]
+
+    def signalled_in_second_evaluation(self):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(ResidualTrainer, "evaluate", signalled_in_second_evaluation)
+    cut = train(make_cfg(root, ckpt, "stop-cut", **sched))
+    assert cut["stopped_by"] == "SIGTERM" and cut["step"] == 6
+    assert load_checkpoint(root / "stop-cut/checkpoints/last.pt", "residual-ebm")["eval_pending"] is True
+
+    def valid_rows(run):
+        return [json.loads(l) for l in (root / run / "metrics.jsonl").read_text().splitlines() if "valid_loss_nats" in l]
+
+    assert [r["step"] for r in valid_rows("stop-cut")] == [3]  # the cut evaluation logged nothing
+    monkeypatch.setattr(ResidualTrainer, "evaluate", real)
+    resumed = train(make_cfg(root, ckpt, "stop-cut", **sched))
+    assert resumed["stopped_by"] is None and resumed["step"] == 9
+    assert valid_rows("stop-cut") == valid_rows("stop-whole")  # update 6 evaluated on resume, as the whole run did
+    a = load_checkpoint(root / "stop-whole/checkpoints/last.pt", "residual-ebm")["energy"]
+    b = load_checkpoint(root / "stop-cut/checkpoints/last.pt", "residual-ebm")["energy"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -43,7 +43,7 @@ from lmlab.core.residual.mlm import MLMPretrainer
 from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopFlag
+from lmlab.core.signals import StopFlag, StopRequested
 from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
@@ -120,6 +120,8 @@ class ResidualTrainer:
                                   lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
                                   warmup_steps=m.warmup_steps))
         self._valid_set = None
+        self.stop: StopFlag | None = None
+        self.eval_pending = False  # a stop signal cut this update's evaluation short (resume evaluates first)
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class ResidualTrainer:
                 "schedule": self.schedule.state_dict(), "step": self.step, "best_valid_nats": self.best_valid,
                 "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
                 "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "negatives": self.negatives_record,
+                "negatives": self.negatives_record, "eval_pending": self.eval_pending,
                 "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -147,6 +149,7 @@ class ResidualTrainer:
         if not self.mlm_done and ckpt.get("mlm"):
             self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
+        self.eval_pending = bool(ckpt.get("eval_pending", False))
 
     def _save(self, is_best: bool) -> None:
         self.run.save(self.checkpoint_state(), KIND, self.step, is_best=is_best, keep=self.cfg.run.keep)
@@ -199,22 +202,32 @@ class ResidualTrainer:
         self.step += 1
         return {**logged, "lr": self.schedule.get_last_lr()[0]}
 
+    def _poll_stop(self, chunk: int) -> None:
+        """Inside an evaluation: a SLURM warning (--signal=USR1@90) is met even when validation takes minutes. Every
+        rank evaluates every chunk, so ranks poll in step (a collective each 16th chunk)."""
+        if self.stop is not None and (not self.dist.distributed or chunk % 16 == 15) and \
+                distributed.any_true(self.stop.requested, self.device):
+            raise StopRequested
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """NCE loss and real-vs-LM accuracy on fixed valid windows with fixed LM negatives."""
-        if self._valid_set is None:
+        if self._valid_set is None:  # built whole or not at all: a stop inside leaves it to the next evaluation
             count = len(self.valid_windows) if self.cfg.valid.max_examples <= 0 else min(self.cfg.valid.max_examples,
                                                                                          len(self.valid_windows))
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 17)
             sampler = NegativeSampler(self.lm, self.cfg.negatives.per_prefix, self.cfg.window.continuation_len,
                                       self.cfg.negatives.top_k, self.cfg.negatives.temperature, gen)
-            self._valid_set = []
-            for start in range(0, count, 64):
+            valid_set = []
+            for chunk, start in enumerate(range(0, count, 64)):
                 prefixes, pos = self.valid_windows.get(np.arange(start, min(start + 64, count)), self.device)
-                self._valid_set.append((prefixes, pos.unsqueeze(1), sampler(prefixes)))
+                valid_set.append((prefixes, pos.unsqueeze(1), sampler(prefixes)))
+                self._poll_stop(chunk)
+            self._valid_set = valid_set
         self.energy.eval()
         e_pos, e_neg = [], []
-        for prefixes, pos, neg in self._valid_set:
+        for chunk, (prefixes, pos, neg) in enumerate(self._valid_set):
+            self._poll_stop(chunk)
             with self.autocast():
                 e = score(self.energy_forward, prefixes, torch.cat([pos, neg], dim=1), chunk=512).float()
             e_pos.append(e[:, 0])
@@ -224,8 +237,16 @@ class ResidualTrainer:
         return {"valid_loss_nats": nce_loss(e_pos, e_neg).item(), **{f"valid_{k}": v for k, v in acc.items()},
                 "valid_energy_real_mean": e_pos.mean().item(), "valid_energy_lm_mean": e_neg.mean().item()}
 
+    def _log_eval_unless_stopped(self) -> None:
+        try:
+            self._log_eval()
+        except StopRequested:
+            self.eval_pending = True  # the checkpoint the stop saves resumes by evaluating first
+
     def _log_eval(self) -> dict[str, float]:
+        self.eval_pending = True
         metrics = self.evaluate()
+        self.eval_pending = False
         is_best = metrics["valid_loss_nats"] < self.best_valid
         self.best_valid = min(self.best_valid, metrics["valid_loss_nats"])
         self.run.log_metrics({"step": self.step, **metrics})
@@ -291,8 +312,13 @@ class ResidualTrainer:
                               f"on base LM {cfg.base_lm}: {cfg.schedule.max_steps} NCE updates")
         eval_every = cfg.run.eval_interval or max(1, cfg.schedule.max_steps // 10)
         stop, stopped_by, t0, step0 = StopFlag().install(), None, time.perf_counter(), self.step
+        self.stop = stop
         try:
-            if not self.mlm_done:
+            if self.eval_pending:  # stopped inside this update's evaluation last time: evaluate as an uninterrupted run did
+                self._log_eval_unless_stopped()
+                if self.eval_pending:  # stopped again: last.pt already holds this state
+                    stopped_by = stop.signal_name or "signal"
+            if stopped_by is None and not self.mlm_done:
                 stopped_by = self._pretrain_mlm(stop)
             self.reporter.start(cfg.schedule.max_steps, "nce")
             while stopped_by is None and self.step < cfg.schedule.max_steps:
@@ -301,7 +327,7 @@ class ResidualTrainer:
                 self.run.log_metrics({"step": self.step, **record})
                 self.reporter.update(self.step, {"loss": record["train_loss_nats"], "acc": record["train_acc"]})
                 if self.step % eval_every == 0 or self.step == cfg.schedule.max_steps:
-                    self._log_eval()
+                    self._log_eval_unless_stopped()
                 elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
                     self._save(is_best=False)
                 if distributed.any_true(stop.requested, self.device):  # every rank stops after the same update
@@ -310,7 +336,10 @@ class ResidualTrainer:
                     self.reporter.log(f"{stopped_by}: saved {self.run.last} at update {self.step}; rerun to resume")
                     break
             if stopped_by is None and (self.step == 0 or not self.run.best.exists()):
-                self._log_eval()
+                self._log_eval_unless_stopped()
+                if self.eval_pending:
+                    stopped_by = stop.signal_name or "signal"
+                    self._save(is_best=False)
         finally:
             stop.uninstall()
             self.reporter.finish()
