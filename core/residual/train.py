@@ -44,6 +44,7 @@ from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag, StopRequested
+from lmlab.core.train.loop import TrainLoop
 from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
@@ -120,8 +121,13 @@ class ResidualTrainer:
                                   lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
                                   warmup_steps=m.warmup_steps))
         self._valid_set = None
-        self.stop: StopFlag | None = None
-        self.eval_pending = False  # a stop signal cut this update's evaluation short (resume evaluates first)
+        max_steps = cfg.schedule.max_steps
+        eval_every, save_every = cfg.run.eval_interval or max(1, max_steps // 10), cfg.run.save_interval
+        self.loop = TrainLoop(update=self._update_and_log, measure=self.evaluate, record=self._record_eval, save=self._save,
+                              finished=lambda: self.step >= max_steps,
+                              eval_due=lambda: self.step % eval_every == 0 or self.step == max_steps,
+                              save_due=lambda: save_every > 0 and self.step % save_every == 0,
+                              step=lambda: self.step, device=self.device, log=self.reporter.log, last=self.run.last)
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -135,7 +141,7 @@ class ResidualTrainer:
                 "schedule": self.schedule.state_dict(), "step": self.step, "best_valid_nats": self.best_valid,
                 "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
                 "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "negatives": self.negatives_record, "eval_pending": self.eval_pending,
+                "negatives": self.negatives_record, "eval_pending": self.loop.eval_pending,
                 "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -149,7 +155,7 @@ class ResidualTrainer:
         if not self.mlm_done and ckpt.get("mlm"):
             self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
-        self.eval_pending = bool(ckpt.get("eval_pending", False))
+        self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
 
     def _save(self, is_best: bool) -> None:
         self.run.save(self.checkpoint_state(), KIND, self.step, is_best=is_best, keep=self.cfg.run.keep)
@@ -205,8 +211,7 @@ class ResidualTrainer:
     def _poll_stop(self, chunk: int) -> None:
         """Inside an evaluation: a SLURM warning (--signal=USR1@90) is met even when validation takes minutes. Every
         rank evaluates every chunk, so ranks poll in step (a collective each 16th chunk)."""
-        if self.stop is not None and (not self.dist.distributed or chunk % 16 == 15) and \
-                distributed.any_true(self.stop.requested, self.device):
+        if self.loop.stop is not None and (not self.dist.distributed or chunk % 16 == 15) and self.loop.stop_requested():
             raise StopRequested
 
     @torch.no_grad()
@@ -237,23 +242,19 @@ class ResidualTrainer:
         return {"valid_loss_nats": nce_loss(e_pos, e_neg).item(), **{f"valid_{k}": v for k, v in acc.items()},
                 "valid_energy_real_mean": e_pos.mean().item(), "valid_energy_lm_mean": e_neg.mean().item()}
 
-    def _log_eval_unless_stopped(self) -> None:
-        try:
-            self._log_eval()
-        except StopRequested:
-            self.eval_pending = True  # the checkpoint the stop saves resumes by evaluating first
-
-    def _log_eval(self) -> dict[str, float]:
-        self.eval_pending = True
-        metrics = self.evaluate()
-        self.eval_pending = False
+    def _record_eval(self, metrics: dict[str, float]) -> None:
         is_best = metrics["valid_loss_nats"] < self.best_valid
         self.best_valid = min(self.best_valid, metrics["valid_loss_nats"])
         self.run.log_metrics({"step": self.step, **metrics})
         self.reporter.log(f"valid step {self.step}: loss {metrics['valid_loss_nats']:.4f} nats, "
                           f"real-vs-LM accuracy {metrics['valid_acc']:.3f}")
         self._save(is_best)
-        return metrics
+
+    def _update_and_log(self) -> None:
+        record = self.train_update()
+        record["examples_per_s"] = (self.step - self._step0) * self.cfg.data.batch_size / max(time.perf_counter() - self._t0, 1e-9)
+        self.run.log_metrics({"step": self.step, **record})
+        self.reporter.update(self.step, {"loss": record["train_loss_nats"], "acc": record["train_acc"]})
 
     def _pretrain_mlm(self, stop: StopFlag) -> str | None:
         """The MLM phase (BiT only), checkpointed like NCE so a long one resumes; returns the stopping signal or None."""
@@ -310,40 +311,16 @@ class ResidualTrainer:
         else:
             self.reporter.log(f"training residual energy ({cfg.energy.kind}, {count_parameters(self.energy):,} parameters) "
                               f"on base LM {cfg.base_lm}: {cfg.schedule.max_steps} NCE updates")
-        eval_every = cfg.run.eval_interval or max(1, cfg.schedule.max_steps // 10)
-        stop, stopped_by, t0, step0 = StopFlag().install(), None, time.perf_counter(), self.step
-        self.stop = stop
-        try:
-            if self.eval_pending:  # stopped inside this update's evaluation last time: evaluate as an uninterrupted run did
-                self._log_eval_unless_stopped()
-                if self.eval_pending:  # stopped again: last.pt already holds this state
-                    stopped_by = stop.signal_name or "signal"
-            if stopped_by is None and not self.mlm_done:
+        self._t0, self._step0, stopped_by = time.perf_counter(), self.step, None
+        with self.loop.stop_flag(self.run, self.reporter) as stop:
+            if not self.mlm_done and not self.loop.eval_pending:
                 stopped_by = self._pretrain_mlm(stop)
-            self.reporter.start(cfg.schedule.max_steps, "nce")
-            while stopped_by is None and self.step < cfg.schedule.max_steps:
-                record = self.train_update()
-                record["examples_per_s"] = (self.step - step0) * cfg.data.batch_size / max(time.perf_counter() - t0, 1e-9)
-                self.run.log_metrics({"step": self.step, **record})
-                self.reporter.update(self.step, {"loss": record["train_loss_nats"], "acc": record["train_acc"]})
-                if self.step % eval_every == 0 or self.step == cfg.schedule.max_steps:
-                    self._log_eval_unless_stopped()
-                elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
-                    self._save(is_best=False)
-                if distributed.any_true(stop.requested, self.device):  # every rank stops after the same update
-                    stopped_by = stop.signal_name or "signal"
-                    self._save(is_best=False)
-                    self.reporter.log(f"{stopped_by}: saved {self.run.last} at update {self.step}; rerun to resume")
-                    break
-            if stopped_by is None and (self.step == 0 or not self.run.best.exists()):
-                self._log_eval_unless_stopped()
-                if self.eval_pending:
-                    stopped_by = stop.signal_name or "signal"
-                    self._save(is_best=False)
-        finally:
-            stop.uninstall()
-            self.reporter.finish()
-            self.run.release()
+            if stopped_by is None:
+                self.reporter.start(cfg.schedule.max_steps, "nce")
+                stopped_by = self.loop.run()
+            if stopped_by is None and (self.step == 0 or not self.run.best.exists()) and not self.loop.evaluate():
+                stopped_by = stop.signal_name or "signal"  # a run that ends without a best.pt gets one
+                self._save(is_best=False)
         best = self.best_valid if math.isfinite(self.best_valid) else None  # None: stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best,
                 "stopped_by": stopped_by, "energy_params": count_parameters(self.energy)}

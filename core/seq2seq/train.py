@@ -25,7 +25,8 @@ from lmlab.core.rundir import RunDir
 from lmlab.core.seq2seq.config import Config, Seq2SeqScheduleConfig
 from lmlab.core.seq2seq.data import collate, epoch_order, load_split, load_tokenizers, read_meta, token_batches
 from lmlab.core.seq2seq.model import build_seq2seq, label_smoothed_nll
-from lmlab.core.signals import StopFlag
+from lmlab.core.signals import StopRequested
+from lmlab.core.train.loop import TrainLoop
 
 KIND = "seq2seq"
 
@@ -49,10 +50,13 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 
 
 @torch.no_grad()
-def evaluate(model, split, batches, device, eps: float, amp) -> dict[str, float]:
+def evaluate(model, split, batches, device, eps: float, amp, poll=None) -> dict[str, float]:
+    """`poll(i)` before batch i may raise StopRequested (a stop signal met inside a long validation)."""
     model.eval()
     loss = nll = tokens = 0.0
-    for index in batches:
+    for i, index in enumerate(batches):
+        if poll is not None:
+            poll(i)
         b = {k: v.to(device) for k, v in collate(split, index).items()}
         with amp:
             logits = model(b["src"], b["prev"])
@@ -121,88 +125,94 @@ def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     reporter.log(f"seq2seq: {sizes['params']:,} parameters ({sizes['embedding_params']:,} in embeddings), "
                  f"{len(train_split)} training pairs in {len(batches)} batches, {max_steps} updates")
 
+    pos = {"step": step, "epoch": epoch, "batch_pos": batch_pos, "best": best, "tokens": 0, "last": {}}
+    t0 = time.monotonic()
+
     def save(is_best: bool) -> None:
         state = {"model": strip_compile_prefix(model.state_dict()), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_pos": batch_pos,
-                 "best_valid_nll_nats": best, "rng": rng_state(), "config": config_dict, "vocab_size": vocab,
+                 "scheduler": scheduler.state_dict(), "step": pos["step"], "epoch": pos["epoch"], "batch_pos": pos["batch_pos"],
+                 "best_valid_nll_nats": pos["best"], "rng": rng_state(), "config": config_dict, "vocab_size": vocab,
                  "tokenizers": tokenizers, "tokenizer_sha256": meta["tokenizer_sha256"], "data_meta": meta,
-                 "lmlab_version": __version__, **sizes}
-        run.save(state, KIND, step, is_best=is_best, keep=cfg.run.keep)
+                 "lmlab_version": __version__, "eval_pending": loop.eval_pending, **sizes}
+        run.save(state, KIND, pos["step"], is_best=is_best, keep=cfg.run.keep)
+        pos["saved"] = pos["step"]
 
+    def my_batches(epoch: int) -> list[int]:
+        order = epoch_order(len(batches), cfg.seed, epoch)
+        # equal shares: ranks that step a different number of times wait for each other forever (DDP)
+        usable = len(order) - len(order) % dist.world_size
+        return order[:usable][dist.rank::dist.world_size]
+
+    def update() -> None:
+        mine = my_batches(pos["epoch"])
+        if pos["batch_pos"] >= len(mine):  # the last update ended an epoch (a checkpoint may have been saved there)
+            pos["epoch"], pos["batch_pos"] = pos["epoch"] + 1, 0
+            mine = my_batches(pos["epoch"])
+        group = mine[pos["batch_pos"]:pos["batch_pos"] + cfg.optim.grad_accum]
+        bs = [{k: v.to(device) for k, v in collate(train_split, batches[bi]).items()} for bi in group]
+        ntok = sum(int((b["target"] != 0).sum()) for b in bs)
+        if dist.distributed:  # fairseq's normalisation: the update's target tokens on all ranks together
+            ntok = int(distributed.all_reduce_sum(torch.tensor([float(ntok)], device=device)).item())
+        sums = [0.0, 0.0]
+        for i, b in enumerate(bs):
+            sync = dist.distributed and i < len(bs) - 1
+            with (train_model.no_sync() if sync else nullcontext()), amp:
+                logits = train_model(b["src"], b["prev"])
+            loss, nll = label_smoothed_nll(logits, b["target"], cfg.label_smoothing)
+            if dist.distributed:  # DDP averages the ranks' gradients: x W makes it the sum over all ranks / ntok
+                loss_for_grad = loss * (dist.world_size / ntok)
+            else:
+                loss_for_grad = loss / ntok  # per-token mean over the whole update
+            scaler.scale(loss_for_grad).backward()
+            sums = [sums[0] + float(loss.detach()), sums[1] + float(nll.detach())]
+        if dist.distributed:  # the logged losses are the update's, over every rank's tokens
+            sums = distributed.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
+        if not math.isfinite(sums[0]):
+            raise NonFiniteLossError(f"loss became {sums[0]} at step {pos['step']}; lower optim.lr or raise "
+                                     f"schedule.warmup_steps (last good checkpoint: {run.last})")
+        scaler.unscale_(optimizer)
+        if cfg.optim.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        pos["step"], pos["batch_pos"], pos["tokens"] = pos["step"] + 1, pos["batch_pos"] + len(group), pos["tokens"] + ntok
+        pos["last"] = {"step": pos["step"], "epoch": pos["epoch"], "train_loss_nats": sums[0] / ntok,
+                       "train_nll_nats": sums[1] / ntok, "lr": scheduler.get_last_lr()[0],
+                       "tgt_tokens_per_s": pos["tokens"] / max(time.monotonic() - t0, 1e-9)}
+        reporter.update(pos["step"], pos["last"])
+
+    def poll(i: int) -> None:  # ranks score the same batches, so they poll in step (a collective each 16th)
+        if (not dist.distributed or i % 16 == 15) and loop.stop_requested():
+            raise StopRequested
+
+    def record(metrics: dict[str, float]) -> None:
+        is_best = metrics["valid_nll_nats"] < pos["best"]
+        pos["best"] = min(pos["best"], metrics["valid_nll_nats"])
+        run.log_metrics({**pos["last"], **metrics, "elapsed_s": time.monotonic() - t0})
+        reporter.log(f"step {pos['step']}: valid nll {metrics['valid_nll_nats']:.4f} nats/token, ppl {metrics['valid_ppl']:.2f}")
+        save(is_best)
+
+    def epochs_done() -> bool:
+        return cfg.schedule.epochs > 0 and pos["epoch"] >= cfg.schedule.epochs
+
+    loop = TrainLoop(update=update, save=save, record=record, step=lambda: pos["step"], device=device, log=reporter.log,
+                     measure=lambda: evaluate(model, valid_split, valid_batches, device, cfg.label_smoothing, amp, poll),
+                     finished=lambda: pos["step"] >= max_steps or epochs_done(),
+                     eval_due=lambda: pos["step"] % eval_interval == 0 or pos["step"] == max_steps,
+                     save_due=lambda: pos["step"] % save_interval == 0, last=run.last)
+    loop.eval_pending = bool(state.get("eval_pending", False)) if resuming else False
+    pos["saved"] = step if resuming else -1
     model.train()
-    stop = StopFlag().install()
     reporter.start(max_steps, "train")
-    t0, tokens_seen, last = time.monotonic(), 0, {}
-    stopped, saved_step = None, (step if resuming else -1)
-    try:
-        while step < max_steps:
-            order = epoch_order(len(batches), cfg.seed, epoch)
-            # equal shares: ranks that step a different number of times wait for each other forever (DDP)
-            usable = len(order) - len(order) % dist.world_size
-            mine = order[:usable][dist.rank::dist.world_size]
-            while batch_pos < len(mine) and step < max_steps:
-                group = mine[batch_pos:batch_pos + cfg.optim.grad_accum]
-                bs = [{k: v.to(device) for k, v in collate(train_split, batches[bi]).items()} for bi in group]
-                ntok = sum(int((b["target"] != 0).sum()) for b in bs)
-                if dist.distributed:  # fairseq's normalisation: the update's target tokens on all ranks together
-                    ntok = int(distributed.all_reduce_sum(torch.tensor([float(ntok)], device=device)).item())
-                sums = [0.0, 0.0]
-                for i, b in enumerate(bs):
-                    sync = dist.distributed and i < len(bs) - 1
-                    with (train_model.no_sync() if sync else nullcontext()), amp:
-                        logits = train_model(b["src"], b["prev"])
-                    loss, nll = label_smoothed_nll(logits, b["target"], cfg.label_smoothing)
-                    if dist.distributed:  # DDP averages the ranks' gradients: x W makes it the sum over all ranks / ntok
-                        loss_for_grad = loss * (dist.world_size / ntok)
-                    else:
-                        loss_for_grad = loss / ntok  # per-token mean over the whole update
-                    scaler.scale(loss_for_grad).backward()
-                    sums = [sums[0] + float(loss.detach()), sums[1] + float(nll.detach())]
-                if dist.distributed:  # the logged losses are the update's, over every rank's tokens
-                    sums = distributed.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
-                if not math.isfinite(sums[0]):
-                    raise NonFiniteLossError(f"loss became {sums[0]} at step {step}; lower optim.lr or raise "
-                                             f"schedule.warmup_steps (last good checkpoint: {run.last})")
-                scaler.unscale_(optimizer)
-                if cfg.optim.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step, batch_pos, tokens_seen = step + 1, batch_pos + len(group), tokens_seen + ntok
-                elapsed = time.monotonic() - t0
-                last = {"step": step, "epoch": epoch, "train_loss_nats": sums[0] / ntok, "train_nll_nats": sums[1] / ntok,
-                        "lr": scheduler.get_last_lr()[0], "tgt_tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
-                reporter.update(step, last)
-                if step % eval_interval == 0 or step == max_steps:
-                    metrics = evaluate(model, valid_split, valid_batches, device, cfg.label_smoothing, amp)
-                    is_best = metrics["valid_nll_nats"] < best
-                    best = min(best, metrics["valid_nll_nats"])
-                    run.log_metrics({**last, **metrics, "elapsed_s": elapsed})
-                    reporter.log(f"step {step}: valid nll {metrics['valid_nll_nats']:.4f} nats/token, ppl {metrics['valid_ppl']:.2f}")
-                    save(is_best)
-                    saved_step = step
-                elif step % save_interval == 0:
-                    save(False)
-                    saved_step = step
-                if distributed.any_true(stop.requested, device):
-                    stopped = stop.signal_name or "signal"
-                    break
-            if stopped:
-                save(False)
-                reporter.log(f"{stopped}: saved {run.last} at step {step}; rerun the same command to continue")
-                break
-            if batch_pos >= len(mine):
-                epoch, batch_pos = epoch + 1, 0
-                if cfg.schedule.epochs > 0 and epoch >= cfg.schedule.epochs:
-                    break
-        if not stopped and saved_step != step:
+    with loop.stop_flag(run, reporter):
+        stopped = loop.run()
+        if not stopped and pos["saved"] != pos["step"]:
             save(False)
-    finally:
-        stop.uninstall()
-        reporter.finish()
-        run.release()
+    step, epoch, best, last = pos["step"], pos["epoch"], pos["best"], pos["last"]
+    if not stopped and len(my_batches(epoch)) <= pos["batch_pos"]:
+        epoch += 1  # the last update ended an epoch
     distributed.barrier()
     evaluated = math.isfinite(best)  # False when the run stopped before its first evaluation
     return {"run_dir": str(run.path), "step": step, "epoch": epoch, "best_valid_nll_nats": best if evaluated else None,
