@@ -32,7 +32,7 @@ from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init
 from lmlab.core.gebm.models import build
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopFlag
+from lmlab.core.train.loop import TrainLoop
 from lmlab.core.train.batches import batch_not_divisible
 
 KIND = "gebm"
@@ -192,12 +192,6 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     shares = Shares(dist.rank, world, batches.batch_size, n_fake)
     energy_params = list(energy.parameters()) + [log_partition]
 
-    agreed = {"stop": False}
-
-    def stopping() -> bool:  # every process leaves a loop at the same update
-        agreed["stop"] = distributed.any_true(stop.requested, device) if world > 1 else stop.requested
-        return agreed["stop"]
-
     def averaged(*values: torch.Tensor) -> list[torch.Tensor]:  # the global batch's figures, the same on every rank
         if world == 1:
             return [v.detach() for v in values]
@@ -259,108 +253,111 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         return {"valid_nll_gebm_nats": r["nll_gebm_nats"], "valid_nll_base_nats": r["nll_base_nats"],
                 "log_z_is": z["log_z"], "is_ess_frac": z["ess_frac"]}
 
-    # loop -------------------------------------------------------------------------------------
-    stop = StopFlag().install()
-    t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
-    reporter.start(max_steps, "gebm")
-    try:
-        while step < max_steps and not stopping():
-            rec: dict[str, float] = {}
-            if o.objective == "gebm":
-                n_e = o.energy_steps_init if (step < 2 or step % o.init_every == 0) else o.energy_steps
-                base.eval()
-                energy.train()
-                for p in base.parameters():  # a combined energy reads log b(x): no base grads in the energy step
-                    p.requires_grad_(False)
-                for _ in range(energy_done, n_e):  # energy step of Algorithm 1
-                    if stopping():  # a long energy phase (100 steps at init) must not delay a SLURM stop
-                        break
-                    real = shares.real(prep(batches.next())).to(device)
-                    fake = fake_batch(n_fake, False)
-                    e_real, e_fake = energy(real), energy(fake)
-                    loss = energy_loss(e_real, e_fake, log_partition)
-                    if o.penalty > 0:  # the global batch's weights, this process's rows
-                        alpha = None if world == 1 else shares.real(torch.rand((len(real) * world,) + (1,) * (real.dim() - 1), generator=gen))
-                        pen = gradient_penalty(energy, real, fake, gen, alpha=alpha)
-                    else:
-                        pen = torch.zeros((), device=device)
-                    if o.penalty > 0 and o.penalty_type == "gradient_l2":
-                        pen = pen + weight_l2_penalty(penalised)
-                    loss_all, pen_all = averaged(loss, pen)  # every rank checks the same figures
-                    opt_e.zero_grad(set_to_none=True)
-                    (loss + o.penalty * pen).backward()
-                    if world > 1:
-                        distributed.average_gradients(energy_params, world)
-                    if o.grad_transform:  # on the global gradient: the transform is not linear
-                        transform_grads(energy.parameters(), log_partition)
-                    set_lr()
-                    opt_e.step()
-                    updates += 1
-                    rec["energy_loss_nats"] = _check(loss_all, "energy loss", step)
-                    rec["grad_penalty"] = float(pen_all)
-                    energy_done += 1
-                if energy_done < n_e:  # stopped mid-phase: save it, the resumed run makes the remaining energy steps
-                    for p in base.parameters():
-                        p.requires_grad_(True)
+    def update() -> bool:
+        """One base step of Algorithm 1 after its energy steps (or one MLE step); False: a stop came mid-phase."""
+        nonlocal step, updates, energy_done, sums, count
+        rec: dict[str, float] = {}
+        if o.objective == "gebm":
+            n_e = o.energy_steps_init if (step < 2 or step % o.init_every == 0) else o.energy_steps
+            base.eval()
+            energy.train()
+            for p in base.parameters():  # a combined energy reads log b(x): no base grads in the energy step
+                p.requires_grad_(False)
+            for _ in range(energy_done, n_e):  # energy step of Algorithm 1
+                if loop.stop_requested():  # a long energy phase (100 steps at init) must not delay a SLURM stop
                     break
-                energy_done = 0
-                rec["kale_nats"] = -rec.get("energy_loss_nats", float("nan"))
+                real = shares.real(prep(batches.next())).to(device)
+                fake = fake_batch(n_fake, False)
+                e_real, e_fake = energy(real), energy(fake)
+                loss = energy_loss(e_real, e_fake, log_partition)
+                if o.penalty > 0:  # the global batch's weights, this process's rows
+                    alpha = None if world == 1 else shares.real(torch.rand((len(real) * world,) + (1,) * (real.dim() - 1), generator=gen))
+                    pen = gradient_penalty(energy, real, fake, gen, alpha=alpha)
+                else:
+                    pen = torch.zeros((), device=device)
+                if o.penalty > 0 and o.penalty_type == "gradient_l2":
+                    pen = pen + weight_l2_penalty(penalised)
+                loss_all, pen_all = averaged(loss, pen)  # every rank checks the same figures
+                opt_e.zero_grad(set_to_none=True)
+                (loss + o.penalty * pen).backward()
+                if world > 1:
+                    distributed.average_gradients(energy_params, world)
+                if o.grad_transform:  # on the global gradient: the transform is not linear
+                    transform_grads(energy.parameters(), log_partition)
+                set_lr()
+                opt_e.step()
+                updates += 1
+                rec["energy_loss_nats"] = _check(loss_all, "energy loss", step)
+                rec["grad_penalty"] = float(pen_all)
+                energy_done += 1
+            if energy_done < n_e:  # stopped mid-phase: the saved run makes the remaining energy steps when resumed
                 for p in base.parameters():
                     p.requires_grad_(True)
-                base.train()
-                energy.eval()
-                for p in energy.parameters():
-                    p.requires_grad_(False)
-                real = shares.real(prep(batches.next())).to(device)
-                e_fake, e_real = energy(fake_batch(n_fake, True)), energy(real)
-                if world == 1:
-                    lb = lb_value = base_loss(e_fake, e_real)  # base step of Algorithm 1
-                else:
-                    lb_value, lb = _global_base_loss(e_fake, e_real, n_fake, dist.rank, world)
-                for p in energy.parameters():
-                    p.requires_grad_(True)
-                rec["log_partition_A"] = float(log_partition.detach())
+                if energy_done:
+                    reporter.log(f"stopped after {energy_done} energy updates of base step {step + 1}")
+                return False
+            energy_done = 0
+            rec["kale_nats"] = -rec.get("energy_loss_nats", float("nan"))
+            for p in base.parameters():
+                p.requires_grad_(True)
+            base.train()
+            energy.eval()
+            for p in energy.parameters():
+                p.requires_grad_(False)
+            real = shares.real(prep(batches.next())).to(device)
+            e_fake, e_real = energy(fake_batch(n_fake, True)), energy(real)
+            if world == 1:
+                lb = lb_value = base_loss(e_fake, e_real)  # base step of Algorithm 1
             else:
-                base.train()
-                lb = -base.log_prob(shares.real(prep(batches.next())).to(device)).mean()  # maximum likelihood baseline
-                (lb_value,) = averaged(lb)
-            _check(lb_value, "base loss", step)  # before backward: every rank raises, none waits in the all-reduce
-            opt_b.zero_grad(set_to_none=True)
-            lb.backward()
-            if world > 1:
-                distributed.average_gradients(list(base.parameters()), world)
-            set_lr()
-            opt_b.step()
-            updates += 1
-            rec["base_loss_nats"] = float(lb_value)
-            step += 1
-            for k, v in rec.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if step % cfg.run.log_every == 0 or step == max_steps:
-                elapsed = time.monotonic() - t0
-                row = {"step": step, **{k: v / count for k, v in sums.items()},
-                       "s_per_step": elapsed / max(step - start_step, 1)}
-                rundir.log_metrics(row)
-                reporter.update(step, row)
-                sums, count = {}, 0
-            if step % eval_every == 0 or step == max_steps:
-                ev = evaluate()
-                metric = ev.get("valid_nll_gebm_nats", ev.get("valid_nll_base_nats", -step))
-                is_best = metric < best
-                best = min(best, metric)
-                if ev:
-                    rundir.log_metrics({"step": step, **ev})
-                    reporter.log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
-                rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.run.keep)
-        if agreed["stop"] and step < max_steps:
-            inside = f" after {energy_done} energy updates of base step {step + 1}" if energy_done else ""
-            reporter.log(f"{stop.signal_name}: saving base step {step}{inside} and stopping")
-            rundir.save(state(), KIND, step, is_best=False, keep=cfg.run.keep)
-    finally:
-        stop.uninstall()
-        reporter.finish()
-        rundir.release()
+                lb_value, lb = _global_base_loss(e_fake, e_real, n_fake, dist.rank, world)
+            for p in energy.parameters():
+                p.requires_grad_(True)
+            rec["log_partition_A"] = float(log_partition.detach())
+        else:
+            base.train()
+            lb = -base.log_prob(shares.real(prep(batches.next())).to(device)).mean()  # maximum likelihood baseline
+            (lb_value,) = averaged(lb)
+        _check(lb_value, "base loss", step)  # before backward: every rank raises, none waits in the all-reduce
+        opt_b.zero_grad(set_to_none=True)
+        lb.backward()
+        if world > 1:
+            distributed.average_gradients(list(base.parameters()), world)
+        set_lr()
+        opt_b.step()
+        updates += 1
+        rec["base_loss_nats"] = float(lb_value)
+        step += 1
+        for k, v in rec.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        if step % cfg.run.log_every == 0 or step == max_steps:
+            elapsed = time.monotonic() - t0
+            row = {"step": step, **{k: v / count for k, v in sums.items()},
+                   "s_per_step": elapsed / max(step - start_step, 1)}
+            rundir.log_metrics(row)
+            reporter.update(step, row)
+            sums, count = {}, 0
+        return True
+
+    def record(ev: dict[str, float]) -> None:
+        nonlocal best
+        metric = ev.get("valid_nll_gebm_nats", ev.get("valid_nll_base_nats", -step))
+        is_best = metric < best
+        best = min(best, metric)
+        if ev:
+            rundir.log_metrics({"step": step, **ev})
+            reporter.log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+        rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.run.keep)
+
+    # loop -------------------------------------------------------------------------------------
+    loop = TrainLoop(update=update, measure=evaluate, record=record, step=lambda: step, device=device, log=reporter.log,
+                     save=lambda is_best: rundir.save(state(), KIND, step, is_best=is_best, keep=cfg.run.keep),
+                     finished=lambda: step >= max_steps, eval_due=lambda: step % eval_every == 0 or step == max_steps,
+                     save_due=lambda: False, last=rundir.last)
+    t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
+    reporter.start(max_steps, "gebm")
+    with loop.stop_flag(rundir, reporter):
+        stopped_by = loop.run()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
-            "stopped_by": stop.signal_name or ("signal" if agreed["stop"] and step < max_steps else None), "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
+            "stopped_by": stopped_by, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}

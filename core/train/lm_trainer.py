@@ -28,9 +28,10 @@ from lmlab.core.models.lm import parameter_counts
 from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopFlag, StopRequested
+from lmlab.core.signals import StopRequested
 from lmlab.core.train.batches import StreamBatches, VariableBPTT, expected_window_length
 from lmlab.core.train.config import TrainConfig
+from lmlab.core.train.loop import TrainLoop
 from lmlab.core.train.objectives import build_objective
 from lmlab.core.train.optim import LRSchedule, averaged_state_dict, build_asgd, build_optimizer, should_trigger_asgd
 
@@ -89,8 +90,11 @@ class LMTrainer:
         self.valid_history: list[float] = []
         self.averaging = False  # NT-ASGD has switched to its averaging phase
         self.wall_s_before = 0.0  # wall time of the processes this run resumed from
-        self.eval_pending = False  # a stop signal cut this update's evaluation short (resume evaluates first)
-        self.stop = StopFlag()  # installed by fit()
+        self.loop = TrainLoop(update=self._update_and_log, measure=self.evaluate, record=self._record_eval, save=self._save,
+                              finished=lambda: self._trained_enough() or self.schedule.finished(),
+                              eval_due=lambda: self._eval_due(self._epoch_ended) or self._trained_enough(),
+                              save_due=lambda: bool(cfg.run.save_interval) and self.step % cfg.run.save_interval == 0,
+                              step=lambda: self.step, device=self.device, log=self.reporter.log, last=self.run.last)
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -117,7 +121,7 @@ class LMTrainer:
                 "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
                 "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "params": self.params, "wall_s": self._wall_s(), "eval_pending": self.eval_pending}
+                "params": self.params, "wall_s": self._wall_s(), "eval_pending": self.loop.eval_pending}
 
     def _wall_s(self) -> float:
         """Training wall time over every process of this run (resumes add up; evaluations included)."""
@@ -151,7 +155,7 @@ class LMTrainer:
             sl = slice(self.dist.rank * per, (self.dist.rank + 1) * per)
             self.state = [(h[:, sl].to(self.device), c[:, sl].to(self.device)) for h, c in carried]
         self.wall_s_before = float(ckpt.get("wall_s") or 0.0)
-        self.eval_pending = bool(ckpt.get("eval_pending", False))
+        self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ class LMTrainer:
         def progress(done: int, total: int) -> None:
             log_progress(done, total)
             polls[0] += 1  # every rank scores the whole split, so ranks poll in step (a collective each 16th batch)
-            if (not self.dist.distributed or polls[0] % 16 == 0) and distributed.any_true(self.stop.requested, self.device):
+            if (not self.dist.distributed or polls[0] % 16 == 0) and self.loop.stop_requested():
                 raise StopRequested  # a SLURM warning (--signal=USR1@90) is met even when validation takes minutes
 
         try:
@@ -279,16 +283,11 @@ class LMTrainer:
         state = self.checkpoint_state()  # collective under DDP: every rank takes part
         self.run.save(state, self.KIND, self.step, is_best=is_best, keep=self.cfg.run.keep)
 
-    def _log_eval_unless_stopped(self) -> None:
-        try:
-            self._log_eval()
-        except StopRequested:
-            self.eval_pending = True  # the checkpoint the stop saves resumes by evaluating first
-
     def _log_eval(self) -> None:
-        self.eval_pending = True
-        result = self.evaluate()
-        self.eval_pending = False
+        self._record_eval(self.evaluate())
+
+    def _record_eval(self, result: dict[str, float]) -> None:
+        self._since_eval = [0, 0.0]  # tokens/s in the metrics rows is over the updates since the last evaluation
         is_best = result["nats_per_token"] < self.best_valid
         if is_best:
             self.best_valid = result["nats_per_token"]
@@ -337,53 +336,36 @@ class LMTrainer:
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
         self._wall_t0 = wall_t0
-        tokens0, train_s = self.tokens_seen, 0.0  # this process's training tokens and seconds (evaluations excluded)
-        since_eval_tokens, since_eval_s = 0, 0.0
-        stop = self.stop = StopFlag().install()
-        stopped_by = None
-        try:
-            if self.eval_pending:  # stopped inside this update's evaluation last time: evaluate as an uninterrupted run did
-                self._log_eval_unless_stopped()
-                if self.eval_pending:  # stopped again: last.pt already holds this state
-                    stopped_by = stop.signal_name or "signal"
-            while stopped_by is None and not self._trained_enough() and not self.schedule.finished():
-                t0, tokens_before = time.perf_counter(), self.tokens_seen
-                metrics, epoch_ended = self.train_update()
-                seconds = time.perf_counter() - t0
-                train_s += seconds
-                since_eval_s += seconds
-                since_eval_tokens += self.tokens_seen - tokens_before
-                tps = since_eval_tokens / max(since_eval_s, 1e-9)  # training only, over the updates since the last evaluation
-                record = {"step": self.step, "epoch": self.epoch, "train_loss_nats": metrics.pop("loss_nats"), **metrics,
-                          "tokens": self.tokens_seen, "tokens_per_s": tps, "train_s": train_s}
-                record["train_ppl"] = math.exp(min(record["train_loss_nats"], 700))
-                self.run.log_metrics(record)
-                # variable_bptt + epochs: total_updates is an estimate; the bar waits below it until the last epoch ends
-                shown = self.step if self._trained_enough() else min(self.step, self.total_updates - 1)
-                self.reporter.update(shown, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
-                                                 "lr": record["lr"], "tok/s": round(tps)})
-                if self._eval_due(epoch_ended) or self._trained_enough():
-                    self._log_eval_unless_stopped()
-                    since_eval_tokens, since_eval_s = 0, 0.0
-                elif cfg.run.save_interval and self.step % cfg.run.save_interval == 0:
-                    self._save(is_best=False)
-                if distributed.any_true(stop.requested, self.device):
-                    stopped_by = stop.signal_name or "signal"
-                    self._save(is_best=False)
-                    self.reporter.log(f"{stopped_by}: saved {self.run.last} at update {self.step}; rerun the same command to resume")
-                    break
-        finally:
-            stop.uninstall()
-            self.reporter.finish()
-        if stopped_by is None and self.dist.is_main:
-            self._write_curves()
+        tokens0 = self.tokens_seen
+        self._train_s, self._since_eval = 0.0, [0, 0.0]  # this process's training seconds; (tokens, s) since the last eval
+        with self.loop.stop_flag(self.run, self.reporter):
+            stopped_by = self.loop.run()
+            if stopped_by is None and self.dist.is_main:
+                self._write_curves()
         machine = {**machine_at_start, "load_avg_at_end": load_average()}
         evaluated = math.isfinite(self.best_valid)  # False when the run stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid if evaluated else None,
                 "wall_s": round(self._wall_s(), 1), "wall_s_this_process": round(time.perf_counter() - wall_t0, 1),
-                "machine": machine, "train_tokens_per_s": round((self.tokens_seen - tokens0) / max(train_s, 1e-9), 1),
+                "machine": machine, "train_tokens_per_s": round((self.tokens_seen - tokens0) / max(self._train_s, 1e-9), 1),
                 "best_valid_ppl": math.exp(min(self.best_valid, 700)) if evaluated else None, "stopped_by": stopped_by,
                 **self.params}
+
+    def _update_and_log(self) -> None:
+        """One update (train_update), its metrics row and the progress display."""
+        t0, tokens_before = time.perf_counter(), self.tokens_seen
+        metrics, self._epoch_ended = self.train_update()
+        seconds = time.perf_counter() - t0
+        self._train_s += seconds
+        self._since_eval = [self._since_eval[0] + self.tokens_seen - tokens_before, self._since_eval[1] + seconds]
+        tps = self._since_eval[0] / max(self._since_eval[1], 1e-9)  # training only, over the updates since the last evaluation
+        record = {"step": self.step, "epoch": self.epoch, "train_loss_nats": metrics.pop("loss_nats"), **metrics,
+                  "tokens": self.tokens_seen, "tokens_per_s": tps, "train_s": self._train_s}
+        record["train_ppl"] = math.exp(min(record["train_loss_nats"], 700))
+        self.run.log_metrics(record)
+        # variable_bptt + epochs: total_updates is an estimate; the bar waits below it until the last epoch ends
+        shown = self.step if self._trained_enough() else min(self.step, self.total_updates - 1)
+        self.reporter.update(shown, {"loss": record["train_loss_nats"], "ppl": record["train_ppl"],
+                                     "lr": record["lr"], "tok/s": round(tps)})
 
     def _write_curves(self) -> None:
         from lmlab.core.plot import write_curves_png
