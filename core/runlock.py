@@ -8,6 +8,11 @@ by the next run. The file holds the holder's host, pid and start time for the re
 On file systems without `flock` (some cluster mounts answer ENOLCK/EOPNOTSUPP) the recorded pid decides: a
 holder on this host that is alive keeps the run dir; any other holder is taken to be gone (a requeued job on
 another node is the usual case) and said so on stderr.
+
+On NFS, `flock` is a lock held by the server for the client: a holder whose node died keeps it until the
+server's lease expires (about 90 s on NFSv4; NFSv3's lockd waits for the node's status monitor). A requeued job
+landing within that window is refused with the holder's host named and that advice; removing the lock file
+(a new file is a new lock) is safe once that host is known to be down.
 """
 
 from __future__ import annotations
@@ -55,8 +60,11 @@ def acquire(run_dir: Path) -> None:
             holder = _read_holder(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
+                elsewhere = holder.get("host") not in (None, socket.gethostname())
+                hint = (f"; if {holder['host']} is down, its NFS lock lasts until the server's lease expires (about "
+                        f"90 s on NFSv4), or remove {path} once sure" if elsewhere else "")
                 raise LmlabError(f"run dir {run_dir} is in use by {_describe(holder)}: wait for that run to end, "
-                                 "or choose another --run-dir") from None
+                                 f"or choose another --run-dir{hint}") from None
             if exc.errno not in _NO_FLOCK:
                 os.close(fd)
                 raise LmlabError(f"cannot lock run dir {run_dir}: {exc.strerror}") from exc

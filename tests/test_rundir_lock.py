@@ -120,3 +120,24 @@ def test_paths_are_compared_after_normalisation(tmp_path, monkeypatch):
         run.release()
     with pytest.raises(LmlabError, match="data.dir='data/x', now data.dir='data/y'"):
         RunDir(tmp_path / "run").prepare({**CONFIG, "data": {"dir": "data/y"}})
+
+
+def test_a_holder_on_another_host_is_named_with_the_nfs_lease_advice(tmp_path):
+    """On NFS a dead node's lock outlives it until the server's lease expires: the refusal names that host and
+    says what to do; a holder on this host gets no such advice (its pid is checkable here)."""
+    import fcntl
+    import socket
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / runlock.LOCK_NAME
+    for host, advised in (("node-gone", True), (socket.gethostname(), False)):
+        lock.write_text(json.dumps({"host": host, "pid": 4242, "since": "2026-12-03T00:00:00"}))
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file description: the same lock conflicts
+        try:
+            with pytest.raises(LmlabError, match=f"in use by pid 4242 on {host}") as err:
+                runlock.acquire(run_dir)
+            assert ("if node-gone is down, its NFS lock lasts until the server's lease expires" in str(err.value)) == advised
+            assert (f"remove {lock} once sure" in str(err.value)) == advised
+        finally:
+            os.close(fd)
