@@ -34,9 +34,8 @@ class StreamBatches:
         self.tokens_per_window_global = batch_size * bptt
 
     def window(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = index * self.bptt
-        seq = min(self.bptt, self.columns.size(1) - 1 - start)
-        return self.columns[:, start: start + seq], self.columns[:, start + 1: start + 1 + seq]
+        """The index-th fixed-length window: span(index * bptt, bptt)."""
+        return self.span(index * self.bptt, self.bptt)
 
     def span(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs columns[:, start : start + length] and targets one further, cut short at the epoch's end."""
