@@ -141,3 +141,31 @@ def test_a_holder_on_another_host_is_named_with_the_nfs_lease_advice(tmp_path):
             assert (f"remove {lock} once sure" in str(err.value)) == advised
         finally:
             os.close(fd)
+
+
+@pytest.mark.parametrize("trainer", ["gebm", "translation"])
+def test_a_set_up_failure_after_the_run_dir_opened_releases_its_lock(tmp_path, monkeypatch, trainer):
+    """An error between locking the run dir and training (data or model set-up) leaves it unlocked in this process,
+    so the corrected command can start at once (a notebook, a test, a driver script)."""
+    from lmlab.core.reporting import NullReporter
+
+    def fail(*args, **kwargs):
+        raise LmlabError("set-up failed")
+
+    run_dir = tmp_path / "run"
+    if trainer == "gebm":
+        from lmlab.core.gebm import data as gdata
+        from lmlab.core.gebm import train as gebm_train
+        from test_gebm_train import tiny_density_cfg
+        monkeypatch.setattr(gdata, "load_for_config", fail)
+        start = lambda: gebm_train.train(tiny_density_cfg(run_dir), NullReporter())  # noqa: E731
+    else:
+        from lmlab.core.config import merge
+        from lmlab.core.seq2seq import train as seq2seq_train
+        from lmlab.core.seq2seq.config import Config
+        monkeypatch.setattr(seq2seq_train, "read_meta", fail)
+        cfg = merge(Config(), {"data": {"dir": str(tmp_path / "data")}, "run": {"dir": str(run_dir)}, "hardware": {"device": "cpu"}})
+        start = lambda: seq2seq_train.train(cfg, NullReporter())  # noqa: E731
+    with pytest.raises(LmlabError, match="set-up failed"):
+        start()
+    assert run_dir.is_dir() and not runlock.held(run_dir) and not (run_dir / runlock.LOCK_NAME).exists()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lmlab.core.config import check_renamed_file, to_dict
-from lmlab.core import distributed
+from lmlab.core import distributed, runlock
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.config import Config  # noqa: F401  (re-exported for the CLI)
@@ -137,6 +137,7 @@ def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             raise
         raise distributed.lost_process_error(distributed.detect()[0], exc, Path(cfg.run.dir) / "checkpoints" / "last.pt") from exc
     finally:
+        runlock.release(Path(cfg.run.dir))  # also when data or model set-up fails after the run dir was locked
         if launched_distributed:
             distributed.shutdown()
 

@@ -74,13 +74,20 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
 
 def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
-    device = dist.device
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
     config_dict = to_dict(cfg)
     run = RunDir(cfg.run.dir, is_main=dist.is_main)
     resuming = run.prepare(config_dict, cfg.run.resume, cfg.run.force)
+    try:
+        return _train(cfg, reporter, dist, run, resuming, config_dict)
+    finally:
+        run.release()  # also when data or model set-up fails: the corrected command may start at once
 
+
+def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: RunDir, resuming: bool,
+           config_dict: dict[str, Any]) -> dict[str, Any]:
+    device = dist.device
     meta = read_meta(cfg.data.dir)
     tokenizers = load_tokenizers(cfg.data.dir, meta)
     vocab = {"src": meta["vocab_size"][meta["src_lang"]], "tgt": meta["vocab_size"][meta["tgt_lang"]]}
