@@ -10,7 +10,7 @@ from lmlab.core.models.define import (DefineEmbedding, GroupLinear, LayerSpec, c
                                       define_layout, split_mix)
 from lmlab.core.models.lm import count_parameters
 
-VARIANTS = ("hgt", "linear", "group-linear", "hierarchical", "hgt-no-mixer", "hgt-residual")
+VARIANTS = ("hgt", "linear", "group-linear", "group-linear-shuffle", "hierarchical", "hgt-no-mixer", "hgt-residual")
 
 
 def test_group_linear_equals_block_diagonal_linear():
@@ -23,6 +23,27 @@ def test_group_linear_equals_block_diagonal_linear():
     assert dense[0:2, 3:].abs().sum() == 0 and dense[2:4, :3].abs().sum() == 0
     expected = x @ dense.t() + glt.bias.flatten()
     torch.testing.assert_close(glt(x).flatten(-2), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_glt_shuffle_lets_every_group_reach_every_group_at_the_cost_of_glt():
+    """GLT + Shuffle (the paper's ablation): GLT's layers and parameters, with a channel shuffle between layers, so a
+    group of layer 2 reads every group of layer 1 (plain GLT: only its own, so map chunk j reaches only group j)."""
+    from lmlab.core.models.define import channel_shuffle
+    assert channel_shuffle(torch.arange(6.0), 2).tolist() == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+    units = {}
+    for variant in ("group-linear", "group-linear-shuffle"):
+        torch.manual_seed(0)
+        units[variant] = DefineEmbedding(50, 16, n=16, k=32, layers=2, max_groups=4, variant=variant, dropout=0.0)
+    plain, shuffled = units["group-linear"], units["group-linear-shuffle"]
+    assert count_parameters(plain) == count_parameters(shuffled) and plain.specs == shuffled.specs
+    for unit, chunks_reached in ((plain, 1), (shuffled, 4)):
+        e = torch.randn(3, 16, requires_grad=True)  # the map's output, 4 chunks of 4
+        y = unit.layers[0](e)  # (3, 24): 4 groups of 6
+        y = unit.layers[1](channel_shuffle(y, 4) if unit is shuffled else y)  # (3, 32): 4 groups of 8
+        (grad,) = torch.autograd.grad(y[:, :8].sum(), e)  # layer 2's first group
+        assert int((grad.abs().reshape(3, 4, 4).sum(dim=(0, 2)) > 0).sum()) == chunks_reached
+    tokens = torch.randint(0, 50, (2, 5))
+    assert not torch.allclose(plain(tokens), shuffled(tokens))  # same weights, other routing
 
 
 def test_layout_known_widths_groups_and_mixer_inputs():

@@ -150,9 +150,10 @@ def test_table_4_ablation_differences():
     """Table 4 at N=7, n=m=384, k=1024: Linear 42.86, GLT 39.69, HGT 40.73, DeFINE 40.89 (w/o mixer 40.89)."""
     chain = "lstm-define-wt103-n384"
     unit = {v: lm_counts(_lm_config(chain, variant=v), WT103)["unit"]
-            for v in ("linear", "group-linear", "hierarchical", "hgt", "hgt-no-mixer")}
+            for v in ("linear", "group-linear", "group-linear-shuffle", "hierarchical", "hgt", "hgt-no-mixer")}
     assert close(unit["linear"] - unit["hierarchical"], 42.86 - 40.73, 0.10), unit  # 2.27M
     assert close(unit["hierarchical"] - unit["group-linear"], 40.73 - 39.69, 0.10), unit  # 1.09M
     assert unit["hgt-no-mixer"] == unit["hgt"]
+    assert unit["group-linear-shuffle"] == unit["group-linear"]  # GLT + Shuffle: the shuffle has no parameters
     # the skip adds 0.65M here, 0.16M in the paper (docs/define.md)
     assert 0.6e6 < unit["hgt"] - unit["hierarchical"] < 0.7e6

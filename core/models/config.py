@@ -38,7 +38,7 @@ class DefineConfig:
     expand_dim: int = option(1024, "k: width of the last HGT layer (Expand)", check=at_least(1))
     layers: int = option(7, "N: number of HGT layers", check=at_least(1))
     max_groups: int = option(4, "g_max: groups of the first HGT layer; layer l uses max(g_max / 2^(l-1), 1)", check=at_least(1))
-    variant: str = option("hgt", "ablation of the expansion", choices=("hgt", "linear", "group-linear", "hierarchical", "hgt-no-mixer", "hgt-residual"))
+    variant: str = option("hgt", "ablation of the expansion", choices=("hgt", "linear", "group-linear", "group-linear-shuffle", "hierarchical", "hgt-no-mixer", "hgt-residual"))
     map: str = option("lookup", "the Map step: plain lookup or adaptive input", choices=("lookup", "adaptive"))
     dropout: float = option(0.1, "dropout inside the DeFINE unit", check=between(0, 1, hi_open=True))
     schedule: str = option("halving", "groups per layer: halving = max(g_max / 2^(l-1), 1) (the paper's Eq. 1); cyclic = the same halving, restarted at g_max after 1 (the official code repeats its group cycle)", choices=("halving", "cyclic"))

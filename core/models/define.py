@@ -39,6 +39,8 @@ Ablations (`define.variant`, the paper's transformation and skip-connection abla
   hgt            the full DeFINE unit above
   linear         N dense layers (g_l = 1), no skip (the paper's LT)
   group-linear   N layers of g_max groups each, no skip (GLT)
+  group-linear-shuffle  GLT with a channel shuffle before every layer after the first (ShuffleNet, Zhang et al.
+                 2018): chunk j of the next layer takes features from every group of the last (GLT + Shuffle)
   hierarchical   HGT without any skip connection
   hgt-no-mixer   HGT with a skip by plain concatenation [e ; y_(l-1)] (no split and mix)
   hgt-residual   HGT with residual connections y_l = f_l(y_(l-1)) + pad(y_(l-1)) instead of the mixer;
@@ -67,6 +69,13 @@ from lmlab.core.models.embeddings import TokenEmbedding
 MIXED = ("hgt",)  # split-and-mix skip
 CONCAT = ("hgt-no-mixer",)  # plain-concatenation skip
 RESIDUAL = ("hgt-residual",)
+SHUFFLED = ("group-linear-shuffle",)  # GLT with a channel shuffle between layers
+
+
+def channel_shuffle(y: torch.Tensor, groups: int) -> torch.Tensor:
+    """(..., g * c) -> (..., c * g): feature i of group j moves to position i * g + j, so each of the next
+    layer's g chunks holds features of every group (ShuffleNet's shuffle)."""
+    return y.reshape(*y.shape[:-1], groups, -1).transpose(-1, -2).flatten(-2)
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class LayerSpec:
 def group_schedule(layers: int, max_groups: int, variant: str, schedule: str = "halving") -> list[int]:
     if variant == "linear":
         return [1] * layers
-    if variant == "group-linear":
+    if variant in SHUFFLED or variant == "group-linear":
         return [max_groups] * layers
     if schedule == "cyclic":  # g_max, g_max/2, ..., 1, g_max, g_max/2, ...
         period = max_groups.bit_length()  # floor(log2 g_max) + 1 values per cycle
@@ -219,11 +228,14 @@ class DefineEmbedding(nn.Module):
                 y = layer(torch.cat([e, y], dim=-1))
             elif self.variant in RESIDUAL:
                 y = layer(y) + F.pad(y, (0, layer.spec.out_dim - y.size(-1)))
+            elif self.variant in SHUFFLED:
+                y = layer(channel_shuffle(y, self.layers[l - 1].spec.groups))
             else:
                 y = layer(y)
         if self.layout == "official":  # layer N reads the skip like the layers before it; no residual (k -> m shrinks)
             g = self.reduce.groups
             x = split_mix(e, y, g) if self.variant in MIXED else torch.cat([e, y], -1) if self.variant in CONCAT else y
+            x = channel_shuffle(x, self.specs[-2].groups) if self.variant in SHUFFLED else x
             return self.reduce(x).flatten(-2)  # (B, T, m)
         return self.reduce(y)  # (B, T, m)
 
