@@ -46,6 +46,24 @@ def test_glt_shuffle_lets_every_group_reach_every_group_at_the_cost_of_glt():
     assert not torch.allclose(plain(tokens), shuffled(tokens))  # same weights, other routing
 
 
+def test_minus_reduce_feeds_the_expansion_to_the_context_model():
+    """The '- Reduce' ablation: no k -> m layer (k x m + m fewer unit parameters); the context model reads k-wide
+    inputs, so d_model must be k, and the official layout (whose layer N is the reduce) refuses it."""
+    torch.manual_seed(0)
+    full = DefineEmbedding(50, 32, n=16, k=32, layers=2, max_groups=4, dropout=0.0)
+    torch.manual_seed(0)
+    bare = DefineEmbedding(50, 32, n=16, k=32, layers=2, max_groups=4, dropout=0.0, reduce=False)
+    assert count_parameters(full) - count_parameters(bare) == 32 * 32 + 32
+    tokens = torch.randint(0, 50, (2, 5))
+    h = bare.layers[1](split_mix(bare.adaptive_input(tokens) * bare.map_scale, bare.layers[0](bare.adaptive_input(tokens) * bare.map_scale), 2))
+    torch.testing.assert_close(bare(tokens), h)  # the last expansion layer's output, as it is
+    assert bare.export_table().table.weight.shape == (50, 32)
+    with pytest.raises(LmlabError, match="set model.d_model=32"):
+        DefineEmbedding(50, 24, n=16, k=32, layers=2, max_groups=4, reduce=False)
+    with pytest.raises(LmlabError, match="reduce=false is for layout=paper"):
+        DefineEmbedding(50, 32, n=16, k=32, layers=2, max_groups=4, reduce=False, layout="official")
+
+
 def test_layout_known_widths_groups_and_mixer_inputs():
     # n=8, k=32, N=3, g_max=4: k_l = 16, 24, 32; g_l = 4, 2, 1; inputs n, n + k_1, n + k_2
     assert define_layout(8, 32, 3, 4, "hgt") == [LayerSpec(8, 16, 4), LayerSpec(24, 24, 2), LayerSpec(32, 32, 1)]

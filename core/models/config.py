@@ -44,6 +44,7 @@ class DefineConfig:
     schedule: str = option("halving", "groups per layer: halving = max(g_max / 2^(l-1), 1) (the paper's Eq. 1); cyclic = the same halving, restarted at g_max after 1 (the official code repeats its group cycle)", choices=("halving", "cyclic"))
     layout: str = option("paper", "paper = N layers n -> k, then a dense reduce k -> m; official = N layers including the reduce (the official define_config): layers 1..N-1 expand n -> k (widths rounded up to multiples of 8), layer N maps the mixed [e ; y_(N-1)] to m with g_N groups", choices=("paper", "official"))
     activation: str = option("gelu", "activation between HGT layers (the official code's default is swish)", choices=("gelu", "swish"))
+    reduce: bool = option(True, "the Reduce step k -> m (paper layout); false: the '- Reduce' ablation, the k-wide expansion feeds the context model (needs model.d_model = expand_dim)")
 
 
 @dataclass

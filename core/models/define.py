@@ -45,6 +45,7 @@ Ablations (`define.variant`, the paper's transformation and skip-connection abla
   hgt-no-mixer   HGT with a skip by plain concatenation [e ; y_(l-1)] (no split and mix)
   hgt-residual   HGT with residual connections y_l = f_l(y_(l-1)) + pad(y_(l-1)) instead of the mixer;
                  the shortcut zero-pads to the wider k_l (parameter-free, He et al. 2016 option A)
+  define.reduce = false: the "- Reduce" ablation, no k -> m layer (the context model reads the k-wide expansion)
 
 After training, the unit is a fixed function of the token id: `export_table()` caches it as a
 V x m lookup table (eval mode); `cache_define_state_dict` / `cache_define_checkpoint` convert an
@@ -196,9 +197,13 @@ class DefineEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, out_dim: int, n: int, k: int, layers: int, max_groups: int,
                  variant: str = "hgt", dropout: float = 0.1, cutoffs: list[int] | None = None,
-                 factor: float = 4.0, schedule: str = "halving", layout: str = "paper", activation: str = "gelu"):
+                 factor: float = 4.0, schedule: str = "halving", layout: str = "paper", activation: str = "gelu",
+                 reduce: bool = True):
         super().__init__()
         self.vocab_size, self.out_dim, self.variant, self.layout = vocab_size, out_dim, variant, layout
+        if layout == "official" and not reduce:
+            raise LmlabError("model.embedding.define.reduce=false is for layout=paper: in the official layout layer N "
+                             "is the reduce")
         self.specs = define_layout(n, k, layers, max_groups, variant, schedule, layout, out_dim)
         # Map: a lookup is an adaptive input with one band; kept as one module so outputs can tie to it.
         self.adaptive_input = AdaptiveInput(vocab_size, n, list(cutoffs or []), factor, dim=n,
@@ -210,9 +215,15 @@ class DefineEmbedding(nn.Module):
             self.reduce = GroupLinear(last.in_dim, last.out_dim, last.groups)
         else:
             self.layers = nn.ModuleList(HGTLayer(s, dropout, activation) for s in self.specs)
-            self.reduce = nn.Linear(k, out_dim)
-            nn.init.xavier_uniform_(self.reduce.weight)
-            nn.init.zeros_(self.reduce.bias)
+            if reduce:
+                self.reduce = nn.Linear(k, out_dim)
+                nn.init.xavier_uniform_(self.reduce.weight)
+                nn.init.zeros_(self.reduce.bias)
+            elif k == out_dim:  # the "- Reduce" ablation: the expansion's k-wide output feeds the context model
+                self.reduce = nn.Identity()
+            else:
+                raise LmlabError(f"model.embedding.define.reduce=false feeds the {k}-wide expansion to the context model: "
+                                 f"set model.d_model={k} (= define.expand_dim), or keep the reduce")
 
     tie_weight = None  # the map table is n wide, not out_dim: tie through an adaptive softmax instead
 
@@ -244,7 +255,7 @@ class DefineEmbedding(nn.Module):
         """The DeFINE output of every token id as a plain V x out_dim lookup (computed in eval mode)."""
         was_training = self.training
         self.eval()
-        ids = torch.arange(self.vocab_size, device=self.reduce.weight.device)
+        ids = torch.arange(self.vocab_size, device=self.adaptive_input.tables[0].device)
         rows = torch.cat([self(ids[i:i + chunk].unsqueeze(0)).squeeze(0) for i in range(0, self.vocab_size, chunk)])
         self.train(was_training)
         table = TokenEmbedding(self.vocab_size, self.out_dim).to(rows.device)
@@ -258,7 +269,7 @@ def build_define_embedding(cfg: EmbeddingConfig, vocab_size: int, d_model: int, 
     if d.map == "adaptive" and not cutoffs:
         raise LmlabError("model.embedding.define.map=adaptive needs model.embedding.adaptive.cutoffs (e.g. 20000,40000,200000)")
     return DefineEmbedding(vocab_size, d_model, d.map_dim, d.expand_dim, d.layers, d.max_groups, d.variant,
-                           d.dropout, cutoffs, cfg.adaptive.factor, d.schedule, d.layout, d.activation)
+                           d.dropout, cutoffs, cfg.adaptive.factor, d.schedule, d.layout, d.activation, d.reduce)
 
 
 def cache_define_state_dict(state: dict[str, torch.Tensor], model: ModelConfig, vocab_size: int
