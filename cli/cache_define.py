@@ -13,7 +13,7 @@ from lmlab.core.errors import LmlabError
 
 @handle_errors
 def cache_define(
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="train-lm checkpoint of an LM with a DeFINE embedding, e.g. runs/X/checkpoints/best.pt"),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="train-lm checkpoint (LM or translation) with a DeFINE embedding, e.g. runs/X/checkpoints/best.pt"),
     out: str = typer.Option(..., "--out", "-o", help="Where to write the cached checkpoint (.pt)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ):
@@ -21,13 +21,15 @@ def cache_define(
     (DeFINE §3.3), so OUT.pt scores and samples exactly as IN.pt with a plain embedding lookup.
 
     \b
-    OUT.pt is for eval-ppl and sample (optimizer state is dropped; it cannot be resumed). Prints one JSON line:
-    the input-embedding parameters before and after. Translation checkpoints are not cached yet.
+    OUT.pt is for eval-ppl, sample and bleu (optimizer state is dropped; it cannot be resumed). Prints one JSON
+    line: the input-embedding parameters before and after. A translation model's encoder and decoder units become
+    tables (one if they were one unit); an output tied to the DeFINE Map keeps a copy of it.
 
     \b
     Example:
       lmlab cache-define -c runs/demo-define/checkpoints/best.pt -o runs/demo-define/cached.pt
       lmlab eval-ppl -c runs/demo-define/cached.pt --split valid
+      lmlab cache-define -c runs/mt-define/checkpoints/best.pt -o runs/mt-define/cached.pt
     """
     from lmlab.core.models.define import cache_define_checkpoint
 
@@ -36,11 +38,17 @@ def cache_define(
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise LmlabError("--out is the input checkpoint: write the cached copy beside it")
     ckpt = load_checkpoint(checkpoint, ("lm", "seq2seq"))
-    if ckpt["kind"] == "seq2seq":
-        raise LmlabError(f"{checkpoint} is a translation checkpoint: cache-define caches language models only so far")
-    cached = cache_define_checkpoint(ckpt)
-    before = sum(v.numel() for k, v in ckpt["model"].items() if k.removeprefix("_orig_mod.").startswith("embed."))
-    after = sum(v.numel() for k, v in cached["model"].items() if k.startswith("embed."))
-    save_checkpoint(out, cached, "lm")
+    if ckpt["kind"] == "seq2seq":  # encoder and decoder inputs; an output tied to the Map keeps it as its own table
+        from lmlab.core.seq2seq.model import cache_define_seq2seq
+        cached, prefixes = cache_define_seq2seq(ckpt), ("src_embed.", "tgt_embed.")
+    else:
+        cached, prefixes = cache_define_checkpoint(ckpt), ("embed.",)
+
+    def embedding_params(state: dict) -> int:  # shared tensors once
+        seen = {id(v): v.numel() for k, v in state.items() if k.removeprefix("_orig_mod.").startswith(prefixes)}
+        return sum(seen.values())
+
+    before, after = embedding_params(ckpt["model"]), embedding_params(cached["model"])
+    save_checkpoint(out, cached, ckpt["kind"])
     print(strict_json({"checkpoint": checkpoint, "out": out, "embedding_params_before": before,
                        "embedding_params_after": after}))

@@ -81,3 +81,35 @@ def test_checkpoint_alone_translates_in_order(data_dir, tmp_path):
     assert one == many and len(one) == 4 and all(isinstance(s, str) for s in one)
     scored = translate_lines_scored(state, lines, batch_size=2, **kw)
     assert [s["translation"] for s in scored] == one and all(s["score"] <= 0 for s in scored)
+
+
+@pytest.mark.parametrize("sharing", [
+    {},  # one unit for encoder and decoder, the output tied to its Map through a projection (n = 8 < d_model)
+    {"share_map_only": True},  # delight: one Map, two units
+    {"share_all_embeddings": False, "share_decoder_input_output": False}])
+def test_cache_define_translation_scores_and_translates_as_the_live_units(data_dir, tmp_path, sharing):
+    """DeFINE Sec. 3.3 for translation: `lmlab cache-define` turns each unit into its V x d_model table; the cached
+    model's teacher-forced log-probabilities and beam translations equal the live model's."""
+    from conftest import invoke
+    from lmlab.core.seq2seq.data import collate, load_split, read_meta, token_batches
+    from lmlab.core.seq2seq.generate import model_from_state
+    define = {"kind": "define", "define": {"map_dim": 8, "expand_dim": 32, "layers": 2, "max_groups": 2}}
+    cfg = merge(config(data_dir, tmp_path / "run", steps=3), {"model": {"embedding": define, **sharing}})
+    train(cfg, NullReporter())
+    best, cached = tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "cached.pt"
+    result = invoke("cache-define", "-c", str(best), "-o", str(cached))
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    live, table = load_checkpoint(best, "seq2seq"), load_checkpoint(cached, "seq2seq")
+    tables = 1 if not sharing else 2  # encoder and decoder had one unit only in the first case
+    assert summary["embedding_params_after"] == tables * live["vocab_size"]["src"] * 16
+    a, _ = model_from_state(live)
+    b, _ = model_from_state(table)
+    meta = read_meta(data_dir)
+    split = load_split(data_dir, "valid", meta)
+    batch = collate(split, token_batches(split, 200, 1024)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(b(batch["src"], batch["prev"]).log_softmax(-1), a(batch["src"], batch["prev"]).log_softmax(-1),
+                                   rtol=1e-5, atol=1e-5)
+    lines = ["das ist ein test", "ein haus"]
+    assert translate_lines(table, lines, beam=2) == translate_lines(live, lines, beam=2)

@@ -32,6 +32,8 @@ class Seq2SeqModelConfig:
     share_decoder_input_output: bool = option(True, "tie the output projection to the decoder's input table (DeFINE: its n-wide Map, through a d_model -> n projection)")
     share_all_embeddings: bool = option(True, "one input embedding for encoder and decoder (needs a joint vocabulary); with share_decoder_input_output, all three share it")
     share_map_only: bool = option(False, "with share_all_embeddings and a DeFINE embedding: share only the Map table(s); encoder and decoder keep their own expansion and reduce (the official delight code)")
+    output_proj_dim: int = option(0, "untied output through a d_model -> N projection onto its own V x N table (0: none); "
+                                  "what `lmlab cache-define` makes of a DeFINE model whose output was tied to its Map", check=at_least(0))
     embedding: EmbeddingConfig = section(EmbeddingConfig, "input embedding of encoder and decoder (standard or DeFINE)")
 
     def problems(self):

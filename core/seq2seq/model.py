@@ -219,7 +219,11 @@ def build_seq2seq(cfg: Seq2SeqModelConfig, src_vocab: int, tgt_vocab: int) -> Se
                 getattr(tgt_embed.adaptive_input, name.split(".")[0])[int(name.split(".")[1])] = p
     else:
         tgt_embed = _embedding(cfg, tgt_vocab)
-    if not cfg.share_decoder_input_output:
+    if cfg.output_proj_dim and cfg.share_decoder_input_output:
+        raise LmlabError("model.output_proj_dim is an untied output: set model.share_decoder_input_output=false")
+    if cfg.output_proj_dim:  # a cached DeFINE model: the Map it was tied to, kept as the output's own table
+        output = ProjectedTiedOutput(cfg.d_model, nn.Parameter(torch.zeros(tgt_vocab, cfg.output_proj_dim)))
+    elif not cfg.share_decoder_input_output:
         output = LinearOutput(cfg.d_model, tgt_vocab, bias=False)
         nn.init.normal_(output.weight, std=cfg.d_model ** -0.5)
     else:
@@ -244,3 +248,41 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, eps: float) -
     smooth = -lp.mean(-1)
     loss = (1.0 - eps) * nll + eps * smooth
     return loss[mask].sum(), nll[mask].sum()
+
+
+def cache_define_seq2seq(ckpt: dict) -> dict:
+    """A "seq2seq" checkpoint with DeFINE embeddings -> an inference checkpoint whose encoder and decoder inputs are
+    the cached V x d_model tables (DeFINE Sec. 3.3: after training the unit is a fixed function of the token id).
+    An output tied to the Map keeps that table as its own (output_proj_dim); units shared between encoder and
+    decoder stay one table. Optimizer and scheduler state are dropped (for translation and scoring only)."""
+    import copy
+
+    from lmlab.core.config import from_dict, to_dict
+    from lmlab.core.seq2seq.config import Config
+
+    cfg = from_dict(Config, ckpt["config"])
+    m = cfg.model
+    if m.embedding.kind != "define":
+        raise LmlabError(f"the checkpoint's embedding is '{m.embedding.kind}', not define: nothing to cache")
+    vocab = ckpt["vocab_size"]
+    model = build_seq2seq(m, vocab["src"], vocab["tgt"])
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    new = copy.deepcopy(m)
+    new.embedding.kind, new.embedding.dim = "standard", 0
+    new.share_all_embeddings = m.share_all_embeddings and not m.share_map_only  # one unit: one table
+    new.share_map_only = False
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("src_embed.", "tgt_embed.", "output."))}
+    state["src_embed.table.weight"] = model.src_embed.export_table().table.weight.detach().clone()
+    state["tgt_embed.table.weight"] = (state["src_embed.table.weight"] if new.share_all_embeddings else
+                                       model.tgt_embed.export_table().table.weight.detach().clone())
+    if isinstance(model.output, ProjectedTiedOutput):  # tied to the Map (n wide): keep it as the output's table
+        new.share_decoder_input_output, new.output_proj_dim = False, model.output.weight.size(1)
+        state["output.proj.weight"] = model.output.proj.weight.detach().clone()
+        state["output.weight"] = model.output.weight.detach().clone()
+    else:
+        new.share_decoder_input_output = False
+        state["output.weight"] = model.output.weight.detach().clone()
+    cfg.model = new
+    out = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "kind", "lmlab_version", "optimizer", "scheduler")}
+    out["model"], out["config"], out["cached_from"] = state, to_dict(cfg), "define"
+    return out
