@@ -229,15 +229,16 @@ def test_torchrun_residual_ebm_with_a_negatives_file_matches_one_process(tmp_pat
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
-def test_torchrun_residual_refuses_an_indivisible_batch_and_the_mlm_phase(tmp_path, setup):
+def test_torchrun_residual_refuses_an_indivisible_batch(tmp_path, setup):
     """One error line from each rank, before the run dir is created: a global batch of 3 on 2 processes (it names
-    the sizes that work), and a BiT MLM phase (not data-parallel: it would train each rank's copy alone)."""
+    the sizes that work), for NCE and for the MLM phase."""
     root, ckpt = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cases = [({"data.batch_size": 3}, "data.batch_size=3 is the global batch and must be divisible by the number of "
                                       "processes (2); the nearest that work are --set data.batch_size=2"),
-             ({"mlm.steps": 2}, "mlm.steps=2: the MLM pre-training phase is not data-parallel")]
+             ({"mlm.steps": 2, "mlm.batch_size": 3}, "mlm.batch_size=3 is the global batch and must be divisible by "
+                                                     "the number of processes (2); the nearest that work are --set mlm.batch_size=2")]
     for extra, message in cases:
         multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                                 "29594", "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "run", **extra)],
@@ -245,6 +246,27 @@ def test_torchrun_residual_refuses_an_indivisible_batch_and_the_mlm_phase(tmp_pa
         assert multi.returncode != 0
         assert multi.stderr.count(f"lmlab: error: {message}") == 2, multi.stderr[-2000:]  # then torchrun's own report
         assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_residual_mlm_phase_matches_one_process(tmp_path, setup, residual_negatives):
+    """The BiT MLM pre-training phase, data-parallel: each rank takes its rows of the global batch's windows and
+    masks, the loss is the mean over all masked tokens, so 2 processes pre-train (and then NCE-train) as 1 does."""
+    root, ckpt = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    sets = {"negatives.file": residual_negatives, "mlm.steps": 3, "mlm.lr": 1e-3}
+    single = subprocess.run([sys.executable, "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "one", steps=3, **sets)],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29596",
+                            "-m", "lmlab", *_residual_args(root, ckpt, tmp_path / "two", steps=3, **sets)],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    rows = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")}
+    for key in ("mlm_loss_nats", "train_loss_nats"):
+        one, two = ([r[key] for r in rows[run] if key in r] for run in ("one", "two"))
+        assert len(one) == len(two) == 3, key
+        assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (key, one, two)
 
 
 def test_torchrun_residual_ebm_stopped_by_sigterm_resumes_exactly(tmp_path, setup):

@@ -7,6 +7,10 @@ this trains the same objective (BERT/RoBERTa masking: of the `mask_prob` selecte
 windows, then drops the MLM head and keeps the encoder for NCE. Each update's windows and masks are a
 function of (seed, update), and `MLMPretrainer.state_dict` holds the head, optimizer, schedule and
 update count, so a long pre-training phase resumes exactly from a checkpoint.
+
+Data-parallel (W processes): `batch_size` is the global batch. Every process draws the global batch's windows and
+masks and takes its rows; the loss is the mean over the global batch's masked tokens (their count is reduced
+first), and gradients are averaged in one all-reduce, so W processes make one process's update.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.core import distributed
 from lmlab.core.residual.energy import BiTEnergy
 from lmlab.core.residual.windows import Windows
 
@@ -46,8 +51,9 @@ class MLMPretrainer:
     """Masked-LM updates of `energy`'s encoder (plus a throwaway vocabulary head), one `update()` at a time."""
 
     def __init__(self, energy: BiTEnergy, windows: Windows, *, steps: int, batch_size: int, lr: float, mask_prob: float,
-                 seed: int, device, warmup_steps: int = 0):
+                 seed: int, device, warmup_steps: int = 0, rank: int = 0, world_size: int = 1):
         self.energy, self.windows, self.steps, self.batch_size = energy, windows, steps, batch_size
+        self.rank, self.world_size = rank, world_size
         self.mask_prob, self.seed, self.device = mask_prob, seed, device
         self.head = nn.Linear(energy.tok.embedding_dim, energy.vocab_size).to(device)
         self.params = list(energy.parameters()) + list(self.head.parameters())
@@ -68,15 +74,27 @@ class MLMPretrainer:
         prefixes, conts = self.windows.get(rng.integers(0, len(self.windows), self.batch_size), self.device)
         tokens = torch.cat([prefixes, conts], dim=1)  # (B, P+C)
         inp, targets = mask_tokens(tokens, self.energy.mask_id, self.energy.vocab_size, self.mask_prob, self.gen)
-        h = self.energy.hidden(inp, torch.ones_like(inp, dtype=torch.bool))  # (B, L, d)
-        loss = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        W = self.world_size
+        if W > 1:  # this process's rows of the global batch (windows and masks drawn for all of it)
+            rows = slice(self.rank * self.batch_size // W, (self.rank + 1) * self.batch_size // W)
+            inp, targets = inp[rows], targets[rows]
+        h = self.energy.hidden(inp, torch.ones_like(inp, dtype=torch.bool))  # (B/W, L, d)
+        if W == 1:
+            loss = value = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        else:  # the mean over the global batch's masked tokens: sum here / count everywhere, x W for the average
+            total = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+            count = distributed.all_reduce_sum((targets != -100).sum().to(total.dtype))
+            loss = total * (W / count)
+            value = distributed.all_reduce_sum(total.detach()) / count
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if W > 1:
+            distributed.average_gradients(self.params, W)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         self.schedule.step()
         self.step += 1
-        return loss.item()
+        return value.item()
 
     def state_dict(self) -> dict[str, Any]:
         return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict(),

@@ -119,7 +119,7 @@ class ResidualTrainer:
         self.mlm = (None if self.mlm_done else
                     MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or cfg.data.batch_size,
                                   lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
-                                  warmup_steps=m.warmup_steps))
+                                  warmup_steps=m.warmup_steps, rank=self.dist.rank, world_size=self.dist.world_size))
         self._valid_set = None
         max_steps = cfg.schedule.max_steps
         eval_every, save_every = cfg.run.eval_interval or max(1, max_steps // 10), cfg.run.save_interval
@@ -264,13 +264,14 @@ class ResidualTrainer:
         while not self.mlm.done:
             losses.append(self.mlm.update())
             self.reporter.update(self.mlm.step, {"mlm_loss": losses[-1]})
-            if self.mlm.step % every == 0 or self.mlm.done or stop.requested:
+            stopping = self.loop.stop_requested()  # every rank stops after the same MLM update
+            if self.mlm.step % every == 0 or self.mlm.done or stopping:
                 self.mlm_done = self.mlm.done
                 self._save(is_best=False)  # checkpoint first, then its metrics line: a resume never repeats one
                 self.run.log_metrics({"step": 0, "mlm_step": self.mlm.step, "mlm_loss_nats": float(np.mean(losses)),
                                       "mlm_lr": self.mlm.schedule.get_last_lr()[0]})
                 losses = []
-            if stop.requested and not self.mlm.done:
+            if stopping and not self.mlm.done:
                 name = stop.signal_name or "signal"
                 self.reporter.log(f"{name}: saved {self.run.last} at MLM update {self.mlm.step}; rerun to resume")
                 return name
@@ -283,25 +284,22 @@ class ResidualTrainer:
         if self.cfg.run.resume != "never" and self.run.config_path.is_file():
             check_renamed_file(Config, self.run.config_path)
 
-    def _refuse_distributed_mlm(self) -> None:
-        """The MLM phase updates through MLMPretrainer's own optimizer step, with no gradient averaging over ranks."""
-        if self.dist.distributed and not self.mlm_done:
-            raise LmlabError(f"mlm.steps={self.cfg.mlm.steps}: the MLM pre-training phase is not data-parallel; run it as "
-                             "one process (the same command without torchrun, stopped by Ctrl-C once NCE has started, "
-                             "then rerun under torchrun to resume) or --set mlm.steps=0")
+    def _refuse_indivisible_mlm_batch(self) -> None:
+        """The MLM phase is data-parallel like NCE: its global batch must divide by the number of processes."""
+        if self.mlm is not None and self.mlm.batch_size % self.dist.world_size:
+            raise LmlabError(batch_not_divisible(self.mlm.batch_size, self.dist.world_size)
+                             .replace("data.batch_size", "mlm.batch_size"))
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._check_renamed_keys()
-        if not self.run.last.exists():
-            self._refuse_distributed_mlm()  # before the run dir is touched (a resumed run may have finished its MLM)
+        self._refuse_indivisible_mlm_batch()  # before the run dir is touched
         resumed = self.run.prepare(self.config_record(), cfg.run.resume, cfg.run.force,
                                    length_fixed_by="its lr decays linearly to 0 at the last update")
         distributed.barrier()  # rank 0 has created (or moved aside) the run dir before any rank reads last.pt
         try:
             if resumed:
                 self._restore(self.run.load_last(KIND, map_location="cpu", log=self.reporter.log))
-            self._refuse_distributed_mlm()
         except BaseException:
             self.run.release()
             raise
