@@ -150,6 +150,25 @@ IMM_PTB_PAPER = --paper-base 81.6 --paper-arm 76 --paper-source "official code R
 $(eval $(call imm_cpu_tier,imm-ptb-cpu,$(IMM_CPU_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER))
 imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
 
+# The control arm: dropout-only with IMM's switch-on lr event alone (ptb-lstm-small-lrcontrol), paired with both
+# arms of the same seeds: dropout-only -> control measures the lr event, control -> IMM measures IMM itself.
+$(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),control,ptb ptb-lstm-small-dropout ptb-lstm-small-lrcontrol,$(s))))
+results/imm-ptb-cpu-control.json: $(foreach s,$(IMM_CPU_SEEDS),$(foreach a,dropout control imm,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+	@mkdir -p $(@D)
+	{ echo "IMM vs the control arm (the same lr event, no IMM term):"; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base control --arm imm --json $(IMM_CPU_RUNS)/control-imm.json; echo; \
+	  echo "The control arm vs dropout-only (the lr event alone):"; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base dropout --arm control --json $(IMM_CPU_RUNS)/dropout-control.json; \
+	} > $(IMM_CPU_RUNS)/control.md
+	$(RECORD) imm-ptb-cpu-control --command '$(call made_by,imm-ptb-cpu-control)' $(foreach s,$(IMM_CPU_SEEDS),--train control-s$(s)=$(IMM_CPU_RUNS)/control-s$(s).train.json) \
+	  --json control_vs_imm=$(IMM_CPU_RUNS)/control-imm.json --json dropout_vs_control=$(IMM_CPU_RUNS)/dropout-control.json \
+	  --markdown $(IMM_CPU_RUNS)/control.md --seed '$(IMM_CPU_SEEDS)'
+	$(RESULTS_DOC)
+
+imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's control arm: dropout-only + IMM's lr event alone, paired with both arms (CPU, ~75 min a seed) [IMM_CPU_SEEDS='1 2 3']
+	@$(RESULTS_DOC) --print imm-ptb-cpu-control
+.PHONY: imm-ptb-cpu-control
+
 # The same protocol on a 2-layer Transformer LM (item 4 of the IMM issue): same data, seeds and IMM settings.
 IMM_TF_RUNS ?= runs/imm-transformer-ptb-cpu
 $(eval $(call imm_cpu_tier,imm-transformer-ptb-cpu,$(IMM_TF_RUNS),ptb ptb-transformer-small-dropout,ptb-transformer-small-imm))

@@ -220,11 +220,12 @@ def test_data_paths_default_under_one_root_and_what_the_user_sets_wins(ws):
 
 
 def test_recipes_read_the_data_variables_and_pythons_python(ws):
-    plan = make(ws, "-n", "imm-ptb-cpu", "imm-transformer-ptb-cpu", "mt-multi30k-de-en", "gebm-redwine", "gebm-cifar10-cpu",
+    plan = make(ws, "-n", "imm-ptb-cpu", "imm-transformer-ptb-cpu", "imm-ptb-cpu-control", "mt-multi30k-de-en", "gebm-redwine", "gebm-cifar10-cpu",
                 env={"LMLAB_PTB": "/x", "LMLAB_MULTI30K": "/m", "LMLAB_CIFAR10": "/c.tgz"}, check=True).stdout
     assert "head -n $((n / 4)) /x/ptb.train.txt" in plan and "--valid /x/ptb.valid.txt" in plan
     assert "--preset ptb,ptb-transformer-small-dropout,ptb-transformer-small-imm," in plan and \
         "--run-dir runs/imm-transformer-ptb-cpu/imm-s3" in plan and "-o docs/figures/imm-transformer-ptb-cpu.png" in plan
+    assert "--preset ptb,ptb-lstm-small-dropout,ptb-lstm-small-lrcontrol," in plan and "--base control --arm imm" in plan
     assert "< /m/test_2016_flickr.de" in plan and "bleu /m/test_2016_flickr.en" in plan
     assert "--real /c.tgz" in plan and f"test -f {ws / 'wine'}/winequality-red.csv" in plan  # WINE= from make()
     assert f"{sys.executable} -m lmlab.core.gebm.evaluate" in plan and "\npython -m" not in plan

@@ -47,6 +47,36 @@ def test_plateau_warms_up_then_follows_its_decays():
     assert LRSchedule(ScheduleConfig(name="plateau"), 1e-3, 100).lr_at(0) == 1e-3  # no warmup: unchanged
 
 
+def test_the_lr_event_fires_once_below_its_perplexity_after_the_plateau_rule():
+    """schedule.set_lr_below_ppl (the IMM pair's control arm): lr -> set_lr_to the first time validation ppl < X,
+    after that evaluation's plateau decision (as IMM's switch-on follows it), never again; resumable."""
+    import math as m
+    cfg = ScheduleConfig(name="plateau", decay=2.0, set_lr_below_ppl=194.0, set_lr_to=0.5)
+    s = LRSchedule(cfg, 1.0, 100)
+    s.on_eval(m.log(300.0))
+    assert s.lr == 1.0 and not s.lr_set
+    s.on_eval(m.log(190.0))
+    assert s.lr == 0.5 and s.lr_set
+    s.on_eval(m.log(195.0))  # a plateau halves the set lr; the event does not fire again
+    s.on_eval(m.log(150.0))
+    assert s.lr == 0.25
+    again = LRSchedule(cfg, 1.0, 100)
+    again.load_state_dict(s.state_dict())
+    again.on_eval(m.log(100.0))
+    assert again.lr == 0.25 and again.lr_set
+    old = {k: v for k, v in s.state_dict().items() if k != "lr_set"}  # a checkpoint from before the option
+    LRSchedule(ScheduleConfig(name="plateau"), 1.0, 100).load_state_dict(old)
+
+
+def test_control_arm_preset_copies_the_imm_arms_lr_event():
+    from lmlab.core.config import resolve
+    from lmlab.core.train.config import TrainConfig
+    imm = resolve(TrainConfig, "train-lm", ["ptb", "ptb-lstm-small-dropout", "ptb-lstm-small-imm"], {})
+    control = resolve(TrainConfig, "train-lm", ["ptb", "ptb-lstm-small-dropout", "ptb-lstm-small-lrcontrol"], {})
+    assert control.objective == "ce" and control.schedule.set_lr_below_ppl == imm.imm.start_below_ppl
+    assert control.schedule.set_lr_to == imm.imm.lr_at_start
+
+
 def test_nt_asgd_trigger_counts_nonmono_as_the_reference_code():
     """AWD-LSTM checks `len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono])` *before*
     appending val_loss: the `nonmono` evaluations just before the newest are left out of the minimum."""

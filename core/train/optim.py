@@ -53,6 +53,7 @@ class LRSchedule:
         self.best = math.inf
         self.bad_evals = 0
         self.decays = 0
+        self.lr_set = False  # set_lr_below_ppl has fired
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -73,7 +74,15 @@ class LRSchedule:
         return lr
 
     def on_eval(self, valid_loss: float) -> bool:
-        """Plateau rule; returns True when the lr was decayed (the trainer may reload the best weights)."""
+        """Plateau rule; returns True when the lr was decayed (the trainer may reload the best weights). Then the
+        one-off lr event (set_lr_below_ppl), in the order IMM's switch-on follows the plateau rule."""
+        decayed = self._plateau(valid_loss)
+        c = self.cfg
+        if c.set_lr_below_ppl > 0 and not self.lr_set and math.exp(min(valid_loss, 700)) < c.set_lr_below_ppl:
+            self.lr, self.lr_set = c.set_lr_to, True
+        return decayed
+
+    def _plateau(self, valid_loss: float) -> bool:
         if valid_loss < self.best:
             self.best, self.bad_evals = valid_loss, 0
             return False
@@ -100,8 +109,9 @@ class LRSchedule:
         return self.cfg.min_lr > 0 and self.lr < self.cfg.min_lr
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr, "best": self.best, "bad_evals": self.bad_evals, "decays": self.decays}
+        return {"lr": self.lr, "best": self.best, "bad_evals": self.bad_evals, "decays": self.decays, "lr_set": self.lr_set}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr, self.best = float(state["lr"]), float(state["best"])
         self.bad_evals, self.decays = int(state["bad_evals"]), int(state["decays"])
+        self.lr_set = bool(state.get("lr_set", False))  # checkpoints from before the option
