@@ -142,12 +142,12 @@ results/$(1).json: $(foreach s,$(IMM_CPU_SEEDS),$(2)/dropout-s$(s)/eval-test.jso
 
 $(1): results/$(1).json
 	@$$(RESULTS_DOC) --print $(1)
-.PHONY: $(1)
 endef
 
 # the paper's side: the official code's README (Table 1's setting at full size: 2x1500 LSTM on all of PTB)
 IMM_PTB_PAPER = --paper-base 81.6 --paper-arm 76 --paper-source "official code README, 2x1500 LSTM on all of PTB: dropout-only best 81.6 (Xie et al.), with IMM 76.x; not this CPU scale"
 $(eval $(call imm_cpu_tier,imm-ptb-cpu,$(IMM_CPU_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER))
+.PHONY: imm-ptb-cpu imm-transformer-ptb-cpu
 imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
 
 # The control arm: dropout-only with IMM's switch-on lr event alone (ptb-lstm-small-lrcontrol), paired with both
