@@ -100,7 +100,7 @@ def _global_base_loss(e_fake: torch.Tensor, e_real: torch.Tensor | None, n_fake:
 
 
 def _check(value: torch.Tensor, what: str, step: int) -> float:
-    v = float(value)
+    v = float(value.detach())
     if not math.isfinite(v):
         raise NonFiniteLossError(f"{what} became {v} at base step {step}; the last good checkpoint is kept "
                                  "(lower optim.lr_energy/lr_base or raise optim.penalty)")
@@ -326,7 +326,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         set_lr()
         opt_b.step()
         updates += 1
-        rec["base_loss_nats"] = float(lb_value)
+        rec["base_loss_nats"] = float(lb_value.detach())
         step += 1
         for k, v in rec.items():
             sums[k] = sums.get(k, 0.0) + v
