@@ -27,6 +27,7 @@ def eval_ppl(
     stride: Optional[int] = typer.Option(None, "--stride", help="Transformer sliding window: new tokens per window (default: context/2)."),
     is_samples: str = typer.Option("1,2,4,8,16,32,64", "--is-samples", help="Residual EBM: numbers n of LM samples for the log Z estimates (the tightening curve)."),
     max_examples: int = typer.Option(0, "--max-examples", help="Residual EBM: score at most this many prefix/continuation pairs (0: all)."),
+    per_position: int = typer.Option(0, "--per-position", help="Residual EBM: also the joint model's gain at each continuation position (the paper's Figure 3), from this many LM futures per position and window (0: off; cost ~ continuation length / 2 times the bracket's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 autocast (LM checkpoints)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the residual EBM's importance samples."),
@@ -43,6 +44,7 @@ def eval_ppl(
       echo "the cat sat on the mat ." | lmlab eval-ppl -c runs/demo/checkpoints/best.pt -i -
       lmlab eval-ppl --ngram unigram --data data/demo --split valid
       lmlab eval-ppl -c runs/demo-ebm/checkpoints/best.pt --split test --is-samples 1,4,16,64
+      lmlab eval-ppl -c runs/demo-ebm/checkpoints/best.pt --split test --per-position 8 --max-examples 64
     """
     from lmlab.core import distributed
     from lmlab.core.config import DEVICE, at_least
@@ -53,6 +55,7 @@ def eval_ppl(
     if stride is not None:
         check_flag("--stride", stride, at_least(1))
     check_flag("--max-examples", max_examples, at_least(0))
+    check_flag("--per-position", per_position, at_least(0))
     check_flag("--device", device, DEVICE)
     if precision not in PRECISIONS:
         raise LmlabError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -60,7 +63,7 @@ def eval_ppl(
         raise LmlabError("--ngram and --checkpoint both given: score either an n-gram baseline or a checkpoint")
     if input_ is not None:
         refuse(ctx, ("data", "split"), "--input scores a text file, not a data-dir split")
-    residual_only = ("is_samples", "max_examples", "seed")
+    residual_only = ("is_samples", "max_examples", "seed", "per_position")
     if ngram:
         refuse(ctx, ("input_", "batch_size", "bptt", "stride", "device", "precision") + residual_only,
                "--ngram scores a data-dir split with a count-based baseline (it takes --data and --split)")
@@ -79,7 +82,7 @@ def eval_ppl(
         ns = _sample_counts(is_samples)
         from lmlab.core.data import trained_data_dir
         result = eval_joint_ppl(state, data or trained_data_dir(state, checkpoint), split, samples=ns, max_examples=max_examples,
-                                batch_size=batch_size, seed=seed, device=str(dev))
+                                batch_size=batch_size, seed=seed, device=str(dev), position_samples=per_position)
         print(strict_json({"checkpoint": checkpoint, "kind": kind, "split": split, **result}))
         return
     if kind != "lm":

@@ -93,12 +93,17 @@ def sample_continuations(model: LanguageModel, prefixes: torch.Tensor, *, num_sa
 
 
 @torch.no_grad()
+def token_logprobs(model: LanguageModel, prefixes: torch.Tensor, continuations: torch.Tensor) -> torch.Tensor:
+    """log P_LM(x_t | x_<t) in nats of each continuation token (N, C) given its prefix (N, P) -> (N, C)."""
+    tokens = torch.cat([prefixes, continuations], dim=1)
+    nll, _ = model(tokens[:, :-1], tokens[:, 1:])  # (N, P + C - 1)
+    return -nll[:, prefixes.size(1) - 1:]  # the continuation's tokens
+
+
 def sequence_logprob(model: LanguageModel, prefixes: torch.Tensor, continuations: torch.Tensor,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Total log-probability in nats of each continuation (N, C) given its prefix (N, P); `mask` (N, C) selects tokens."""
-    tokens = torch.cat([prefixes, continuations], dim=1)
-    nll, _ = model(tokens[:, :-1], tokens[:, 1:])  # (N, P + C - 1)
-    nll = nll[:, prefixes.size(1) - 1:]  # the continuation's tokens
+    logp = token_logprobs(model, prefixes, continuations)
     if mask is not None:
-        nll = nll * mask
-    return -nll.sum(dim=1)
+        logp = logp * mask
+    return logp.sum(dim=1)

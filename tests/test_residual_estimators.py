@@ -148,6 +148,74 @@ def test_joint_ppl_converges_to_exact_enumerated_value():
     assert abs(out["base_lm"]["ppl"] - exact_ppl) > 0.03 * exact_ppl  # the energy does change the model
 
 
+
+def _exact_toy():
+    """Vocab 3, prefix 2, continuation 2, E = table[x_1, x_2]: every quantity enumerable."""
+    lm = tiny_lm(vocab=3, seed=2)
+    table = torch.tensor([[0.0, 1.5, -1.0], [2.0, 0.0, 0.5], [-0.5, 1.0, 0.0]])
+    windows = Windows(np.random.default_rng(3).integers(0, 3, 60), 2, 2)
+    return lm, table, windows, ResidualModel(lm, TableEnergy(table), 2, 2)
+
+
+def _exact_position_gains(lm, table, prefixes, conts) -> np.ndarray:
+    """log P_joint(x_t | x_<t) - log P_LM(x_t | x_<t) per window and position, by enumeration: (B, 2)."""
+    allc = torch.tensor(list(itertools.product(range(3), repeat=2)))  # (9, 2)
+    gains = []
+    for b in range(prefixes.size(0)):
+        logp = sequence_logprob(lm, prefixes[b:b + 1].expand(9, -1), allc)  # log P_LM(y_1, y_2)
+        joint = logp - table[allc[:, 0], allc[:, 1]]
+        joint = joint - torch.logsumexp(joint, 0)  # log P_joint(y_1, y_2)
+        x1, x2 = int(conts[b, 0]), int(conts[b, 1])
+        first = allc[:, 0] == x1
+        j1, l1 = torch.logsumexp(joint[first], 0), torch.logsumexp(logp[first], 0)  # marginals of x_1
+        pair = first & (allc[:, 1] == x2)
+        gains.append([(j1 - l1).item(), ((joint[pair] - j1) - (logp[pair] - l1)).item()])
+    return np.array(gains)
+
+
+def test_per_position_gains_converge_to_the_enumerated_conditionals():
+    lm, table, windows, model = _exact_toy()
+    prefixes, conts = windows.get(np.arange(6))
+    exact = _exact_position_gains(lm, table, prefixes, conts)  # (6, 2)
+    assert np.abs(exact).max() > 0.2  # the energy moves both positions' conditionals
+    out = joint_ppl_from_windows(model, windows, samples=[2], max_examples=6, batch_size=3, seed=0,
+                                 position_samples=4000)
+    rows = out["per_position"]["positions"]
+    assert [r["position"] for r in rows] == [1, 2] and out["per_position"]["windows"] == 6
+    for t, row in enumerate(rows):
+        assert row["gain_nats_per_token"] == pytest.approx(exact[:, t].mean(), abs=0.02)
+        assert row["joint_ppl"] == pytest.approx(row["base_ppl"] * math.exp(-row["gain_nats_per_token"]), rel=1e-12)
+    # the positions' conditionals multiply to the joint of the whole continuation, as the bracket's large-n estimate
+    total_gain = sum(r["gain_nats_per_token"] for r in rows)
+    assert total_gain == pytest.approx(exact.sum(1).mean(), abs=0.03)
+
+
+def test_per_position_leaves_the_bracket_unchanged():
+    _, _, windows, model = _exact_toy()
+    plain = joint_ppl_from_windows(model, windows, samples=[2, 8], max_examples=6, batch_size=3, seed=0)
+    with_positions = joint_ppl_from_windows(model, windows, samples=[2, 8], max_examples=6, batch_size=3, seed=0,
+                                            position_samples=4)
+    assert with_positions["joint"] == plain["joint"] and "per_position" not in plain
+
+
+def test_paired_gain_is_the_per_window_log_ratio_with_its_standard_error():
+    lm, table, windows, model = _exact_toy()
+    out = joint_ppl_from_windows(model, windows, samples=[4000], max_examples=8, batch_size=4, seed=0)
+    gain = out["joint"][0]["paired_gain_lower"]
+    prefixes, conts = windows.get(np.arange(8))
+    exact = _exact_position_gains(lm, table, prefixes, conts).sum(1)  # log P_joint - log P_LM per window
+    assert gain["windows"] == 8
+    assert gain["mean_nats_per_window"] == pytest.approx(exact.mean(), abs=0.03)
+    assert gain["se"] == pytest.approx(exact.std(ddof=1) / math.sqrt(8), rel=0.1)
+    # the mean gain is the bracket's: base NLL minus the joint's lower NLL, per window
+    per_window = (out["base_lm"]["nll_nats_per_token"] - out["joint"][0]["nll_lower_nats_per_token"]) * 2
+    assert gain["mean_nats_per_window"] == pytest.approx(per_window, rel=1e-9)
+    zero = joint_ppl_from_windows(ResidualModel(lm, ZeroEnergy(), 2, 2), windows, samples=[1, 4], max_examples=8,
+                                  batch_size=4, seed=0)
+    assert zero["joint"][1]["paired_gain_lower"]["mean_nats_per_window"] == pytest.approx(0.0, abs=1e-12)
+    assert zero["joint"][1]["paired_gain_upper"]["se"] == pytest.approx(0.0, abs=1e-12)
+
+
 # --- energy networks: padding never enters ------------------------------------------------------------
 @pytest.mark.parametrize("which", ["bit", "bit-post", "unit-transformer", "unit-lstm"])
 def test_padding_does_not_change_energy(which):

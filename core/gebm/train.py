@@ -65,7 +65,7 @@ class Shares:
     equal share of rows B..N. Equal shares make one process's means over the global batch the mean of the W
     processes' means. One process: the whole batch, untouched."""
 
-    def __init__(self, rank: int, world: int, batch: int, n_fake: int):
+    def __init__(self, rank: int, world: int, batch: int, n_fake: int, device: torch.device | str = "cpu"):
         if batch % world or n_fake % world:  # data.batch_size itself was checked first; a data set smaller than it
             raise LmlabError(f"{batch} data rows and {n_fake} latents per update cannot be shared by {world} processes: "
                              f"set data.batch_size to a multiple of {world} no larger than the data set")
@@ -73,13 +73,13 @@ class Shares:
         self.rows = slice(rank * batch // world, (rank + 1) * batch // world)
         extra = n_fake - batch
         self.fake_rows = torch.cat([torch.arange(batch)[self.rows],
-                                    batch + torch.arange(rank * extra // world, (rank + 1) * extra // world)])
+                                    batch + torch.arange(rank * extra // world, (rank + 1) * extra // world)]).to(device)
 
     def real(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.world == 1 else x[self.rows]
 
     def fake(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.world == 1 else z[self.fake_rows.to(z.device)]
+        return z if self.world == 1 else z[self.fake_rows]
 
 
 def _global_base_loss(e_fake: torch.Tensor, e_real: torch.Tensor | None, n_fake: int, rank: int, world: int):
@@ -190,7 +190,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     # base is frozen in the energy step), and divides by all their shape dims, so the energy's share is as there
     penalised = list(energy.parameters()) + (list(base.parameters()) if cfg.model.energy == "flow-combined" else [])
     n_fake = o.noise_factor * batch_size
-    shares = Shares(dist.rank, world, batches.batch_size, n_fake)
+    shares = Shares(dist.rank, world, batches.batch_size, n_fake, device)
     energy_params = list(energy.parameters()) + [log_partition]
 
     def averaged(*values: torch.Tensor) -> list[torch.Tensor]:  # the global batch's figures, the same on every rank

@@ -43,7 +43,7 @@ from lmlab.core.residual.mlm import MLMPretrainer
 from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopFlag, StopRequested
+from lmlab.core.signals import StopFlag
 from lmlab.core.train.loop import TrainLoop
 from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
@@ -208,12 +208,6 @@ class ResidualTrainer:
         self.step += 1
         return {**logged, "lr": self.schedule.get_last_lr()[0]}
 
-    def _poll_stop(self, chunk: int) -> None:
-        """Inside an evaluation: a SLURM warning (--signal=USR1@90) is met even when validation takes minutes. Every
-        rank evaluates every chunk, so ranks poll in step (a collective each 16th chunk)."""
-        if self.loop.stop is not None and (not self.dist.distributed or chunk % 16 == 15) and self.loop.stop_requested():
-            raise StopRequested
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """NCE loss and real-vs-LM accuracy on fixed valid windows with fixed LM negatives."""
@@ -227,12 +221,12 @@ class ResidualTrainer:
             for chunk, start in enumerate(range(0, count, 64)):
                 prefixes, pos = self.valid_windows.get(np.arange(start, min(start + 64, count)), self.device)
                 valid_set.append((prefixes, pos.unsqueeze(1), sampler(prefixes)))
-                self._poll_stop(chunk)
+                self.loop.poll_in_validation(chunk)
             self._valid_set = valid_set
         self.energy.eval()
         e_pos, e_neg = [], []
         for chunk, (prefixes, pos, neg) in enumerate(self._valid_set):
-            self._poll_stop(chunk)
+            self.loop.poll_in_validation(chunk)
             with self.autocast():
                 e = score(self.energy_forward, prefixes, torch.cat([pos, neg], dim=1), chunk=512).float()
             e_pos.append(e[:, 0])

@@ -6,6 +6,7 @@ Resumption is exact: the checkpoint holds model, optimizer, scheduler, step, the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -25,7 +26,6 @@ from lmlab.core.rundir import RunDir
 from lmlab.core.seq2seq.config import Config, Seq2SeqScheduleConfig
 from lmlab.core.seq2seq.data import collate, epoch_order, load_split, load_tokenizers, read_meta, token_batches
 from lmlab.core.seq2seq.model import build_seq2seq, label_smoothed_nll
-from lmlab.core.signals import StopRequested
 from lmlab.core.train.loop import TrainLoop
 
 KIND = "seq2seq"
@@ -71,6 +71,18 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     embed = {id(p): p.numel() for m in (model.src_embed, model.tgt_embed) for p in m.parameters()}
     return {"params": total, "embedding_params": sum(embed.values())}
 
+
+
+@dataclasses.dataclass
+class Position:
+    """Where the run stands; the loop's closures update it in place."""
+    step: int
+    epoch: int
+    batch_pos: int  # this process's next batch within the epoch
+    best: float  # best valid NLL so far (nats/token)
+    tokens: int = 0  # target tokens trained on since this process started (for tokens/s)
+    last: dict = dataclasses.field(default_factory=dict)  # the last update's metrics row
+    saved: int = -1  # the update last.pt holds
 
 def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
     dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
@@ -132,17 +144,17 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
     reporter.log(f"seq2seq: {sizes['params']:,} parameters ({sizes['embedding_params']:,} in embeddings), "
                  f"{len(train_split)} training pairs in {len(batches)} batches, {max_steps} updates")
 
-    pos = {"step": step, "epoch": epoch, "batch_pos": batch_pos, "best": best, "tokens": 0, "last": {}}
+    pos = Position(step, epoch, batch_pos, best)
     t0 = time.monotonic()
 
     def save(is_best: bool) -> None:
         state = {"model": strip_compile_prefix(model.state_dict()), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": pos["step"], "epoch": pos["epoch"], "batch_pos": pos["batch_pos"],
-                 "best_valid_nll_nats": pos["best"], "rng": rng_state(), "config": config_dict, "vocab_size": vocab,
+                 "scheduler": scheduler.state_dict(), "step": pos.step, "epoch": pos.epoch, "batch_pos": pos.batch_pos,
+                 "best_valid_nll_nats": pos.best, "rng": rng_state(), "config": config_dict, "vocab_size": vocab,
                  "tokenizers": tokenizers, "tokenizer_sha256": meta["tokenizer_sha256"], "data_meta": meta,
                  "lmlab_version": __version__, "eval_pending": loop.eval_pending, **sizes}
-        run.save(state, KIND, pos["step"], is_best=is_best, keep=cfg.run.keep)
-        pos["saved"] = pos["step"]
+        run.save(state, KIND, pos.step, is_best=is_best, keep=cfg.run.keep)
+        pos.saved = pos.step
 
     def my_batches(epoch: int) -> list[int]:
         order = epoch_order(len(batches), cfg.seed, epoch)
@@ -151,11 +163,11 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
         return order[:usable][dist.rank::dist.world_size]
 
     def update() -> None:
-        mine = my_batches(pos["epoch"])
-        if pos["batch_pos"] >= len(mine):  # the last update ended an epoch (a checkpoint may have been saved there)
-            pos["epoch"], pos["batch_pos"] = pos["epoch"] + 1, 0
-            mine = my_batches(pos["epoch"])
-        group = mine[pos["batch_pos"]:pos["batch_pos"] + cfg.optim.grad_accum]
+        mine = my_batches(pos.epoch)
+        if pos.batch_pos >= len(mine):  # the last update ended an epoch (a checkpoint may have been saved there)
+            pos.epoch, pos.batch_pos = pos.epoch + 1, 0
+            mine = my_batches(pos.epoch)
+        group = mine[pos.batch_pos:pos.batch_pos + cfg.optim.grad_accum]
         bs = [{k: v.to(device) for k, v in collate(train_split, batches[bi]).items()} for bi in group]
         ntok = sum(int((b["target"] != 0).sum()) for b in bs)
         if dist.distributed:  # fairseq's normalisation: the update's target tokens on all ranks together
@@ -175,7 +187,7 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
         if dist.distributed:  # the logged losses are the update's, over every rank's tokens
             sums = distributed.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
         if not math.isfinite(sums[0]):
-            raise NonFiniteLossError(f"loss became {sums[0]} at step {pos['step']}; lower optim.lr or raise "
+            raise NonFiniteLossError(f"loss became {sums[0]} at step {pos.step}; lower optim.lr or raise "
                                      f"schedule.warmup_steps (last good checkpoint: {run.last})")
         scaler.unscale_(optimizer)
         if cfg.optim.clip > 0:
@@ -184,41 +196,38 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        pos["step"], pos["batch_pos"], pos["tokens"] = pos["step"] + 1, pos["batch_pos"] + len(group), pos["tokens"] + ntok
-        pos["last"] = {"step": pos["step"], "epoch": pos["epoch"], "train_loss_nats": sums[0] / ntok,
+        pos.step, pos.batch_pos, pos.tokens = pos.step + 1, pos.batch_pos + len(group), pos.tokens + ntok
+        pos.last = {"step": pos.step, "epoch": pos.epoch, "train_loss_nats": sums[0] / ntok,
                        "train_nll_nats": sums[1] / ntok, "lr": scheduler.get_last_lr()[0],
-                       "tgt_tokens_per_s": pos["tokens"] / max(time.monotonic() - t0, 1e-9)}
-        reporter.update(pos["step"], pos["last"])
-
-    def poll(i: int) -> None:  # ranks score the same batches, so they poll in step (a collective each 16th)
-        if (not dist.distributed or i % 16 == 15) and loop.stop_requested():
-            raise StopRequested
+                       "tgt_tokens_per_s": pos.tokens / max(time.monotonic() - t0, 1e-9)}
+        reporter.update(pos.step, pos.last)
 
     def record(metrics: dict[str, float]) -> None:
-        is_best = metrics["valid_nll_nats"] < pos["best"]
-        pos["best"] = min(pos["best"], metrics["valid_nll_nats"])
-        run.log_metrics({**pos["last"], **metrics, "elapsed_s": time.monotonic() - t0})
-        reporter.log(f"step {pos['step']}: valid nll {metrics['valid_nll_nats']:.4f} nats/token, ppl {metrics['valid_ppl']:.2f}")
+        is_best = metrics["valid_nll_nats"] < pos.best
+        pos.best = min(pos.best, metrics["valid_nll_nats"])
+        run.log_metrics({**pos.last, **metrics, "elapsed_s": time.monotonic() - t0})
+        reporter.log(f"step {pos.step}: valid nll {metrics['valid_nll_nats']:.4f} nats/token, ppl {metrics['valid_ppl']:.2f}")
         save(is_best)
 
     def epochs_done() -> bool:
-        return cfg.schedule.epochs > 0 and pos["epoch"] >= cfg.schedule.epochs
+        return cfg.schedule.epochs > 0 and pos.epoch >= cfg.schedule.epochs
 
-    loop = TrainLoop(update=update, save=save, record=record, step=lambda: pos["step"], device=device, log=reporter.log,
-                     measure=lambda: evaluate(model, valid_split, valid_batches, device, cfg.label_smoothing, amp, poll),
-                     finished=lambda: pos["step"] >= max_steps or epochs_done(),
-                     eval_due=lambda: pos["step"] % eval_interval == 0 or pos["step"] == max_steps,
-                     save_due=lambda: pos["step"] % save_interval == 0, last=run.last)
+    loop = TrainLoop(update=update, save=save, record=record, step=lambda: pos.step, device=device, log=reporter.log,
+                     measure=lambda: evaluate(model, valid_split, valid_batches, device, cfg.label_smoothing, amp,
+                                      poll=lambda chunk: loop.poll_in_validation(chunk)),
+                     finished=lambda: pos.step >= max_steps or epochs_done(),
+                     eval_due=lambda: pos.step % eval_interval == 0 or pos.step == max_steps,
+                     save_due=lambda: pos.step % save_interval == 0, last=run.last)
     loop.eval_pending = bool(state.get("eval_pending", False)) if resuming else False
-    pos["saved"] = step if resuming else -1
+    pos.saved = step if resuming else -1
     model.train()
     reporter.start(max_steps, "train")
     with loop.stop_flag(run, reporter):
         stopped = loop.run()
-        if not stopped and pos["saved"] != pos["step"]:
+        if not stopped and pos.saved != pos.step:
             save(False)
-    step, epoch, best, last = pos["step"], pos["epoch"], pos["best"], pos["last"]
-    if not stopped and len(my_batches(epoch)) <= pos["batch_pos"]:
+    step, epoch, best, last = pos.step, pos.epoch, pos.best, pos.last
+    if not stopped and len(my_batches(epoch)) <= pos.batch_pos:
         epoch += 1  # the last update ended an epoch
     distributed.barrier()
     evaluated = math.isfinite(best)  # False when the run stopped before its first evaluation

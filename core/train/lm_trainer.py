@@ -6,6 +6,7 @@ on SIGTERM/SIGUSR1, and data parallelism when launched by torchrun/srun (rank 0 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -28,7 +29,6 @@ from lmlab.core.models.lm import parameter_counts
 from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
-from lmlab.core.signals import StopRequested
 from lmlab.core.train.batches import StreamBatches, VariableBPTT, expected_window_length
 from lmlab.core.train.config import TrainConfig
 from lmlab.core.train.loop import TrainLoop
@@ -171,13 +171,11 @@ class LMTrainer:
 
     def _evaluate(self) -> dict[str, float]:
         log_progress = progress_lines(self.reporter, f"validating at update {self.step}")
-        polls = [0]
+        chunks = itertools.count()
 
         def progress(done: int, total: int) -> None:
             log_progress(done, total)
-            polls[0] += 1  # every rank scores the whole split, so ranks poll in step (a collective each 16th batch)
-            if (not self.dist.distributed or polls[0] % 16 == 0) and self.loop.stop_requested():
-                raise StopRequested  # a SLURM warning (--signal=USR1@90) is met even when validation takes minutes
+            self.loop.poll_in_validation(next(chunks))
 
         try:
             return evaluate_lm(self.model, self.valid_stream, columns=self.cfg.data.eval_batch_size,
@@ -287,7 +285,7 @@ class LMTrainer:
         self._record_eval(self.evaluate())
 
     def _record_eval(self, result: dict[str, float]) -> None:
-        self._since_eval = [0, 0.0]  # tokens/s in the metrics rows is over the updates since the last evaluation
+        self._tokens_since_eval, self._s_since_eval = 0, 0.0  # tokens/s in metrics rows: over the updates since this
         is_best = result["nats_per_token"] < self.best_valid
         if is_best:
             self.best_valid = result["nats_per_token"]
@@ -337,7 +335,8 @@ class LMTrainer:
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
         self._wall_t0 = wall_t0
         tokens0 = self.tokens_seen
-        self._train_s, self._since_eval = 0.0, [0, 0.0]  # this process's training seconds; (tokens, s) since the last eval
+        self._train_s = 0.0  # this process's training seconds
+        self._tokens_since_eval, self._s_since_eval = 0, 0.0
         with self.loop.stop_flag(self.run, self.reporter):
             stopped_by = self.loop.run()
             if stopped_by is None and self.dist.is_main:
@@ -356,8 +355,9 @@ class LMTrainer:
         metrics, self._epoch_ended = self.train_update()
         seconds = time.perf_counter() - t0
         self._train_s += seconds
-        self._since_eval = [self._since_eval[0] + self.tokens_seen - tokens_before, self._since_eval[1] + seconds]
-        tps = self._since_eval[0] / max(self._since_eval[1], 1e-9)  # training only, over the updates since the last evaluation
+        self._tokens_since_eval += self.tokens_seen - tokens_before
+        self._s_since_eval += seconds
+        tps = self._tokens_since_eval / max(self._s_since_eval, 1e-9)  # training only, over the updates since the last evaluation
         record = {"step": self.step, "epoch": self.epoch, "train_loss_nats": metrics.pop("loss_nats"), **metrics,
                   "tokens": self.tokens_seen, "tokens_per_s": tps, "train_s": self._train_s}
         record["train_ppl"] = math.exp(min(record["train_loss_nats"], 700))

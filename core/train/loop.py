@@ -54,6 +54,13 @@ class TrainLoop:
         """The same answer on every rank (a collective under torchrun)."""
         return distributed.any_true(self.stop is not None and self.stop.requested, self.device)
 
+    def poll_in_validation(self, chunk: int) -> None:
+        """Called once per validation chunk (counted from 0): raise StopRequested when a stop was asked, so a SLURM
+        warning (--signal=USR1@90) is met even when validation takes minutes. Every rank scores the same chunks, so
+        ranks poll in step; under torchrun only each 16th chunk polls, to keep the collectives few."""
+        if self.stop is not None and (not torch.distributed.is_initialized() or chunk % 16 == 15) and self.stop_requested():
+            raise StopRequested
+
     def evaluate(self) -> bool:
         """Measure, then log and save; False when a stop cut the measurement short (nothing logged)."""
         self.eval_pending = True

@@ -29,7 +29,7 @@ class CrossEntropy:
         raw = model.body.last_raw  # (B, T, d): the same before dropout
         loss = model.output.nll(h, targets).float().mean()
         reg = self.ar * h.float().pow(2).mean() + self.tar * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
-        return loss + reg, state, {"loss_nats": loss.item(), "activation_reg": float(reg)}
+        return loss + reg, state, {"loss_nats": loss.item(), "activation_reg": reg.item()}
 
 
 def _cross_entropy(cfg, train, vocab, data_dir, device) -> CrossEntropy:
