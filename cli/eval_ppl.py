@@ -26,8 +26,9 @@ def eval_ppl(
     bptt: int = typer.Option(35, "--bptt", help="LSTM: tokens per forward window (state carried across), and the burn-in of each segment after the first."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Transformer sliding window: new tokens per window (default: context/2)."),
     is_samples: str = typer.Option("1,2,4,8,16,32,64", "--is-samples", help="Residual EBM: numbers n of LM samples for the log Z estimates (the tightening curve)."),
-    max_examples: int = typer.Option(0, "--max-examples", help="Residual EBM: score at most this many prefix/continuation pairs (0: all)."),
+    max_examples: int = typer.Option(0, "--max-examples", help="Residual EBM, or an LM with --windows: score at most this many prefix/continuation pairs (0: all)."),
     per_position: int = typer.Option(0, "--per-position", help="Residual EBM: also the joint model's gain at each continuation position (the paper's Figure 3), from this many LM futures per position and window (0: off; cost ~ continuation length / 2 times the bracket's)."),
+    windows: Optional[str] = typer.Option(None, "--windows", help="LM: score as a residual EBM is scored, PREFIX,CONTINUATION (e.g. 40,20): the split cut into windows of that many tokens, only each window's continuation counted, given its prefix; puts a baseline LM beside a joint model's bracket on the same tokens (with --max-examples)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 autocast (LM checkpoints)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the residual EBM's importance samples."),
@@ -45,6 +46,7 @@ def eval_ppl(
       lmlab eval-ppl --ngram unigram --data data/demo --split valid
       lmlab eval-ppl -c runs/demo-ebm/checkpoints/best.pt --split test --is-samples 1,4,16,64
       lmlab eval-ppl -c runs/demo-ebm/checkpoints/best.pt --split test --per-position 8 --max-examples 64
+      lmlab eval-ppl -c runs/demo/checkpoints/best.pt --split test --windows 24,16   # an LM on the same windows
     """
     from lmlab.core import distributed
     from lmlab.core.config import DEVICE, at_least
@@ -63,9 +65,9 @@ def eval_ppl(
         raise LmlabError("--ngram and --checkpoint both given: score either an n-gram baseline or a checkpoint")
     if input_ is not None:
         refuse(ctx, ("data", "split"), "--input scores a text file, not a data-dir split")
-    residual_only = ("is_samples", "max_examples", "seed", "per_position")
+    residual_only = ("is_samples", "seed", "per_position")
     if ngram:
-        refuse(ctx, ("input_", "batch_size", "bptt", "stride", "device", "precision") + residual_only,
+        refuse(ctx, ("input_", "batch_size", "bptt", "stride", "device", "precision", "max_examples", "windows") + residual_only,
                "--ngram scores a data-dir split with a count-based baseline (it takes --data and --split)")
         result = _ngram(ngram, data, split)
         print(strict_json(result))
@@ -77,7 +79,7 @@ def eval_ppl(
     kind = state["kind"]
     if kind == "residual-ebm":
         from lmlab.core.residual.evaluate import eval_joint_ppl
-        refuse(ctx, ("input_", "bptt", "stride", "precision"), "a residual EBM is scored on data-dir windows "
+        refuse(ctx, ("input_", "bptt", "stride", "precision", "windows"), "a residual EBM is scored on data-dir windows "
                "(--split, --batch-size, --is-samples, --max-examples, --seed)")
         ns = _sample_counts(is_samples)
         from lmlab.core.data import trained_data_dir
@@ -88,6 +90,8 @@ def eval_ppl(
     if kind != "lm":
         raise LmlabError(f"checkpoint {checkpoint} holds a '{kind}' model; eval-ppl scores 'lm' and 'residual-ebm' checkpoints")
     refuse(ctx, residual_only, "residual-EBM checkpoints only; this one is an LM")
+    if windows is None:
+        refuse(ctx, ("max_examples",), "an LM scores the whole split; --max-examples counts --windows (or residual-EBM windows)")
     from lmlab.core.evaluate import evaluate_lm
     from lmlab.core.generate import load_lm
     from lmlab.core.train.lm_trainer import autocast_factory
@@ -101,6 +105,12 @@ def eval_ppl(
             raise LmlabError(f"--precision bf16: {BF16_CPU_LSTM}")
     else:
         refuse(ctx, ("bptt",), "--bptt sets an LSTM's window; this checkpoint is a Transformer (use --stride)")
+    if windows is not None:
+        refuse(ctx, ("input_", "bptt", "stride", "precision"), "--windows scores a data-dir split window by window")
+        print(strict_json({"checkpoint": checkpoint, "split": split, **_lm_windows(model, info, checkpoint, state, data,
+                                                                                     split, windows, max_examples,
+                                                                                     batch_size, dev)}))
+        return
     if input_ is not None:
         stream, source, streams = _encode_text(input_, tokenizer, info), input_, 1  # raw text: one stream
     else:
@@ -119,6 +129,24 @@ def eval_ppl(
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _lm_windows(model, info, checkpoint, state, data, split, windows, max_examples, batch_size, dev) -> dict:
+    from lmlab.core.data import DataDir, trained_data_dir
+    from lmlab.core.residual.evaluate import lm_windows_nll
+    from lmlab.core.residual.windows import Windows
+    try:
+        prefix_len, continuation_len = (int(v) for v in windows.split(","))
+    except ValueError:
+        prefix_len = continuation_len = 0
+    if prefix_len < 1 or continuation_len < 1:
+        raise LmlabError(f"--windows {windows!r}: expected PREFIX,CONTINUATION token counts, both >= 1, e.g. 40,20")
+    data_dir = DataDir(data or trained_data_dir(state, checkpoint))
+    if data_dir.tokenizer_sha256 != info["tokenizer_sha256"]:
+        raise LmlabError(f"data dir {data_dir.path} uses another tokenizer than checkpoint {checkpoint}")
+    cut = Windows(data_dir.split(split), prefix_len, continuation_len, f"{data_dir.path}:{split}")
+    return {"source": f"{data_dir.path}:{split}",
+            **lm_windows_nll(model, cut, max_examples=max_examples, batch_size=batch_size, device=dev)}
 
 
 def _sample_counts(text: str) -> list[int]:

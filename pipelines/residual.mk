@@ -75,3 +75,43 @@ results/residual-paper.json: $(RESIDUAL_PAPER_RUN)/eval-test.json
 
 residual-paper: results/residual-paper.json  ## the paper's BiT-Large energy on your base LM and data (GPU, days) [HW=gpu RESIDUAL_DATA=dir RESIDUAL_BASE_LM=ckpt]
 	@$(RESULTS_DOC) --print residual-paper
+
+# ---- CPU tier (issue #18): UniT and BiT energies on the converged Zaremba-small PTB LSTM, BALM of base + UniT's size,
+# every window of the test split: the bracket per n with each n's paired per-window gain, the gain by position (the
+# paper's Figure 3, RESIDUAL_CPU_POSITIONS LM futures per position) and generation quality (core/textquality.py).
+RESIDUAL_CPU_RUNS ?= runs/residual-ptb-cpu
+RESIDUAL_CPU_IS ?= 1,2,4,8,16,32,64
+RESIDUAL_CPU_POSITIONS ?= 8
+RESIDUAL_CPU_WINDOWS ?= 40,20
+RESIDUAL_CPU_ENERGIES = unit bit
+
+$(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%.train.json): $(RESIDUAL_CPU_RUNS)/%.train.json: runs/ptb-zaremba-small.train.json
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-ptb-$*-cpu,$(HW) --run-dir $(RESIDUAL_CPU_RUNS)/$* $(TRAIN_ARGS) > $@.tmp
+	$(train_done)
+
+$(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%/eval-test.json): $(RESIDUAL_CPU_RUNS)/%/eval-test.json: $(RESIDUAL_CPU_RUNS)/%.train.json
+	$(LMLAB) eval-ppl -c $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --split test --is-samples $(RESIDUAL_CPU_IS) \
+	  --per-position $(RESIDUAL_CPU_POSITIONS) -q > $@.tmp && mv $@.tmp $@
+
+$(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%/quality.json): $(RESIDUAL_CPU_RUNS)/%/quality.json: $(RESIDUAL_CPU_RUNS)/%.train.json
+	$(PYTHON) -m lmlab.core.residual.quality --checkpoint $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --split test > $@.tmp && mv $@.tmp $@
+
+$(RESIDUAL_CPU_RUNS)/balm.train.json: data/ptb/meta.json
+	$(call train_lm,ptb zaremba-small ptb-balm-cpu,$(RESIDUAL_CPU_RUNS)/balm)
+
+$(RESIDUAL_CPU_RUNS)/balm/eval-windows.json: $(RESIDUAL_CPU_RUNS)/balm.train.json
+	$(LMLAB) eval-ppl -c $(RESIDUAL_CPU_RUNS)/balm/checkpoints/best.pt --split test --windows $(RESIDUAL_CPU_WINDOWS) -q > $@.tmp && mv $@.tmp $@
+
+results/residual-ptb-cpu.json: $(foreach e,$(RESIDUAL_CPU_ENERGIES),$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json $(RESIDUAL_CPU_RUNS)/$(e)/quality.json) $(RESIDUAL_CPU_RUNS)/balm/eval-windows.json
+	@mkdir -p $(@D) docs/figures
+	$(PYTHON) bench/residual_tier.py $(foreach e,$(RESIDUAL_CPU_ENERGIES),--joint $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json --quality $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/quality.json) \
+	  --lm balm=$(RESIDUAL_CPU_RUNS)/balm/eval-windows.json --figure docs/figures/residual-ptb-cpu.png \
+	  --json $(RESIDUAL_CPU_RUNS)/summary.json > $(RESIDUAL_CPU_RUNS)/summary.md
+	$(RECORD) residual-ptb-cpu --command '$(call made_by,residual-ptb-cpu)' $(foreach e,$(RESIDUAL_CPU_ENERGIES) balm,--train $(e)=$(RESIDUAL_CPU_RUNS)/$(e).train.json) \
+	  --json summary=$(RESIDUAL_CPU_RUNS)/summary.json --markdown $(RESIDUAL_CPU_RUNS)/summary.md
+	$(RESULTS_DOC)
+
+.PHONY: residual-ptb-cpu
+residual-ptb-cpu: results/residual-ptb-cpu.json  ## residual EBM CPU tier: UniT and BiT energies on the Zaremba-small PTB LSTM, BALM, every test window, per-position gain, generation quality (CPU, hours) [LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print residual-ptb-cpu

@@ -133,6 +133,20 @@ def test_cli_split_token_count_is_the_same_for_every_batch_size(trained, tiny_da
     assert outs[7]["burn_in_tokens"] == 35 and outs[1]["burn_in_tokens"] == 0
 
 
+def test_cli_windows_scores_each_continuation_given_its_prefix(trained, tiny_data, valid, lstm):
+    from lmlab.core.generate import sequence_logprob
+    model, _ = lstm
+    out = json.loads(invoke("eval-ppl", "-c", str(trained), "--data", str(tiny_data), "--split", "valid", "-q",
+                            "--windows", "6,4", "--max-examples", "5", "--batch-size", "2").stdout)
+    rows = torch.from_numpy(np.asarray(valid[:50], dtype=np.int64)).view(5, 10)  # windows of 6 + 4, back to back
+    expected = -sequence_logprob(model, rows[:, :6], rows[:, 6:]).double().sum().item() / 20
+    assert out["examples"] == 5 and out["tokens"] == 20 and out["continuation_len"] == 4
+    assert out["nats_per_token"] == pytest.approx(expected, rel=1e-6)
+    bad = invoke("eval-ppl", "-c", str(trained), "--data", str(tiny_data), "--windows", "6")
+    assert bad.exit_code != 0 and "--windows '6'" in bad.output and "Traceback" not in bad.output
+    assert invoke("eval-ppl", "-c", str(trained), "--data", str(tiny_data), "--max-examples", "5").exit_code != 0
+
+
 # ------------------------------------------------------------------------------------------ n-gram <unk>
 @pytest.fixture(scope="module")
 def unk_data(tmp_path_factory, tiny_text):

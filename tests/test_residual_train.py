@@ -140,6 +140,29 @@ def test_presets_parse(preset):
     assert cfg.energy.kind == ("unit" if preset == "residual-unit" else "bit")
 
 
+def test_cpu_tier_presets_share_windows_and_base_and_balm_matches_base_plus_unit():
+    """The #18 CPU tier: both energies on the converged Zaremba-small PTB LSTM with the same windows; BALM is that LSTM
+    widened to the parameters of base + UniT energy (Table 1's BALM: a bigger LM of the joint model's size)."""
+    from lmlab.core.models.builders import build_language_model
+    from lmlab.core.models.lm import count_parameters
+    from lmlab.core.residual.energy import UniTEnergy
+    from lmlab.core.train.config import TrainConfig
+
+    unit, bit = (resolve(Config, "train-ebm", [p, "cpu"]) for p in ("residual-ptb-unit-cpu", "residual-ptb-bit-cpu"))
+    assert unit.base_lm == bit.base_lm == "runs/ptb-zaremba-small/checkpoints/best.pt"
+    assert (unit.window.prefix_len, unit.window.continuation_len) == (bit.window.prefix_len, bit.window.continuation_len)
+    assert (unit.energy.kind, bit.energy.kind, bit.energy.norm) == ("unit", "bit", "post") and bit.mlm.steps > 0
+    base_cfg = resolve(TrainConfig, "train-lm", ["zaremba-small"])
+    balm_cfg = resolve(TrainConfig, "train-lm", ["zaremba-small", "ptb-balm-cpu"])
+    base = build_language_model(base_cfg.model, 10_000)
+    joint = count_parameters(base) + count_parameters(UniTEnergy(base, base_cfg.model.d_model))
+    balm = count_parameters(build_language_model(balm_cfg.model, 10_000))
+    assert abs(balm / joint - 1) < 0.01, (balm, joint)
+    balm_cfg.model.d_model = balm_cfg.model.lstm.hidden_size = 200  # the recipe is the base's, only the width differs
+    balm_cfg.run.dir = base_cfg.run.dir
+    assert balm_cfg == base_cfg
+
+
 # --- #18.2: the BiT presets are the paper's sizes and pre-train by MLM (no RoBERTa weights) ---------------------
 ROBERTA_VOCAB = 50265  # RoBERTa's BPE dictionary (GPT-2's 50,257 merges + specials), the paper's energy vocabulary
 

@@ -96,6 +96,22 @@ def joint_ppl_from_windows(model: ResidualModel, windows: Windows, *, samples: l
     return out
 
 
+@torch.no_grad()
+def lm_windows_nll(lm, windows: Windows, *, max_examples: int, batch_size: int,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
+    """An autoregressive LM scored as the joint model is: each window's continuation given its prefix (the base LM's
+    figure of `joint_ppl_from_windows`), so a baseline LM (BALM, RALM) sits beside the bracket on the same tokens."""
+    count = len(windows) if max_examples <= 0 else min(max_examples, len(windows))
+    nll = 0.0
+    for start in range(0, count, batch_size):
+        prefixes, conts = windows.get(np.arange(start, min(start + batch_size, count)), device)
+        nll += -sequence_logprob(lm, prefixes, conts).double().sum().item()
+    tokens = count * windows.continuation_len
+    return {"examples": count, "tokens": tokens, "prefix_len": windows.prefix_len,
+            "continuation_len": windows.continuation_len, "nats_per_token": nll / tokens,
+            "bits_per_token": nll / tokens / math.log(2), "ppl": math.exp(nll / tokens)}
+
+
 def mean_se(values: np.ndarray) -> dict[str, float]:
     """Mean and standard error of per-window values (nats per window); a gain's sign is read against 2 SE."""
     values = np.asarray(values, dtype=np.float64)

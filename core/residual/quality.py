@@ -78,19 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=10, help="both systems sample from the LM's top k tokens (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="prefixes per call (memory only)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     a = p.parse_args(argv)
     try:
         if a.candidates < 1 or a.batch_size < 1 or a.top_k < 0 or a.max_examples < 0:
             raise LmlabError("--candidates and --batch-size must be >= 1, --top-k and --max-examples >= 0")
+        from lmlab.core.distributed import pick_device
+        device = str(pick_device(a.device))
         state = load_checkpoint(a.checkpoint, "residual-ebm")
-        model, _, info = load_residual(state, a.device)
+        model, _, info = load_residual(state, device)
         data = DataDir(a.data or trained_data_dir(state, a.checkpoint))
         if info.get("tokenizer_sha256") and info["tokenizer_sha256"] != data.tokenizer_sha256:
             raise LmlabError(f"data dir {data.path} has another tokenizer than the checkpoint {a.checkpoint}")
         windows = Windows(data.split(a.split), model.prefix_len, model.continuation_len, f"{data.path}:{a.split}")
         out = generation_quality(model, windows, max_examples=a.max_examples, candidates=a.candidates, top_k=a.top_k,
-                                 batch_size=a.batch_size, seed=a.seed, device=a.device)
+                                 batch_size=a.batch_size, seed=a.seed, device=device)
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,49 @@
+"""bench/residual_tier.py, the #18 CPU tier's table: it reads the evaluations the Make target writes, refuses
+evaluations of different windows, and says 'yes' only where the upper estimate is below the base LM and the paired
+gain exceeds twice its standard error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _joint(gain: float, se: float, upper: float, windows: int = 100) -> dict:
+    row = {"n": 64, "lower_ppl": upper - 1, "upper_ppl": upper,
+           "paired_gain_lower": {"mean_nats_per_window": gain + 0.1, "se": se, "windows": windows},
+           "paired_gain_upper": {"mean_nats_per_window": gain, "se": se, "windows": windows}}
+    return {"examples": windows, "prefix_len": 40, "continuation_len": 20, "base_lm": {"ppl": 120.0}, "joint": [row],
+            "per_position": {"positions": [{"position": t, "gain_nats_per_token": 0.01 * t} for t in (1, 2, 3)]}}
+
+
+def _run(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "residual_tier.py"), *args], capture_output=True,
+                          text=True, cwd=tmp_path)
+
+
+def test_table_reads_the_claim_from_the_upper_estimate_and_the_paired_se(tmp_path):
+    files = {"good": _joint(0.5, 0.1, 110.0), "noisy": _joint(0.15, 0.1, 110.0), "worse": _joint(0.5, 0.1, 125.0),
+             "balm": {"examples": 100, "continuation_len": 20, "ppl": 118.0}}
+    for name, data in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    out = _run(tmp_path, "--joint", "good=good.json", "--joint", "noisy=noisy.json", "--joint", "worse=worse.json",
+               "--lm", "balm=balm.json", "--figure", "pos.png", "--json", "summary.json")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| joint")}
+    assert rows["joint good"].rstrip(" |").endswith("yes")
+    assert rows["joint noisy"].rstrip(" |").endswith("no")  # 0.15 < 2 x 0.1
+    assert rows["joint worse"].rstrip(" |").endswith("no")  # upper estimate above the base LM
+    assert "| balm | | 118.00 |" in out.stdout and (tmp_path / "pos.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["joint"]["good"]["paired_gain"]["mean_nats_per_window"] == 0.5 and summary["lm"]["balm"] == 118.0
+
+
+def test_table_refuses_evaluations_of_other_windows(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(_joint(0.5, 0.1, 110.0)))
+    (tmp_path / "b.json").write_text(json.dumps(_joint(0.5, 0.1, 110.0, windows=50)))
+    out = _run(tmp_path, "--joint", "a=a.json", "--joint", "b=b.json")
+    assert out.returncode != 0 and "not the same tokens" in out.stderr
