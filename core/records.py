@@ -11,6 +11,7 @@ assembles one from the files a pipeline wrote.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -134,11 +135,17 @@ def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integer seeds, e.g. 1 or '1 2 3'") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m lmlab.core.records NAME --command CMD [--train [KEY=]FILE] [--since FILE] [--json KEY=FILE]
     [--jsonl KEY=FILE] [--markdown FILE] [--metric KEY=VALUE] [--paper KEY=VALUE --paper-source TEXT] [--kind KIND]`:
     assemble results/NAME.json from the files a pipeline wrote (the make targets call it; see the Makefile)."""
-    import argparse
 
     ap = argparse.ArgumentParser(prog="python -m lmlab.core.records", description=main.__doc__)
     ap.add_argument("name", help="record name = the make target that produces it (results/NAME.json)")
@@ -156,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", action="append", metavar="KEY=VALUE", help="metrics[KEY] = VALUE (JSON or text)")
     ap.add_argument("--paper", action="append", metavar="KEY=VALUE", help="the paper's figure beside ours")
     ap.add_argument("--paper-source", help="paper, table and setting the --paper figures come from")
-    ap.add_argument("--seed", action="append", type=int, default=[], help="seed(s) of the run")
+    ap.add_argument("--seed", action="append", type=_seeds, default=[], help="seed(s) of the run: repeat the flag or give "
+                    "one space-separated list ('1 2 3', as a Make variable holds them)")
     ap.add_argument("--notes")
     ap.add_argument("--results-dir", default=None, help="default: $LMLAB_RESULTS or results/")
     args = ap.parse_args(argv)
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {"kind": "markdown" if args.markdown and args.kind == "metrics" else args.kind}
     if args.markdown:
         extra["markdown"] = Path(args.markdown).read_text(encoding="utf-8").strip() + "\n"
-    record = make_record(args.name, args.command, metrics, wall_s=wall, machine=machine, seeds=args.seed,
+    record = make_record(args.name, args.command, metrics, wall_s=wall, machine=machine, seeds=[seed for group in args.seed for seed in group],
                          paper=paper or None, notes=args.notes, **extra)
     path = write_record(record, args.results_dir)
     print(path)

@@ -76,7 +76,7 @@ results/residual-paper.json: $(RESIDUAL_PAPER_RUN)/eval-test.json
 residual-paper: results/residual-paper.json  ## the paper's BiT-Large energy on your base LM and data (GPU, days) [HW=gpu RESIDUAL_DATA=dir RESIDUAL_BASE_LM=ckpt]
 	@$(RESULTS_DOC) --print residual-paper
 
-# ---- CPU tier (issue #18): UniT and BiT energies on the converged Zaremba-small PTB LSTM, BALM of base + UniT's size,
+# ---- CPU tier (issue #18): UniT and BiT energies on the converged Zaremba-small PTB LSTM, BALM of base + UniT's size, RALM,
 # every window of the test split: the bracket per n with each n's paired per-window gain, the gain by position (the
 # paper's Figure 3, RESIDUAL_CPU_POSITIONS LM futures per position) and generation quality (core/textquality.py).
 RESIDUAL_CPU_RUNS ?= runs/residual-ptb-cpu
@@ -97,21 +97,23 @@ $(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%/eval-test.json): $(RESIDUAL_CPU
 $(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%/quality.json): $(RESIDUAL_CPU_RUNS)/%/quality.json: $(RESIDUAL_CPU_RUNS)/%.train.json
 	$(PYTHON) -m lmlab.core.residual.quality --checkpoint $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --split test > $@.tmp && mv $@.tmp $@
 
-$(RESIDUAL_CPU_RUNS)/balm.train.json: data/ptb/meta.json
-	$(call train_lm,ptb zaremba-small ptb-balm-cpu,$(RESIDUAL_CPU_RUNS)/balm)
+# the baseline LMs: BALM (ptb-balm-cpu, a wider LSTM) and RALM (ptb-ralm-cpu, on the frozen base), scored on the windows
+RESIDUAL_CPU_LMS = balm ralm
+$(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%.train.json): $(RESIDUAL_CPU_RUNS)/%.train.json: data/ptb/meta.json runs/ptb-zaremba-small.train.json
+	$(call train_lm,ptb zaremba-small ptb-$*-cpu,$(RESIDUAL_CPU_RUNS)/$*)
 
-$(RESIDUAL_CPU_RUNS)/balm/eval-windows.json: $(RESIDUAL_CPU_RUNS)/balm.train.json
-	$(LMLAB) eval-ppl -c $(RESIDUAL_CPU_RUNS)/balm/checkpoints/best.pt --split test --windows $(RESIDUAL_CPU_WINDOWS) -q > $@.tmp && mv $@.tmp $@
+$(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%/eval-windows.json): $(RESIDUAL_CPU_RUNS)/%/eval-windows.json: $(RESIDUAL_CPU_RUNS)/%.train.json
+	$(LMLAB) eval-ppl -c $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --split test --windows $(RESIDUAL_CPU_WINDOWS) -q > $@.tmp && mv $@.tmp $@
 
-results/residual-ptb-cpu.json: $(foreach e,$(RESIDUAL_CPU_ENERGIES),$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json $(RESIDUAL_CPU_RUNS)/$(e)/quality.json) $(RESIDUAL_CPU_RUNS)/balm/eval-windows.json
+results/residual-ptb-cpu.json: $(foreach e,$(RESIDUAL_CPU_ENERGIES),$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json $(RESIDUAL_CPU_RUNS)/$(e)/quality.json) $(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%/eval-windows.json)
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/residual_tier.py $(foreach e,$(RESIDUAL_CPU_ENERGIES),--joint $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json --quality $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/quality.json) \
-	  --lm balm=$(RESIDUAL_CPU_RUNS)/balm/eval-windows.json --figure docs/figures/residual-ptb-cpu.png \
+	  $(foreach m,$(RESIDUAL_CPU_LMS),--lm $(m)=$(RESIDUAL_CPU_RUNS)/$(m)/eval-windows.json) --figure docs/figures/residual-ptb-cpu.png \
 	  --json $(RESIDUAL_CPU_RUNS)/summary.json > $(RESIDUAL_CPU_RUNS)/summary.md
-	$(RECORD) residual-ptb-cpu --command '$(call made_by,residual-ptb-cpu)' $(foreach e,$(RESIDUAL_CPU_ENERGIES) balm,--train $(e)=$(RESIDUAL_CPU_RUNS)/$(e).train.json) \
+	$(RECORD) residual-ptb-cpu --command '$(call made_by,residual-ptb-cpu)' $(foreach e,$(RESIDUAL_CPU_ENERGIES) $(RESIDUAL_CPU_LMS),--train $(e)=$(RESIDUAL_CPU_RUNS)/$(e).train.json) \
 	  --json summary=$(RESIDUAL_CPU_RUNS)/summary.json --markdown $(RESIDUAL_CPU_RUNS)/summary.md
 	$(RESULTS_DOC)
 
 .PHONY: residual-ptb-cpu
-residual-ptb-cpu: results/residual-ptb-cpu.json  ## residual EBM CPU tier: UniT and BiT energies on the Zaremba-small PTB LSTM, BALM, every test window, per-position gain, generation quality (CPU, hours) [LMLAB_PTB=dir]
+residual-ptb-cpu: results/residual-ptb-cpu.json  ## residual EBM CPU tier: UniT and BiT energies on the Zaremba-small PTB LSTM, BALM, RALM, every test window, per-position gain, generation quality (CPU, hours) [LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print residual-ptb-cpu

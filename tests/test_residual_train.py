@@ -158,6 +158,10 @@ def test_cpu_tier_presets_share_windows_and_base_and_balm_matches_base_plus_unit
     joint = count_parameters(base) + count_parameters(UniTEnergy(base, base_cfg.model.d_model))
     balm = count_parameters(build_language_model(balm_cfg.model, 10_000))
     assert abs(balm / joint - 1) < 0.01, (balm, joint)
+    ralm_cfg = resolve(TrainConfig, "train-lm", ["zaremba-small", "ptb-ralm-cpu"])
+    assert ralm_cfg.model.ralm_base == unit.base_lm  # RALM's frozen base is the energies' base LM
+    ralm_cfg.model.ralm_base, ralm_cfg.run.dir = "", base_cfg.run.dir
+    assert ralm_cfg == base_cfg  # the base's recipe and architecture: the residual starts as its copy
     balm_cfg.model.d_model = balm_cfg.model.lstm.hidden_size = 200  # the recipe is the base's, only the width differs
     balm_cfg.run.dir = base_cfg.run.dir
     assert balm_cfg == base_cfg

@@ -134,6 +134,15 @@ def test_record_cli_assembles_a_record_from_a_pipelines_files(tmp_path):
     assert "4,653,200 parameters" in out and "1 min 01 s" in out
 
 
+def test_record_cli_takes_seeds_as_make_holds_them(tmp_path):
+    """IMM_CPU_SEEDS='1 2' reaches the record as one space-separated argument; repeated flags add up."""
+    argv = ["s", "--command", "make s", "--seed", "1 2", "--seed", "3", "--results-dir", str(tmp_path)]
+    assert records.main(argv) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["seeds"] == [1, 2, 3]
+    with pytest.raises(SystemExit):
+        records.main(["s", "--command", "make s", "--seed", "one", "--results-dir", str(tmp_path)])
+
+
 def test_record_cli_refuses_a_stopped_run(tmp_path):
     _lm_files(tmp_path)
     summary = json.loads((tmp_path / "x.train.json").read_text())

@@ -73,8 +73,31 @@ def build_output_layer(model: ModelConfig, vocab_size: int, embed: nn.Module, d_
 
 
 def build_language_model(model: ModelConfig, vocab_size: int) -> LanguageModel:
+    if model.ralm_base:
+        return _build_ralm(model, vocab_size)
     body = _resolve(BODIES, model.kind, "model kind")(model)
     embed = build_input_embedding(model, vocab_size)
     output = build_output_layer(model, vocab_size, embed, getattr(body, "out_dim", model.d_model))
     embed_drop = model.lstm.embed_drop if model.kind == "lstm" else 0.0
     return LanguageModel(embed, body, output, embed_drop=embed_drop)
+
+
+def _build_ralm(model: ModelConfig, vocab_size: int):
+    """RALM (core/models/residual_lm.py): the frozen LM of model.ralm_base plus a residual built from the rest of
+    model.*; a checkpoint of it holds both, but rebuilding it reads the base checkpoint's config again."""
+    import dataclasses
+
+    from lmlab.core.config import from_dict
+    from lmlab.core.generate import load_lm
+    from lmlab.core.models.residual_lm import build_ralm
+
+    base, _, info = load_lm(model.ralm_base)
+    if info["vocab_size"] != vocab_size:
+        raise LmlabError(f"model.ralm_base {model.ralm_base} has a vocabulary of {info['vocab_size']}, the data "
+                         f"{vocab_size}: train the RALM on the base LM's data dir")
+    base_cfg = from_dict(ModelConfig, info["config"]["model"], "model")
+    residual_cfg = dataclasses.replace(model, ralm_base="")
+    residual = build_language_model(residual_cfg, vocab_size)
+    ralm = build_ralm(residual, base, same_architecture=dataclasses.replace(base_cfg, ralm_base="") == residual_cfg)
+    ralm.base_tokenizer_sha256 = info.get("tokenizer_sha256")  # the trainer checks its data dir against it
+    return ralm

@@ -82,7 +82,14 @@ class ModelConfig:
     transformer: TransformerConfig = section(TransformerConfig, "Transformer context model")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "input embedding")
     output: OutputConfig = section(OutputConfig, "output layer")
+    ralm_base: str = option("", "RALM, the residual EBM paper's locally normalised baseline (Deng et al. 2020, Table 1): "
+                            "a train-lm checkpoint whose LM stays frozen; this model's logits are added to its logits, "
+                            "log P = log softmax(base + residual). Where model.* equals the base's, the residual starts "
+                            "as a copy of it with a zero output layer (training starts at the base LM). Empty: a plain LM")
 
     def problems(self):
+        if self.ralm_base and (self.output.kind != "linear" or self.output.tie):
+            yield "ralm_base", ("the residual's own output layer starts at zero and its logits are added to the base "
+                                "LM's: use model.output.kind = linear and model.output.tie = false")
         if self.kind == "transformer" and self.d_model % self.transformer.n_heads:
             yield "transformer.n_heads", f"{self.transformer.n_heads} does not divide d_model = {self.d_model}"

@@ -64,8 +64,10 @@ def count_parameters(module: nn.Module, exclude: nn.Module | None = None) -> int
 
 
 def parameter_counts(model: LanguageModel) -> dict[str, int]:
-    """params_total and its split into embedding + body + output, which add up to it: a table the
-    output layer shares with the embedding (weight tying) is counted once, under the embedding."""
-    return {"params_total": count_parameters(model), "params_embedding": count_parameters(model.embed),
+    """params_total and its split into embedding + body + output (+ a RALM's frozen base LM), which add up to it: a
+    table the output layer shares with the embedding (weight tying) is counted once, under the embedding."""
+    base = getattr(model, "frozen_base", None)
+    frozen = {"params_frozen_base": count_parameters(base)} if base is not None else {}
+    return {"params_total": count_parameters(model), **frozen, "params_embedding": count_parameters(model.embed),
             "params_body": count_parameters(model.body, exclude=model.embed),
             "params_output": count_parameters(model.output, exclude=nn.ModuleList([model.embed, model.body]))}

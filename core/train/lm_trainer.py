@@ -60,6 +60,9 @@ class LMTrainer:
         self.valid_stream = self.data.split(cfg.data.valid_split)
         seed_everything(cfg.seed)
         self.model = build_language_model(cfg.model, self.data.vocab_size).to(self.device)
+        if getattr(self.model, "base_tokenizer_sha256", None) not in (None, self.data.tokenizer_sha256):
+            raise LmlabError(f"model.ralm_base {cfg.model.ralm_base} was trained on another tokenizer than data dir "
+                             f"{cfg.data.dir}: train the RALM on the base LM's data dir")
         self.raw_model = self.model
         if cfg.hardware.compile:
             self.model.body.compile()  # in place: state_dict keys stay free of `_orig_mod.`

@@ -34,6 +34,9 @@ class CrossEntropy:
 
 def _cross_entropy(cfg, train, vocab, data_dir, device) -> CrossEntropy:
     ar, tar = cfg.optim.activation_reg, cfg.optim.temporal_reg
+    if (ar or tar) and cfg.model.ralm_base:
+        raise LmlabError("optim.activation_reg / optim.temporal_reg regularise a plain LSTM LM's hidden states; a RALM "
+                         "(model.ralm_base) is not one")
     if (ar or tar) and cfg.model.kind != "lstm":
         raise LmlabError("optim.activation_reg / optim.temporal_reg are AWD-LSTM's regularisers: they need model.kind = lstm")
     return CrossEntropy(ar, tar)
