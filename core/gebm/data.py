@@ -210,13 +210,39 @@ def load_uci_raw(dataset: str, path: str | Path) -> np.ndarray:
             raise LmlabError(f"{path}: wine quality CSV must have 12 columns (11 features + quality), got {data.shape[1]}")
         return data[:, :-1]  # drop 'quality'
     if dataset == "hepmass":
-        if data.shape[1] != 29:
-            raise LmlabError(f"{path}: HepMass must have 29 columns (label, 27 features, mass), got {data.shape[1]}")
-        data = data[data[:, 0] == 1]
-        return np.delete(data, [0, 6, 10, 14, 18, 22], axis=1)  # label + 5 features with repeated values
+        return _hepmass(data, path)
     if dataset == "miniboone":
-        return data
+        return _miniboone(data, path)
     raise LmlabError(f"data.dataset {dataset!r} is not a UCI dataset")
+
+
+def _hepmass(data: np.ndarray, path) -> np.ndarray:
+    """22 features, as the official loader makes them from its 28-column hepmass.npz (label + 27 features): signal
+    rows (label 1), then the label and 5 features with few distinct values (f5, f9, f13, f17, f21) deleted. The UCI
+    CSVs (1000_train.csv / 1000_test.csv: label, f0..f26, mass) have a 29th column, the mass, which is dropped first."""
+    if data.shape[1] == 29:
+        data = data[:, :-1]  # the UCI file's mass column: not among the official file's 28
+    if data.shape[1] != 28:
+        raise LmlabError(f"{path}: HepMass must have 29 columns (the UCI CSV: label, f0..f26, mass) or 28 (the "
+                         f"official hepmass.npz: label, f0..f26), got {data.shape[1]}")
+    data = data[data[:, 0] == 1]
+    return np.delete(data, [0, 6, 10, 14, 18, 22], axis=1)
+
+
+def _miniboone(data: np.ndarray, path) -> np.ndarray:
+    """43 features. The official loader reads a prepared miniboone.npy: MAF's preprocessing (Papamakarios et al.,
+    2017) of the UCI MiniBooNE_PID.txt, which is applied here to a raw 50-column table: rows whose first feature is
+    below -100 (the -999 placeholder rows) removed, then every feature whose smallest value occurs more than 5 times
+    removed. (MAF meant "too many re-occurring values" but counted the smallest value's repeats; the prepared file,
+    hence the paper's 43 dimensions, comes from that rule as written.) A prepared 43-column table passes unchanged."""
+    if data.shape[1] == 43:
+        return data
+    if data.shape[1] != 50:
+        raise LmlabError(f"{path}: MiniBooNE must have 50 columns (the UCI MiniBooNE_PID.txt) or 43 (the prepared "
+                         f"miniboone.npy), got {data.shape[1]}")
+    data = data[~(data[:, 0] < -100)]
+    smallest_repeats = np.array([int((column == column.min()).sum()) for column in data.T])
+    return data[:, smallest_repeats <= 5]
 
 
 def synthetic_density(n: int = 4000, seed: int = 0) -> np.ndarray:
