@@ -264,3 +264,13 @@ def test_resumed_run_logs_the_same_metric_rows_with_log_every_2(tmp_path, monkey
 
     assert [r["step"] for r in rows(tmp_path / "full")] == [2, 4, 6]
     assert rows(tmp_path / "cut") == rows(tmp_path / "full")
+
+
+@pytest.mark.parametrize("flow", ["maf", "made"])
+def test_density_run_with_maf_and_made_flows(tmp_path, flow):
+    """model.flow=maf|made trains the miniature UCI recipe end to end and its checkpoint evaluates."""
+    out = train(merge(tiny_density_cfg(tmp_path / flow, max_steps=3), {"model": {"flow": flow}}), NullReporter())
+    assert out["completed"]
+    res = evaluate_density(load_checkpoint(tmp_path / flow / "checkpoints" / "best.pt", "gebm"), split="test",
+                           is_samples=100, device="cpu")
+    assert np.isfinite(res["nll_gebm_nats"]) and np.isfinite(res["nll_base_nats"])

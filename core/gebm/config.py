@@ -41,7 +41,10 @@ class ModelConfig:
     energy_floor: float = option(10.0, "image: critic output truncated below at -floor, E = relu(E + floor) - floor "
                                  "(official default max=10; 0 = no truncation)", check=at_least(0))
     width: int = option(64, "image: channel multiplier of generator and critic (paper: 64)", check=at_least(1))
-    flow_transforms: int = option(5, "density: RealNVP coupling layers (official: 5)", check=at_least(1))
+    flow: str = option("nvp", "density: flow family of the base and flow energies: nvp (RealNVP, the official UCI "
+                       "runs), maf (flow_transforms MADE blocks, order reversed between them) or made (one MADE layer)",
+                       choices=("nvp", "maf", "made"))
+    flow_transforms: int = option(5, "density: RealNVP coupling layers or MAF blocks (official: 5)", check=at_least(1))
     flow_hidden: int = option(100, "density: hidden units of each coupling network (official: 100)", check=at_least(1))
     mlp_hidden: int = option(256, "density: hidden units of the MLP energy", check=at_least(1))
 

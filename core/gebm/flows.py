@@ -5,6 +5,7 @@ alternating masks, no batch norm since `gen_bn = dis_bn = False` in configs/uci/
 Plain torch (no flow library): the energy step's gradient penalty differentiates log p(x) twice, and a small
 hand-written coupling keeps that double backward cheap on CPU.
 - `RealNVP`: x -> u direct pass with log|det|, u -> x inverse, log p(x) = log N(u; 0, I) + sum log s.
+- `MAF` / `SingleMADE`: the official `maf` and `made` networks (masked autoregressive layers), chosen by model.flow.
 - `FlowBase`: B = G#N(0, I) with G the inverse pass, so B has a tractable `log_prob(x)` (the MLE baseline, NLLs).
 - `FlowEnergy`: E(x) = -log p_phi(x), a second RealNVP's negative log-density (Q ∝ p_phi · b).
 - `CombinedFlowEnergy`: E(x) = -log p_phi(x) + log b(x), the official UCI runs' `combined_discriminator`:
@@ -67,11 +68,105 @@ class RealNVP(nn.Module):
         return z
 
 
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in): MADE's autoregressive wiring."""
+
+    def __init__(self, d_in: int, d_out: int, mask: torch.Tensor):
+        super().__init__(d_in, d_out)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+def made_masks(dim: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MADE's masks (Germain et al. 2015) with the official degrees: inputs 0..D-1, hidden units k mod (D-1), the two
+    output halves i - 1, and a unit connected to one of degree <= its own; so output i (its shift and log scale)
+    depends on x_<i only."""
+    x_deg = torch.arange(dim)
+    h_deg = torch.arange(hidden) % (dim - 1)
+    out_deg = torch.arange(2 * dim) % dim - 1
+    return ((h_deg[:, None] >= x_deg[None, :]).float(), (h_deg[:, None] >= h_deg[None, :]).float(),
+            (out_deg[:, None] >= h_deg[None, :]).float())
+
+
+class MADE(nn.Module):
+    """One masked autoregressive layer (the official `made` network, Papamakarios et al. 2017's building block):
+    u_i = (x_i - m_i(x_<i)) exp(-a_i(x_<i)), log|det du/dx| = -sum a. The inverse fills x one coordinate at a time;
+    as the official inverse, it caps a at 5 there."""
+
+    def __init__(self, dim: int, hidden: int, activation: type[nn.Module] = nn.LeakyReLU):
+        super().__init__()
+        if dim < 2:
+            raise ValueError("MADE needs at least 2 dimensions")
+        m_in, m_hidden, m_out = made_masks(dim, hidden)
+        self.net = nn.Sequential(MaskedLinear(dim, hidden, m_in), activation(), MaskedLinear(hidden, hidden, m_hidden),
+                                 activation(), MaskedLinear(hidden, 2 * dim, m_out))
+
+    def direct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, a = self.net(x).chunk(2, dim=-1)  # (N, D) each
+        return (x - m) * torch.exp(-a), -a.sum(-1)
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        columns: list[torch.Tensor] = []
+        for i in range(u.shape[1]):  # x_i needs x_<i: D passes (no in-place writes, so G stays differentiable)
+            x = torch.cat(columns + [torch.zeros_like(u[:, i:])], dim=1)
+            m, a = self.net(x).chunk(2, dim=-1)
+            columns.append((u[:, i] * torch.exp(a[:, i].clamp(max=5.0)) + m[:, i]).unsqueeze(1))
+        return torch.cat(columns, dim=1)
+
+
+class MAF(nn.Module):
+    """Masked autoregressive flow (Papamakarios et al. 2017): `blocks` MADE layers (ReLU, as the official MAF's),
+    the coordinate order reversed between them. The official MAF also puts a BatchNormFlow after each MADE; it is
+    left out here (docs/gebm.md lists the departure)."""
+
+    def __init__(self, dim: int, blocks: int = 5, hidden: int = 100):
+        super().__init__()
+        self.layers = nn.ModuleList(MADE(dim, hidden, nn.ReLU) for _ in range(blocks))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        ladj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for layer in self.layers:
+            x, l = layer.direct(x)
+            ladj = ladj + l
+            x = x.flip(-1)
+        return ladj - 0.5 * x.pow(2).sum(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(self.layers):
+            z = layer.inverse(z.flip(-1))
+        return z
+
+
+class SingleMADE(MAF):
+    """The official `made` base/energy: one MADE layer with leaky-ReLU units, no reversal."""
+
+    def __init__(self, dim: int, blocks: int = 1, hidden: int = 100):
+        nn.Module.__init__(self)
+        self.layers = nn.ModuleList([MADE(dim, hidden, nn.LeakyReLU)])
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        u, ladj = self.layers[0].direct(x)
+        return ladj - 0.5 * u.pow(2).sum(-1) - 0.5 * u.shape[1] * math.log(2 * math.pi)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers[0].inverse(z)
+
+
+FLOWS = {"nvp": RealNVP, "maf": MAF, "made": SingleMADE}
+
+
+def build_flow(kind: str, dim: int, transforms: int, hidden: int) -> nn.Module:
+    """nvp: RealNVP with `transforms` couplings; maf: `transforms` MADE blocks; made: one MADE layer."""
+    return FLOWS[kind](dim, transforms, hidden)
+
+
 class FlowBase(nn.Module):
-    def __init__(self, dim: int, transforms: int = 5, hidden: int = 100):
+    def __init__(self, dim: int, transforms: int = 5, hidden: int = 100, kind: str = "nvp"):
         super().__init__()
         self.dim = dim
-        self.flow = RealNVP(dim, transforms, hidden)
+        self.flow = build_flow(kind, dim, transforms, hidden)
 
     @property
     def latent_dim(self) -> int:
@@ -89,9 +184,9 @@ class FlowBase(nn.Module):
 
 
 class FlowEnergy(nn.Module):
-    def __init__(self, dim: int, transforms: int = 5, hidden: int = 100):
+    def __init__(self, dim: int, transforms: int = 5, hidden: int = 100, kind: str = "nvp"):
         super().__init__()
-        self.flow = RealNVP(dim, transforms, hidden)
+        self.flow = build_flow(kind, dim, transforms, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return -self.flow.log_prob(x)  # (N,)
@@ -100,9 +195,9 @@ class FlowEnergy(nn.Module):
 class CombinedFlowEnergy(nn.Module):
     """E(x) = -log p_phi(x) + log b(x); only p_phi's weights are parameters (the base stays the base's)."""
 
-    def __init__(self, dim: int, base: FlowBase, transforms: int = 5, hidden: int = 100):
+    def __init__(self, dim: int, base: FlowBase, transforms: int = 5, hidden: int = 100, kind: str = "nvp"):
         super().__init__()
-        self.flow = RealNVP(dim, transforms, hidden)
+        self.flow = build_flow(kind, dim, transforms, hidden)
         self._base = [base]  # a plain list: the base's weights are not this module's parameters/state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,13 @@ def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Modul
     if not data_dim:
         raise LmlabError("density runs need the data dimension to build the flow")
     from lmlab.core.gebm.flows import CombinedFlowEnergy, FlowBase, FlowEnergy  # plain-torch RealNVP flows
-    base = FlowBase(data_dim, m.flow_transforms, m.flow_hidden)
+    if m.flow != "nvp" and data_dim < 2:
+        raise LmlabError(f"model.flow={m.flow}: a MADE layer needs data of 2 or more dimensions")
+    base = FlowBase(data_dim, m.flow_transforms, m.flow_hidden, m.flow)
     if m.energy == "flow-combined":
-        energy = CombinedFlowEnergy(data_dim, base, m.flow_transforms, m.flow_hidden)
+        energy = CombinedFlowEnergy(data_dim, base, m.flow_transforms, m.flow_hidden, m.flow)
     elif m.energy == "flow":
-        energy = FlowEnergy(data_dim, m.flow_transforms, m.flow_hidden)
+        energy = FlowEnergy(data_dim, m.flow_transforms, m.flow_hidden, m.flow)
     elif m.energy == "mlp":
         energy = MLPEnergy(data_dim, m.mlp_hidden)
     else:
