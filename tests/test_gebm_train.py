@@ -148,6 +148,35 @@ def test_image_training_sampling_and_writers(tmp_path):
     ev = evaluate_images(state, real, num_samples=20, sampler="kla", steps=2, step_size=1e-3, device="cpu",
                          kid_subset=10)
     assert ev["fid_generator"] > 0 and "fid_gebm_kla" in ev and ev["extractor"] == "small-random-conv"
+    # real-image statistics computed once and reused: the second evaluation never loads the images
+    stats, meta = tmp_path / "real-stats.npz", {"source": "synthetic", "split": "test", "requested": 20}
+    kw = dict(num_samples=20, sampler="kla", steps=2, step_size=1e-3, device="cpu", kid_subset=10, real_stats=str(stats))
+    first = evaluate_images(state, lambda: real, real_meta=meta, **kw)
+    assert stats.exists() and first["real_images"] == 20
+
+    def no_images():
+        raise AssertionError("the saved statistics should have been used")
+
+    again = evaluate_images(state, no_images, real_meta=meta, **kw)
+    assert again["fid_generator"] == first["fid_generator"] == pytest.approx(ev["fid_generator"], rel=1e-9)
+    assert again["real_images"] == 20 and again["kid_generator"] == first["kid_generator"]
+    with pytest.raises(LmlabError, match=r"split \('test', now 'train'\)"):
+        evaluate_images(state, no_images, real_meta={**meta, "split": "train"}, **kw)
+    with pytest.raises(LmlabError, match="extractor"):
+        _other_extractor(state, no_images, meta, kw, tmp_path)
+
+
+def _other_extractor(state, images, meta, kw, tmp_path):
+    """An Inception weights file (any bytes: its sha256 names the extractor) other than the saved statistics' one."""
+    import lmlab.core.gebm.evaluate as ev_mod
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"not the small extractor")
+    real_make = ev_mod.make_extractor
+    ev_mod.make_extractor = lambda inception, device: SmallExtractor().to(device)  # no real Inception weights here
+    try:
+        return evaluate_images(state, images, real_meta=meta, inception=str(weights), **kw)
+    finally:
+        ev_mod.make_extractor = real_make
 
 
 def test_fid_kid_identical_sets_are_zero():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ import torch
 from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm import data as gdata
-from lmlab.core.gebm.fid import SmallExtractor, features, frechet_distance, kernel_inception_distance, load_inception
+from lmlab.core.gebm.fid import (SmallExtractor, features, frechet_from_stats, kernel_inception_distance,
+                                 kid_pool, load_inception, load_real_stats, save_real_stats)
 from lmlab.core.gebm.models import from_state
 from lmlab.core.gebm.config import SamplerConfig
 from lmlab.core.gebm.sample import sample as draw, sampler_config
@@ -93,23 +95,48 @@ def make_extractor(inception: str | None, device) -> torch.nn.Module:
     return load_inception(inception).to(device) if inception else SmallExtractor().to(device)
 
 
-def evaluate_images(state: dict, real: torch.Tensor | np.ndarray, cfg: SamplerConfig | None = None, *,
-                    inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
-                    kid_subset: int = 1000, **overrides) -> dict:
-    """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images.
+def extractor_id(inception: str | None) -> str:
+    """What a statistics file must have been computed with: the Inception weights' sha256, or the seeded small net."""
+    if not inception:
+        return "small-random-conv (seed 0, 64 features)"
+    from lmlab.core.textio import sha256_file
+    return f"inception-v3 {Path(inception).name} sha256 {sha256_file(inception)}"
 
-    The GEBM is sampled with `cfg` (default SamplerConfig(), the one set of sampler defaults) plus keyword
-    overrides of its fields; `num_samples` is the number of fake images for FID/KID.
-    """
-    cfg = sampler_config(None, cfg, **overrides)
-    dev = pick_device(device)
+
+def real_features(real, extractor, dev, stats_path: str | None, meta: dict) -> tuple:
+    """(mu, sigma, features for KID, count) of the real images: from `stats_path` when it exists (checked against
+    `meta`), else computed from `real` (an array or a function returning one) and, with `stats_path`, saved there."""
+    if stats_path and Path(stats_path).exists():
+        return load_real_stats(stats_path, meta)
+    real = real() if callable(real) else real
     if isinstance(real, np.ndarray) and real.dtype == np.uint8:
         real = gdata.to_float(real)
     real = torch.as_tensor(real).float()
-    extractor = make_extractor(inception, dev)
     f_real = features(extractor, real, device=dev)
-    out = {"extractor": "inception-v3" if inception else "small-random-conv", "real_images": len(real),
-           "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
+    if stats_path:
+        save_real_stats(stats_path, f_real, meta)
+    return f_real.mean(0), np.cov(f_real, rowvar=False), kid_pool(f_real), len(real)
+
+
+def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
+                    inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
+                    kid_subset: int = 1000, real_stats: str | None = None, real_meta: dict | None = None,
+                    **overrides) -> dict:
+    """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images (an array, or a
+    function returning one: with `real_stats` saved earlier, the images are never loaded).
+
+    The GEBM is sampled with `cfg` (default SamplerConfig(), the one set of sampler defaults) plus keyword
+    overrides of its fields; `num_samples` is the number of fake images for FID/KID. `real_stats`: an .npz of the
+    real features' statistics, computed once and reused while `real_meta` (source, split, count) and the extractor
+    are the same.
+    """
+    cfg = sampler_config(None, cfg, **overrides)
+    dev = pick_device(device)
+    extractor = make_extractor(inception, dev)
+    meta = {"extractor": extractor_id(inception), **(real_meta or {})}
+    mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
+    out = {"extractor": "inception-v3" if inception else "small-random-conv", "real_images": count,
+           "real_stats": real_stats or None, "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
     for name, which in (("generator", "none"), ("gebm_" + cfg.sampler, cfg.sampler)):
         if name != "generator" and (which == "none" or cfg.steps <= 0):
             continue
@@ -117,7 +144,7 @@ def evaluate_images(state: dict, real: torch.Tensor | np.ndarray, cfg: SamplerCo
                     device=str(dev))
         f_fake = features(extractor, fake, device=dev)
         kid, kid_std = kernel_inception_distance(f_real, f_fake, subset_size=kid_subset)
-        out[f"fid_{name}"] = frechet_distance(f_real, f_fake)
+        out[f"fid_{name}"] = frechet_from_stats(mu_real, sigma_real, f_fake)
         out[f"kid_{name}"], out[f"kid_{name}_std"] = kid, kid_std
     return out
 
@@ -144,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--real", default="", help="images: real images (default: the run's data.path)")
     ap.add_argument("--real-split", default="test")
     ap.add_argument("--real-count", type=int, default=1000)
+    ap.add_argument("--real-stats", default="", help="images: .npz of the real images' feature statistics; computed "
+                    "and saved on first use, then read instead of the images (refused if the source, split, count "
+                    "or extractor differ)")
     ap.add_argument("--inception", default="", help="images: FID Inception-v3 state dict; empty = small random extractor")
     ap.add_argument("--num-samples", type=int, default=1000, help="images: fake images for FID/KID")
     ap.add_argument("--preset", default="", help="images: presets whose [sample] tables set the sampler "
@@ -169,12 +199,16 @@ def main(argv: list[str] | None = None) -> dict:
             res = evaluate_density(state, split=args.split, is_samples=args.is_samples, seed=args.seed,
                                    device=args.device)
         else:
-            real = gdata.load_cifar10(args.real or cfg.data.path, args.real_split, args.real_count, seed=args.seed)
+            source = args.real or cfg.data.path
+            real = lambda: gdata.load_cifar10(source, args.real_split, args.real_count, seed=args.seed)  # noqa: E731
             flags = {k: getattr(args, k) for k in ("sampler", "steps", "step_size", "beta", "friction", "mass",
                                                    "decay_every", "decay") if getattr(args, k) is not None}
             scfg = sampler_config([args.preset] if args.preset else None, **flags)
             res = evaluate_images(state, real, scfg, inception=args.inception or None, num_samples=args.num_samples,
-                                  seed=args.seed, device=args.device, kid_subset=args.kid_subset)
+                                  seed=args.seed, device=args.device, kid_subset=args.kid_subset,
+                                  real_stats=args.real_stats or None,
+                                  real_meta={"source": str(Path(source).resolve()), "split": args.real_split,
+                                             "requested": args.real_count, "seed": args.seed})
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

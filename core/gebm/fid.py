@@ -199,13 +199,56 @@ def features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 100, 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     """‖μ1-μ2‖² + tr Σ1 + tr Σ2 - 2 tr (Σ1^½ Σ2 Σ1^½)^½, with symmetric eigen-decompositions (no scipy)."""
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    return frechet_from_stats(f1.mean(0), np.cov(f1, rowvar=False), f2)
+
+
+def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, f2: np.ndarray) -> float:
+    """frechet_distance with the first set given by its mean and covariance (saved real-image statistics)."""
+    mu2, s2 = f2.mean(0), np.cov(f2, rowvar=False)
     w, v = np.linalg.eigh(s1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     mid = np.linalg.eigvalsh(root1 @ s2 @ root1)
-    tr_cross = np.sqrt(np.clip(mid, 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_cross)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(mid, 0, None)).sum())
+
+
+KID_FEATURES_KEPT = 10_000  # real features a statistics file keeps for KID (its subsets draw from these)
+
+
+def kid_pool(feats: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The real features KID draws its subsets from: a seeded KID_FEATURES_KEPT of them, stored as float32, so an
+    evaluation from saved statistics and one from the images give the same KID."""
+    keep = np.random.RandomState(seed).permutation(len(feats))[:KID_FEATURES_KEPT]
+    return feats[keep].astype(np.float32).astype(np.float64)
+
+
+def save_real_stats(path: str | Path, feats: np.ndarray, meta: dict) -> None:
+    """The real images' feature mean and covariance (FID) and kid_pool(feats) (KID), with `meta` (extractor, source,
+    split, requested count) that a later evaluation must match; written atomically."""
+    import json
+    import os
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), kid_features=kid_pool(feats).astype(np.float32),
+             count=np.array(len(feats)), meta=np.array(json.dumps(meta, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def load_real_stats(path: str | Path, meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(mu, sigma, KID features, image count) saved by save_real_stats; refused unless its meta equals `meta`."""
+    import json
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            saved = json.loads(str(z["meta"]))
+            stats = z["mu"], z["sigma"], z["kid_features"].astype(np.float64), int(z["count"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise LmlabError(f"--real-stats {path}: not a statistics file written by this command ({exc}); delete it "
+                         "to recompute it") from None
+    differ = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
+    if differ:
+        raise LmlabError(f"--real-stats {path} was computed with other " + ", ".join(
+            f"{k} ({saved.get(k)!r}, now {meta.get(k)!r})" for k in differ) + "; delete it or give another path")
+    return stats
 
 
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
