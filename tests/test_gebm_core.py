@@ -241,3 +241,28 @@ def test_importance_sampled_log_z_counts_zero_weights_and_refuses_nan():
     for bad in (math.nan, -math.inf):
         with pytest.raises(LmlabError, match="NaN or -inf"):
             log_partition_is(Base(), energy_of([0.0, bad]), 2, None, "cpu")
+
+
+def test_resnet_sn_networks_are_the_official_shapes():
+    """configs/training.yaml's `resnet-sn` generator and critic (SNGAN's CIFAR ResNets): 32x32 RGB out of z, a scalar
+    energy truncated at -floor, spectral norm on every critic weight, and the parameter count of that architecture."""
+    from torch.nn.utils import parametrize
+
+    from lmlab.core.gebm.nets import ResNetEnergy, ResNetGenerator
+    torch.manual_seed(0)
+    w, d = 16, 10
+    gen, critic = ResNetGenerator(d, w), ResNetEnergy(w, floor=10.0)
+    x = gen(torch.randn(3, d))
+    assert x.shape == (3, 3, 32, 32) and x.abs().max() <= 1
+    assert critic(x).shape == (3,)
+    n_gen = (16 * w * d + 16 * w) + 3 * (2 * (9 * w * w + w) + 2 * 2 * w) + 2 * w + (27 * w + 3)
+    n_critic = (27 * w + w) + (9 * w * w + w) + (3 * w + w) + (2 * (9 * w * w + w) + (w * w + w)) \
+        + 2 * 2 * (9 * w * w + w) + (w + 1)
+    assert sum(p.numel() for p in gen.parameters()) == n_gen
+    assert sum(p.numel() for p in critic.parameters()) == n_critic
+    weighted = [m for m in critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) == 11 and all(parametrize.is_parametrized(m, "weight") for m in weighted)
+    with torch.no_grad():
+        critic.out.parametrizations.weight.original.fill_(-100.0)
+        critic.out.bias.fill_(-1e4)
+    assert torch.allclose(critic(x), torch.full((3,), -10.0))  # the official truncation at -max

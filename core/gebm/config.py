@@ -34,13 +34,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     latent_dim: int = option(100, "image: dimension of the latent Gaussian (density: equals the data dimension)", check=at_least(1))
-    generator: str = option("dcgan", "image base network", choices=("dcgan",))
-    energy: str = option("sn-convnet", "energy network: sn-convnet / dcgan (image); flow-combined (official UCI "
+    generator: str = option("dcgan", "image base network: dcgan, or resnet-sn (the official configs/training.yaml)",
+                            choices=("dcgan", "resnet-sn"))
+    energy: str = option("sn-convnet", "energy network: sn-convnet / dcgan / resnet-sn (image); flow-combined (official UCI "
                          "runs: E = -log p_phi + log b, so Q = p_phi), flow (E = -log p_phi) or mlp (density)",
-                         choices=("sn-convnet", "dcgan", "flow-combined", "flow", "mlp"))
+                         choices=("sn-convnet", "dcgan", "resnet-sn", "flow-combined", "flow", "mlp"))
     energy_floor: float = option(10.0, "image: critic output truncated below at -floor, E = relu(E + floor) - floor "
                                  "(official default max=10; 0 = no truncation)", check=at_least(0))
-    width: int = option(64, "image: channel multiplier of generator and critic (paper: 64)", check=at_least(1))
+    width: int = option(64, "image: channel width (dcgan / sn-convnet: a multiplier, 8w channels at 4x4, paper 64; "
+                        "resnet-sn: the channels of every block, official 128)", check=at_least(1))
     flow: str = option("nvp", "density: flow family of the base and flow energies: nvp (RealNVP, the official UCI "
                        "runs), maf (flow_transforms MADE blocks, order reversed between them) or made (one MADE layer)",
                        choices=("nvp", "maf", "made"))

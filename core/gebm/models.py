@@ -11,17 +11,19 @@ from lmlab.core.config import from_dict, upgrade
 from lmlab.core.distributed import pick_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.config import Config
-from lmlab.core.gebm.nets import ConvEnergy, ImageBase, MLPEnergy
+from lmlab.core.gebm.nets import ConvEnergy, ImageBase, MLPEnergy, ResNetEnergy
 
 
 def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Module]:
     """(base, energy) for an image run, or for a density run of dimension `data_dim`."""
     m = cfg.model
     if cfg.data.kind == "image":
-        if m.energy not in ("sn-convnet", "dcgan"):
-            raise LmlabError(f"model.energy={m.energy!r} is a density energy; image runs take sn-convnet or dcgan")
-        return ImageBase(m.latent_dim, m.width), ConvEnergy(m.width, spectral=(m.energy == "sn-convnet"),
-                                                            floor=m.energy_floor)
+        if m.energy not in ("sn-convnet", "dcgan", "resnet-sn"):
+            raise LmlabError(f"model.energy={m.energy!r} is a density energy; image runs take sn-convnet, dcgan or "
+                             "resnet-sn")
+        energy = (ResNetEnergy(m.width, floor=m.energy_floor) if m.energy == "resnet-sn"
+                  else ConvEnergy(m.width, spectral=(m.energy == "sn-convnet"), floor=m.energy_floor))
+        return ImageBase(m.latent_dim, m.width, m.generator), energy
     if not data_dim:
         raise LmlabError("density runs need the data dimension to build the flow")
     from lmlab.core.gebm.flows import CombinedFlowEnergy, FlowBase, FlowEnergy  # plain-torch RealNVP flows

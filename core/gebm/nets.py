@@ -7,6 +7,8 @@
   `spectral=False` the DCGAN critic. The scalar output is the energy E(x): low on data. As in the official
   critic, the output is truncated below, E = relu(E + floor) - floor (official max=10), so exp(-E) <= e^floor
   and the critic cannot drive the data energies to -infinity.
+- `ResNetGenerator` / `ResNetEnergy`: the official `resnet-sn` networks of configs/training.yaml (SNGAN's CIFAR
+  ResNets: three up-sampling residual blocks; four spectral-norm residual critic blocks, mean pool, linear).
 - `MLPEnergy`: a small energy for tabular data when the energy is not a flow.
 """
 
@@ -55,6 +57,79 @@ class ConvEnergy(nn.Module):
         return torch.relu(e + self.floor) - self.floor if self.floor > 0 else e
 
 
+def _xavier(module: nn.Module, gain: float = 1.0) -> nn.Module:
+    nn.init.xavier_uniform_(module.weight, gain)
+    return module
+
+
+class ResBlockUp(nn.Module):
+    """SNGAN ResNet generator block: BN, ReLU, x2 upsample, 3x3 conv, BN, ReLU, 3x3 conv; upsampled identity bypass."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.main = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Upsample(scale_factor=2),
+                                  _xavier(nn.Conv2d(channels, channels, 3, 1, 1)), nn.BatchNorm2d(channels), nn.ReLU(),
+                                  _xavier(nn.Conv2d(channels, channels, 3, 1, 1)))
+        self.bypass = nn.Upsample(scale_factor=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.bypass(x)
+
+
+class ResNetGenerator(nn.Module):
+    """The official `resnet-sn` generator (configs/training.yaml; SNGAN's CIFAR ResNet): z -> linear to 4x4xw ->
+    three up-blocks (8, 16, 32) -> BN, ReLU, 3x3 conv to RGB, tanh. Official width 128."""
+
+    def __init__(self, latent_dim: int = 100, width: int = 128):
+        super().__init__()
+        self.latent_dim, self._c = latent_dim, width
+        self.fc = _xavier(nn.Linear(latent_dim, 4 * 4 * width))
+        self.net = nn.Sequential(ResBlockUp(width), ResBlockUp(width), ResBlockUp(width), nn.BatchNorm2d(width),
+                                 nn.ReLU(), _xavier(nn.Conv2d(width, 3, 3, 1, 1)), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(z.shape[0], self._c, 4, 4))  # (N, 3, 32, 32)
+
+
+class ResBlockDown(nn.Module):
+    """SNGAN ResNet critic block, spectral norm on every conv, no batch norm (official bn: False). `first`: no ReLU
+    before the first conv and an avg-pool-then-1x1-conv bypass; else ReLU, conv, ReLU, conv (+ avg pool when
+    `down`), with a 1x1-conv-then-pool bypass when `down` and the identity otherwise."""
+
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+        super().__init__()
+        conv1 = spectral_norm(_xavier(nn.Conv2d(c_in, c_out, 3, 1, 1)))
+        conv2 = spectral_norm(_xavier(nn.Conv2d(c_out, c_out, 3, 1, 1)))
+        layers = ([] if first else [nn.ReLU()]) + [conv1, nn.ReLU(), conv2] + ([nn.AvgPool2d(2)] if down else [])
+        self.main = nn.Sequential(*layers)
+        if first:
+            self.bypass = nn.Sequential(nn.AvgPool2d(2), spectral_norm(_xavier(nn.Conv2d(c_in, c_out, 1), 2 ** 0.5)))
+        elif down:
+            self.bypass = nn.Sequential(spectral_norm(_xavier(nn.Conv2d(c_in, c_out, 1), 2 ** 0.5)), nn.AvgPool2d(2))
+        else:
+            self.bypass = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.bypass(x)
+
+
+class ResNetEnergy(nn.Module):
+    """The official `resnet-sn` critic: blocks 3->w (32->16), w (16->8), w, w; ReLU, 8x8 average pool, spectral-norm
+    linear to one scalar, truncated below at -floor as ConvEnergy. Official width 128."""
+
+    def __init__(self, width: int = 128, floor: float = 10.0):
+        super().__init__()
+        self.floor = floor
+        self.features = nn.Sequential(ResBlockDown(3, width, down=True, first=True), ResBlockDown(width, width, True),
+                                      ResBlockDown(width, width, False), ResBlockDown(width, width, False),
+                                      nn.ReLU(), nn.AvgPool2d(8), nn.Flatten())  # (N, w)
+        self.out = spectral_norm(_xavier(nn.Linear(width, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.out(self.features(x)).squeeze(1)  # (N,)
+        return torch.relu(e + self.floor) - self.floor if self.floor > 0 else e
+
+
 class MLPEnergy(nn.Module):
     def __init__(self, dim: int, hidden: int = 256):
         super().__init__()
@@ -79,10 +154,10 @@ class LatentGaussian(nn.Module):
 class ImageBase(nn.Module):
     """B = G#N(0, I): `forward(z)` is G(z); no tractable density."""
 
-    def __init__(self, latent_dim: int, width: int):
+    def __init__(self, latent_dim: int, width: int, generator: str = "dcgan"):
         super().__init__()
         self.prior = LatentGaussian(latent_dim)
-        self.g = DCGANGenerator(latent_dim, width)
+        self.g = (ResNetGenerator if generator == "resnet-sn" else DCGANGenerator)(latent_dim, width)
 
     @property
     def latent_dim(self) -> int:
