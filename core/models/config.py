@@ -70,6 +70,9 @@ class EmbeddingConfig:
 class OutputConfig:
     kind: str = option("linear", "output layer: full softmax or adaptive softmax", choices=("linear", "adaptive"))
     tie: bool = option(False, "tie output weights to the input embedding (Press & Wolf 2017)")
+    loss_chunk: int = option(0, "linear output: compute the loss this many tokens at a time with a fused output "
+                             "layer + cross-entropy that never holds all the logits (less memory; equal to the plain "
+                             "path to ~1e-6, not bitwise); 0: off", check=at_least(0))
     adaptive: AdaptiveConfig = section(AdaptiveConfig, "adaptive softmax (Grave et al. 2017)")
 
 

@@ -50,11 +50,15 @@ class LinearOutput(nn.Module):
             else:
                 nn.init.normal_(self.weight, std=0.02)
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+        self.loss_chunk = 0  # > 0: nll() by the chunked fused path, this many token rows at a time
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.weight, self.bias)  # (..., V)
 
     def nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss_chunk:  # never all the logits at once (core/models/fused_ce.py)
+            from lmlab.core.models.fused_ce import chunked_linear_cross_entropy
+            return chunked_linear_cross_entropy(h, self.weight, self.bias, targets, self.loss_chunk)
         logits = self.logits(h)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                reduction="none").view(targets.shape)
