@@ -52,22 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", type=Path)
     ap.add_argument("--seeds", nargs="+", required=True)
     ap.add_argument("--base", default="dropout")
+    ap.add_argument("--base-dir", type=Path, help="where the base arm's runs are (default: RUNS), e.g. a tier that "
+                    "reuses another tier's baseline runs of the same data and seeds")
+    ap.add_argument("--claim", choices=("below", "not-above"), default="below",
+                    help="the paper's claim: below = the arm's mean under the base's by more than 2 paired SE (IMM); "
+                         "not-above = the arm no worse: its mean under the base's + 2 paired SE (DeFINE: equal or better)")
     ap.add_argument("--arm", default="imm")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--paper-base", type=float, help="the paper's figure for the base arm (validation perplexity)")
     ap.add_argument("--paper-arm", type=float, help="the paper's figure for the arm")
     ap.add_argument("--paper-source", default="", help="where the paper figures come from (setting, table)")
     args = ap.parse_args(argv)
-    rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm}
+    rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm, "claim": args.claim}
     for metric, read in (("valid_ppl", best_valid_ppl), ("test_ppl", test_ppl)):
-        base = [read(args.runs / f"{args.base}-s{s}") for s in args.seeds]
+        base = [read((args.base_dir or args.runs) / f"{args.base}-s{s}") for s in args.seeds]
         arm = [read(args.runs / f"{args.arm}-s{s}") for s in args.seeds]
         if any(v is None for v in base + arm):
             continue
         out[metric] = {"per_seed": {s: {args.base: b, args.arm: a} for s, b, a in zip(args.seeds, base, arm)},
                        args.base: summary(base), args.arm: summary(arm), "difference": paired(base, arm)}
         d = out[metric]["difference"]
-        d["below_by_2se"] = d["se"] is not None and d["mean"] < -2 * d["se"]  # the paper's claim, on these seeds
+        d["below_by_2se"] = d["se"] is not None and d["mean"] < -2 * d["se"]
+        d["not_above_by_2se"] = d["se"] is not None and d["mean"] < 2 * d["se"]
+        d["shows_claim"] = d["below_by_2se"] if args.claim == "below" else d["not_above_by_2se"]  # on these seeds
         for s, b, a in zip(args.seeds, base, arm):
             rows.append(f"| {metric} | {s} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
         sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
@@ -79,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     for metric in ("valid_ppl", "test_ppl"):
         if metric in out:
             d = out[metric]["difference"]
-            verdict = "shows" if d["below_by_2se"] else "does not show"
+            verdict = "shows" if d["shows_claim"] else "does not show"
+            claim = (f"{args.arm} below {args.base} by more than 2 SE" if args.claim == "below" else
+                     f"{args.arm} no worse than {args.base}: the difference below +2 SE")
             print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds): this "
-                  f"{verdict} the paper's claim ({args.arm} below {args.base} by more than 2 SE).")
+                  f"{verdict} the paper's claim ({claim}).")
     if args.paper_base is not None and args.paper_arm is not None:
         out["paper"] = {args.base: args.paper_base, args.arm: args.paper_arm, "source": args.paper_source}
         print(f"\nPaper ({args.paper_source}): {args.base} {args.paper_base:g}, {args.arm} {args.paper_arm:g} "

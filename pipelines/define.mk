@@ -3,6 +3,7 @@
 #   make define-cache         cache the demo DeFINE run's embedding; eval-ppl before/after
 #   make define-params        embedding/total parameters of every DeFINE preset
 #   make define-ptb HW=gpu    AWD-LSTM vs AWD-LSTM + DeFINE on PTB (GPU reproduction)
+#   make define-ptb-cpu       2x200 LSTM, standard vs DeFINE input embedding, a quarter of PTB, seeds paired (CPU)
 # Figures go to docs/define.md.
 
 # Included by the top-level Makefile (which defines HW, LMLAB, PYTHON and the data/*/meta.json rules).
@@ -15,7 +16,7 @@ DEFINE_DEMO_FLAGS = --seed $(DEFINE_SEED) --steps $(DEFINE_STEPS) --set run.eval
 DEFINE_RUNS = runs/define-demo-standard-untied-lr$(DEFINE_LR) runs/define-demo-define-untied-lr$(DEFINE_LR)
 DEFINE_WORK ?= runs/define-work
 
-.PHONY: define-demo define-cache define-params define-ptb
+.PHONY: define-demo define-cache define-params define-ptb define-ptb-cpu
 
 # Same context model, seed, steps and (untied) output layer; only the input embedding differs. Training steps
 # are stamps (train_done, in the Makefile): a stopped run is resumed by the next make.
@@ -84,3 +85,34 @@ results/define-ptb.json: runs/awd-lstm-ptb/eval-test.json runs/awd-lstm-define-p
 
 define-ptb: results/define-ptb.json  ## AWD-LSTM vs AWD-LSTM + DeFINE on PTB (GPU reproduction) [HW=gpu LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print define-ptb
+
+# ---- CPU tier (issue #17): the IMM CPU tier's dropout-only runs (ptb-lstm-small-dropout on data/ptb-quarter, seeds
+# 1..3, make imm-ptb-cpu) are the standard arm; the DeFINE arm adds ptb-lstm-small-define and nothing else, on the
+# same data and seeds. bench/imm_paired.py pairs the seeds with DeFINE's claim: no worse (difference < +2 SE).
+DEFINE_CPU_SEEDS ?= 1 2 3
+DEFINE_CPU_DATA ?= data/ptb-quarter
+DEFINE_CPU_BASE ?= runs/imm-ptb-cpu
+DEFINE_CPU_RUNS ?= runs/define-ptb-cpu
+
+define define_cpu_arm
+$(DEFINE_CPU_RUNS)/define-s$(1).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1)
+$(DEFINE_CPU_RUNS)/define-s$(1).train.json: $(DEFINE_CPU_DATA)/meta.json
+	$$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-define,$(DEFINE_CPU_RUNS)/define-s$(1))
+endef
+$(foreach s,$(DEFINE_CPU_SEEDS),$(eval $(call define_cpu_arm,$(s))))
+
+$(DEFINE_CPU_RUNS)/%/eval-test.json: $(DEFINE_CPU_RUNS)/%.train.json
+	$(LMLAB) eval-ppl -c $(DEFINE_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
+
+results/define-ptb-cpu.json: $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json $(DEFINE_CPU_RUNS)/define-s$(s)/eval-test.json)
+	@mkdir -p $(@D) docs/figures
+	$(PYTHON) bench/imm_paired.py $(DEFINE_CPU_RUNS) --base-dir $(DEFINE_CPU_BASE) --base dropout --arm define --claim not-above \
+	  --seeds $(DEFINE_CPU_SEEDS) --json $(DEFINE_CPU_RUNS)/paired.json > $(DEFINE_CPU_RUNS)/paired.md
+	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_BASE)/dropout-s$(s) $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/define-ptb-cpu.png
+	$(RECORD) define-ptb-cpu --command '$(call made_by,define-ptb-cpu)' \
+	  $(foreach s,$(DEFINE_CPU_SEEDS),--train standard-s$(s)=$(DEFINE_CPU_BASE)/dropout-s$(s).train.json --train define-s$(s)=$(DEFINE_CPU_RUNS)/define-s$(s).train.json) \
+	  --json paired=$(DEFINE_CPU_RUNS)/paired.json --markdown $(DEFINE_CPU_RUNS)/paired.md --seed '$(DEFINE_CPU_SEEDS)'
+	$(RESULTS_DOC)
+
+define-ptb-cpu: results/define-ptb-cpu.json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired (CPU; reuses imm-ptb-cpu's standard runs) [DEFINE_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print define-ptb-cpu

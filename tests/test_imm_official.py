@@ -337,3 +337,17 @@ def test_paired_seed_statistics_by_hand(tmp_path):
                         str(tmp_path / "swap.json"), "--paper-base", "81.6", "--paper-arm", "76"]) == 0
     swap = json.loads((tmp_path / "swap.json").read_text())
     assert not swap["valid_ppl"]["difference"]["below_by_2se"] and swap["paper"]["imm"] == 81.6
+    # DeFINE's claim (equal or better): +2.33 is not below +2 x 0.88, so "not above" fails when swapped, and holds
+    # for the original order; the base arm read from another tier's directory
+    other = tmp_path / "other"
+    other.mkdir()
+    for seed in (1, 2, 3):
+        (tmp_path / f"dropout-s{seed}").rename(other / f"dropout-s{seed}")
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--base-dir", str(other), "--claim", "not-above",
+                        "--json", str(tmp_path / "na.json")]) == 0
+    na = json.loads((tmp_path / "na.json").read_text())
+    assert na["claim"] == "not-above" and na["valid_ppl"]["difference"]["shows_claim"]
+    assert na["valid_ppl"]["dropout"]["mean"] == pytest.approx(145.0)
+    assert paired.main([str(other), "--seeds", "1", "2", "3", "--base", "imm", "--base-dir", str(tmp_path), "--arm",
+                        "dropout", "--claim", "not-above", "--json", str(tmp_path / "na2.json")]) == 0
+    assert not json.loads((tmp_path / "na2.json").read_text())["valid_ppl"]["difference"]["shows_claim"]

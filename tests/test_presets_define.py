@@ -157,3 +157,24 @@ def test_table_4_ablation_differences():
     assert unit["group-linear-shuffle"] == unit["group-linear"]  # GLT + Shuffle: the shuffle has no parameters
     # the skip adds 0.65M here, 0.16M in the paper (docs/define.md)
     assert 0.6e6 < unit["hgt"] - unit["hierarchical"] < 0.7e6
+
+
+def test_cpu_tier_pair_differs_by_the_input_embedding_alone_and_saves_40_percent():
+    """make define-ptb-cpu: ptb-lstm-small-define is ptb-lstm-small-dropout (the IMM tier's dropout-only arm, reused as
+    the standard arm) with a DeFINE input embedding; the paper's claim needs its embedding >= 40% smaller."""
+    from lmlab.core.config import resolve, to_dict
+    from lmlab.core.models.builders import build_language_model
+    from lmlab.core.models.lm import parameter_counts
+    from lmlab.core.train.config import TrainConfig
+
+    standard = resolve(TrainConfig, "train-lm", ["ptb-lstm-small-dropout"])
+    define = resolve(TrainConfig, "train-lm", ["ptb-lstm-small-dropout", "ptb-lstm-small-define"])
+    a, b = to_dict(standard), to_dict(define)
+    for cfg in (a, b):
+        cfg["model"].pop("embedding"), cfg.pop("run")
+    assert a == b and define.model.embedding.kind == "define" and not define.model.output.tie
+    counts = {name: parameter_counts(build_language_model(cfg.model, 10_000)) for name, cfg in
+              (("standard", standard), ("define", define))}
+    assert counts["define"]["params_embedding"] <= 0.6 * counts["standard"]["params_embedding"]
+    assert counts["define"]["params_body"] == counts["standard"]["params_body"]
+    assert counts["define"]["params_output"] == counts["standard"]["params_output"]
