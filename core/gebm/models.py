@@ -21,9 +21,10 @@ def build(cfg: Config, data_dim: int | None = None) -> tuple[nn.Module, nn.Modul
         if m.energy not in ("sn-convnet", "dcgan", "resnet-sn"):
             raise LmlabError(f"model.energy={m.energy!r} is a density energy; image runs take sn-convnet, dcgan or "
                              "resnet-sn")
+        base = ImageBase(m.latent_dim, m.width, m.generator)  # built first: the initialisation draws in this order
         energy = (ResNetEnergy(m.width, floor=m.energy_floor) if m.energy == "resnet-sn"
                   else ConvEnergy(m.width, spectral=(m.energy == "sn-convnet"), floor=m.energy_floor))
-        return ImageBase(m.latent_dim, m.width, m.generator), energy
+        return base, energy
     if not data_dim:
         raise LmlabError("density runs need the data dimension to build the flow")
     from lmlab.core.gebm.flows import CombinedFlowEnergy, FlowBase, FlowEnergy  # plain-torch RealNVP flows
