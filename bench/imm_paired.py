@@ -6,7 +6,9 @@ measured seeds show it, and the paper's own figures (--paper-base/--paper-arm) a
 
     python bench/imm_paired.py runs/imm-ptb-cpu --seeds 1 2 3 [--base dropout --arm imm] [--json out.json]
 
-Runs are RUNS/<base>-s<seed> and RUNS/<arm>-s<seed> (the layout of `make imm-ptb-cpu`).
+Runs are RUNS/<base>-s<seed> and RUNS/<arm>-s<seed> (the layout of `make imm-ptb-cpu`). --base-record takes the base
+arm's figures of some seeds from an earlier record of this script's output instead (a run dir does not outlive its
+session; the record does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,27 @@ def best_valid_ppl(run: Path) -> float:
 def test_ppl(run: Path) -> float | None:
     path = run / "eval-test.json"
     return float(json.loads(path.read_text())["ppl"]) if path.exists() else None
+
+
+def _base_record(path: Path, base: str, seeds: list[str]) -> dict:
+    """{metric: {seed: the base arm's figure}, "commit": ...} from an earlier record of this script's output (its
+    metrics.paired, or any metrics entry of that shape naming the base arm)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"imm_paired: --base-record {path}: {e}")
+    entries = [v for v in record.get("metrics", {}).values() if isinstance(v, dict) and v.get("base") == base]
+    if not entries:
+        raise SystemExit(f"imm_paired: --base-record {path}: no paired entry with base arm '{base}'")
+    out = {"commit": record.get("commit")}
+    for metric in ("valid_ppl", "test_ppl"):
+        per_seed = entries[0].get(metric, {}).get("per_seed", {})
+        out[metric] = {s: per_seed[s][base] for s in seeds if s in per_seed}
+    missing = [s for s in seeds if s not in out["valid_ppl"]]
+    if missing:
+        raise SystemExit(f"imm_paired: --base-record {path} holds no base run of seed(s) {' '.join(missing)}; "
+                         f"it has {' '.join(entries[0].get('valid_ppl', {}).get('per_seed', {})) or 'none'}")
+    return out
 
 
 def summary(values: list[float]) -> dict:
@@ -54,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="dropout")
     ap.add_argument("--base-dir", type=Path, help="where the base arm's runs are (default: RUNS), e.g. a tier that "
                     "reuses another tier's baseline runs of the same data and seeds")
-    ap.add_argument("--claim", choices=("below", "not-above"), default="below",
+    ap.add_argument("--claim", choices=("below", "not-above", "none"), default="below",
                     help="the paper's claim: below = the arm's mean under the base's by more than 2 paired SE (IMM); "
-                         "not-above = the arm no worse: its mean under the base's + 2 paired SE (DeFINE: equal or better)")
+                         "not-above = the arm no worse: its mean under the base's + 2 paired SE (DeFINE: equal or better); "
+                         "none = a comparison the paper makes no claim about (a control): figures without a verdict")
+    ap.add_argument("--base-record", type=Path, help="a record of an earlier paired result (results/X.json) whose base "
+                    "arm has the same preset, data and seeds: --recorded-seeds take their base figures from it instead "
+                    "of from run dirs (run dirs do not outlive a session; records do)")
+    ap.add_argument("--recorded-seeds", nargs="*", default=None, help="the seeds read from --base-record (default: all)")
     ap.add_argument("--arm", default="imm")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--paper-base", type=float, help="the paper's figure for the base arm (validation perplexity)")
@@ -64,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-source", default="", help="where the paper figures come from (setting, table)")
     args = ap.parse_args(argv)
     rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm, "claim": args.claim}
+    recorded = set(args.seeds if args.recorded_seeds is None else args.recorded_seeds) if args.base_record else set()
+    if args.base_record:
+        paired_in_record = _base_record(args.base_record, args.base, sorted(recorded))
+        out["base_record"] = {"path": str(args.base_record), "commit": paired_in_record.pop("commit"),
+                              "seeds": sorted(recorded)}
     for metric, read in (("valid_ppl", best_valid_ppl), ("test_ppl", test_ppl)):
-        base = [read((args.base_dir or args.runs) / f"{args.base}-s{s}") for s in args.seeds]
+        base = [paired_in_record[metric].get(s) if s in recorded else read((args.base_dir or args.runs) / f"{args.base}-s{s}")
+                for s in args.seeds]
         arm = [read(args.runs / f"{args.arm}-s{s}") for s in args.seeds]
         if any(v is None for v in base + arm):
             continue
@@ -74,17 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         d = out[metric]["difference"]
         d["below_by_2se"] = d["se"] is not None and d["mean"] < -2 * d["se"]
         d["not_above_by_2se"] = d["se"] is not None and d["mean"] < 2 * d["se"]
-        d["shows_claim"] = d["below_by_2se"] if args.claim == "below" else d["not_above_by_2se"]  # on these seeds
+        d["shows_claim"] = {"below": d["below_by_2se"], "not-above": d["not_above_by_2se"]}.get(args.claim)  # these seeds
         for s, b, a in zip(args.seeds, base, arm):
             rows.append(f"| {metric} | {s} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
         sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
+    if recorded:
+        commit = (out["base_record"]["commit"] or "unknown")[:7]
+        print(f"The {args.base} arm of seed(s) {' '.join(sorted(recorded))} is read from {args.base_record} (trained at "
+              f"commit {commit}; its run dirs are not rerun).\n")
     print(f"| metric | seed | {args.base} | {args.arm} | {args.arm} − {args.base} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     for metric in ("valid_ppl", "test_ppl"):
-        if metric in out:
+        if metric in out and args.claim == "none":
+            d = out[metric]["difference"]
+            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds).")
+        elif metric in out:
             d = out[metric]["difference"]
             verdict = "shows" if d["shows_claim"] else "does not show"
             claim = (f"{args.arm} below {args.base} by more than 2 SE" if args.claim == "below" else

@@ -12,7 +12,7 @@ from lmlab.core.plot import plot_runs
 
 @handle_errors
 def plot(
-    run_dirs: List[str] = typer.Argument(..., metavar="RUN_DIR", help="One or more run dirs written by train-lm / train-ebm (their metrics.jsonl)."),
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN_DIR", help="One or more run dirs written by train-lm / train-ebm (their metrics.jsonl), or RECORD.json#train-KEY: the validation curve a result record kept of a run whose dir is gone."),
     output: str = typer.Option("plot.png", "--output", "-o", help="PNG to write (its parent dirs are made)."),
     metric: str = typer.Option("valid_ppl", "--metric", "-m", help="metrics.jsonl key on the y axis: valid_ppl, valid_loss_nats, train_loss_nats, ..."),
     x: str = typer.Option("step", "--x", help="metrics.jsonl key on the x axis: step (updates) or epoch."),
@@ -27,5 +27,6 @@ def plot(
     Examples:
       lmlab plot runs/ptb-baseline runs/ptb-imm -o imm.png
       lmlab plot runs/demo runs/demo-define --metric valid_loss_nats --x epoch
+      lmlab plot results/imm-ptb-cpu.json#train-dropout-s1 runs/define-ptb-cpu/define-s1 --x epoch
     """
     print(plot_runs(run_dirs, output, metric=metric, x=x, logy=logy, title=title))

@@ -7,7 +7,8 @@ Three layers, each usable on its own:
 - :func:`write_curves_png` is a run's ``curves.png`` (train + valid loss against update), written
   by the trainers at the end of training.
 - :func:`plot_runs` overlays one metric of several run dirs (``lmlab plot``): labels from the run
-  dir names, x = update (or epoch, or any key the rows carry), log-y for perplexities.
+  dir names, x = update (or epoch, or any key the rows carry), log-y for perplexities. A result
+  record's kept validation curve (``results/X.json#train-KEY``) stands in for a run dir that is gone.
 
 Every file is written atomically (temp file in the same directory, then rename), so a reader never
 sees half a PNG. Errors are :class:`LmlabError` with one line naming the run dir or metric.
@@ -130,8 +131,28 @@ def _numeric_keys(rows: list[dict]) -> list[str]:
     return sorted(keys)
 
 
+def recorded_rows(ref: str) -> list[dict]:
+    """`RECORD.json#train-KEY`: the validation curve a result record kept of a run whose run dir is gone, as
+    metrics rows ({step, epoch, valid_ppl}); records keep no other metric."""
+    from lmlab.core.records import recorded_entry
+    _, entry = recorded_entry(ref)
+    curve = entry.get("valid_curve") if isinstance(entry, dict) else None
+    if not curve:
+        raise LmlabError(f"{ref}: the record kept no validation curve for this entry")
+    return [{"step": step, "epoch": epoch, "valid_ppl": ppl} for step, epoch, ppl in curve]
+
+
 def metric_series(run_dir: str | Path, metric: str, x: str = "step") -> list[tuple[float, float]]:
-    """(x, metric) for every row of `run_dir/metrics.jsonl` that has the metric; one error line if none has."""
+    """(x, metric) for every row of `run_dir/metrics.jsonl` (or of a record's kept curve, `RECORD.json#KEY`) that has
+    the metric; one error line if none has."""
+    from lmlab.core.records import is_record_ref
+    if is_record_ref(run_dir):
+        rows = recorded_rows(str(run_dir))
+        if metric not in rows[0]:
+            raise LmlabError(f"{run_dir}: a record keeps only valid_ppl (--metric {metric})")
+        if x not in rows[0]:
+            raise LmlabError(f"{run_dir}: a record's curve has step and epoch only (--x {x})")
+        return [(r[x], r[metric]) for r in rows if r[x] is not None]
     rows = read_metrics(run_dir)
     with_metric = [r for r in rows if metric in r]
     if not with_metric:
@@ -143,8 +164,11 @@ def metric_series(run_dir: str | Path, metric: str, x: str = "step") -> list[tup
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
-    """Legend labels: each run dir's name, with as many parent dirs as it takes to tell them apart."""
-    parts = [Path(os.path.normpath(Path(d).absolute())).parts for d in run_dirs]
+    """Legend labels: each run dir's name, with as many parent dirs as it takes to tell them apart; a record's entry
+    (`RECORD.json#train-KEY`) is labelled KEY."""
+    from lmlab.core.records import is_record_ref
+    parts = [("recorded", str(d).partition("#")[2].removeprefix("train-")) if is_record_ref(d)
+             else Path(os.path.normpath(Path(d).absolute())).parts for d in run_dirs]
     for depth in range(1, max((len(p) for p in parts), default=1) + 1):
         labels = ["/".join(p[-depth:]) for p in parts]
         if len(set(labels)) == len(labels):

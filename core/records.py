@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.errors import LmlabError
 from lmlab.core.machine import machine_info
 
 RESULTS_DIR = Path(os.environ.get("LMLAB_RESULTS", "results"))
@@ -80,6 +81,30 @@ def read_records(results_dir: str | Path | None = None) -> dict[str, dict[str, A
 
 
 # ---- assembling a record from the files a pipeline wrote -----------------------------------------------------
+
+def recorded_entry(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`RECORD.json#KEY` -> (the record, its metrics[KEY]): an arm of an earlier result whose run dir is gone (run
+    dirs are scratch; records are kept). One error line names what is missing."""
+    path, sep, key = str(ref).partition("#")
+    if not sep or not key:
+        raise LmlabError(f"{ref}: expected RECORD.json#KEY, e.g. results/imm-ptb-cpu.json#train-dropout-s1")
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmlabError(f"{path}: no such record") from None
+    except json.JSONDecodeError as e:
+        raise LmlabError(f"{path}: not a JSON record ({e})") from None
+    entries = record.get("metrics", {}) if isinstance(record, dict) else {}
+    if key not in entries:
+        keys = ", ".join(k for k in entries if k.startswith("train")) or "none"
+        raise LmlabError(f"{path}: no '{key}' in its metrics; its train entries: {keys}")
+    return record, entries[key]
+
+
+def is_record_ref(ref: str | Path) -> bool:
+    """Whether a run argument names a record's entry (`RECORD.json#KEY`) rather than a run dir."""
+    return ".json#" in str(ref)
+
 def _load_json(path: str | Path) -> Any:
     """A JSON file, or the last non-empty line of a JSON-lines file (e.g. a command's stdout)."""
     text = Path(path).read_text(encoding="utf-8")
@@ -153,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default="metrics", help="how `make results` renders it (lm, metrics, ...)")
     ap.add_argument("--train", action="append", default=[], metavar="[KEY=]FILE",
                     help="a completed train summary (runs/X.train.json): wall time, machine, tokens/s. "
-                         "With several, KEY names each (its wall times are summed).")
+                         "With several, KEY names each (its wall times are summed). RECORD.json#train-KEY reuses an "
+                         "arm of an earlier record as it was recorded (marked with that record's path and commit).")
     ap.add_argument("--json", action="append", metavar="KEY=FILE", help="metrics[KEY] = the JSON in FILE")
     ap.add_argument("--jsonl", action="append", metavar="KEY=FILE", help="metrics[KEY] = the list of JSON lines in FILE")
     ap.add_argument("--markdown", metavar="FILE", help="the Markdown the producing script printed (kind markdown: "
@@ -173,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     machine, wall = None, None
     for item in args.train:
         key, sep, path = item.partition("=") if "=" in item else ("", "", item)
+        if is_record_ref(path):  # an arm recorded earlier: its facts as they were, where and at which commit
+            try:
+                record, entry = recorded_entry(path)
+            except LmlabError as e:
+                raise SystemExit(f"lmlab records: --train {item}: {e}") from None
+            metrics[f"train-{key}" if key else "train"] = {**entry, "recorded_in": path.partition("#")[0],
+                                                           "recorded_commit": record.get("commit")}
+            continue  # its wall time and machine belong to that record, not to this one
         summary = _load_json(path)
         if summary.get("stopped_by") or summary.get("stopped"):
             raise SystemExit(f"lmlab records: {path}: training did not complete; rerun its make target")

@@ -89,10 +89,22 @@ define-ptb: results/define-ptb.json  ## AWD-LSTM vs AWD-LSTM + DeFINE on PTB (GP
 # ---- CPU tier (issue #17): the IMM CPU tier's dropout-only runs (ptb-lstm-small-dropout on data/ptb-quarter, seeds
 # 1..3, make imm-ptb-cpu) are the standard arm; the DeFINE arm adds ptb-lstm-small-define and nothing else, on the
 # same data and seeds. bench/imm_paired.py pairs the seeds with DeFINE's claim: no worse (difference < +2 SE).
+# The standard arm of DEFINE_CPU_RECORDED_SEEDS is read from results/imm-ptb-cpu.json (its best valid and test
+# perplexity and its kept validation curve) instead of being trained again: the record was made by the same preset,
+# data and seeds, and the LSTM trainer's numerics are pinned bitwise since (tests/test_numerics_reference.py). The
+# other seeds' standard runs are trained by imm.mk's rules. DEFINE_CPU_RECORDED_SEEDS= (empty) retrains them all.
 DEFINE_CPU_SEEDS ?= 1 2 3
+DEFINE_CPU_RECORDED_SEEDS ?= 1 2
+DEFINE_CPU_BASE_RECORD ?= results/imm-ptb-cpu.json
 DEFINE_CPU_DATA ?= data/ptb-quarter
 DEFINE_CPU_BASE ?= runs/imm-ptb-cpu
 DEFINE_CPU_RUNS ?= runs/define-ptb-cpu
+define_cpu_recorded = $(filter $(DEFINE_CPU_RECORDED_SEEDS),$(DEFINE_CPU_SEEDS))
+define_cpu_trained = $(filter-out $(DEFINE_CPU_RECORDED_SEEDS),$(DEFINE_CPU_SEEDS))
+# the standard arm of seed $(1): a run dir, or the record's entry (RECORD.json#KEY; the record is not a prerequisite,
+# since make would try to rebuild it from the run dirs it was made of)
+define_cpu_hash := \#
+define_cpu_standard = $(if $(filter $(1),$(DEFINE_CPU_RECORDED_SEEDS)),$(DEFINE_CPU_BASE_RECORD)$(define_cpu_hash)train-dropout-s$(1),$(DEFINE_CPU_BASE)/dropout-s$(1))
 
 define define_cpu_arm
 $(DEFINE_CPU_RUNS)/define-s$(1).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1)
@@ -104,15 +116,17 @@ $(foreach s,$(DEFINE_CPU_SEEDS),$(eval $(call define_cpu_arm,$(s))))
 $(DEFINE_CPU_RUNS)/%/eval-test.json: $(DEFINE_CPU_RUNS)/%.train.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
 
-results/define-ptb-cpu.json: $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json $(DEFINE_CPU_RUNS)/define-s$(s)/eval-test.json)
+results/define-ptb-cpu.json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json) \
+  $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_RUNS)/define-s$(s)/eval-test.json)
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/imm_paired.py $(DEFINE_CPU_RUNS) --base-dir $(DEFINE_CPU_BASE) --base dropout --arm define --claim not-above \
+	  $(if $(define_cpu_recorded),--base-record $(DEFINE_CPU_BASE_RECORD) --recorded-seeds $(define_cpu_recorded)) \
 	  --seeds $(DEFINE_CPU_SEEDS) --json $(DEFINE_CPU_RUNS)/paired.json > $(DEFINE_CPU_RUNS)/paired.md
-	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_BASE)/dropout-s$(s) $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/define-ptb-cpu.png
+	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),'$(call define_cpu_standard,$(s))' $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/define-ptb-cpu.png
 	$(RECORD) define-ptb-cpu --command '$(call made_by,define-ptb-cpu)' \
-	  $(foreach s,$(DEFINE_CPU_SEEDS),--train standard-s$(s)=$(DEFINE_CPU_BASE)/dropout-s$(s).train.json --train define-s$(s)=$(DEFINE_CPU_RUNS)/define-s$(s).train.json) \
+	  $(foreach s,$(DEFINE_CPU_SEEDS),--train 'standard-s$(s)=$(call define_cpu_standard,$(s))$(if $(filter $(s),$(DEFINE_CPU_RECORDED_SEEDS)),,.train.json)' --train define-s$(s)=$(DEFINE_CPU_RUNS)/define-s$(s).train.json) \
 	  --json paired=$(DEFINE_CPU_RUNS)/paired.json --markdown $(DEFINE_CPU_RUNS)/paired.md --seed '$(DEFINE_CPU_SEEDS)'
 	$(RESULTS_DOC)
 
-define-ptb-cpu: results/define-ptb-cpu.json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired (CPU; reuses imm-ptb-cpu's standard runs) [DEFINE_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+define-ptb-cpu: results/define-ptb-cpu.json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired (CPU; the standard arm is imm-ptb-cpu's, recorded seeds read from its record) [DEFINE_CPU_SEEDS='1 2 3' DEFINE_CPU_RECORDED_SEEDS='1 2' LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print define-ptb-cpu

@@ -158,7 +158,7 @@ results/imm-ptb-cpu-control.json: $(foreach s,$(IMM_CPU_SEEDS),$(foreach a,dropo
 	{ echo "IMM vs the control arm (the same lr event, no IMM term):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base control --arm imm --json $(IMM_CPU_RUNS)/control-imm.json; echo; \
 	  echo "The control arm vs dropout-only (the lr event alone):"; echo; \
-	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base dropout --arm control --json $(IMM_CPU_RUNS)/dropout-control.json; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base dropout --arm control --claim none --json $(IMM_CPU_RUNS)/dropout-control.json; \
 	} > $(IMM_CPU_RUNS)/control.md
 	$(RECORD) imm-ptb-cpu-control --command '$(call made_by,imm-ptb-cpu-control)' $(foreach s,$(IMM_CPU_SEEDS),--train control-s$(s)=$(IMM_CPU_RUNS)/control-s$(s).train.json) \
 	  --json control_vs_imm=$(IMM_CPU_RUNS)/control-imm.json --json dropout_vs_control=$(IMM_CPU_RUNS)/dropout-control.json \
