@@ -84,3 +84,9 @@ def test_ralm_refusals(tmp_path, tiny_data, base_ckpt):
     cfg = merge(_ralm_cfg(tiny_data, tmp_path / "b", base_ckpt), {"optim": {"activation_reg": 2.0}})
     with pytest.raises(LmlabError, match="RALM"):
         train_lm(cfg, NullReporter())
+    # IMM and KN noising score hidden states with the output layer alone, which for a RALM would drop the base's
+    # logits: refused
+    for objective in ("imm", "kn-noising"):
+        cfg = merge(_ralm_cfg(tiny_data, tmp_path / objective, base_ckpt), {"objective": objective})
+        with pytest.raises(LmlabError, match=f"objective '{objective}' needs a plain LM"):
+            train_lm(cfg, NullReporter())

@@ -119,42 +119,38 @@ class MADE(nn.Module):
 class MAF(nn.Module):
     """Masked autoregressive flow (Papamakarios et al. 2017): `blocks` MADE layers (ReLU, as the official MAF's),
     the coordinate order reversed between them. The official MAF also puts a BatchNormFlow after each MADE; it is
-    left out here (docs/gebm.md lists the departure)."""
+    left out here (docs/gebm.md lists the departure). `reverse=False` with one leaky-ReLU block is the official
+    `made` base/energy (single_made)."""
 
-    def __init__(self, dim: int, blocks: int = 5, hidden: int = 100):
+    def __init__(self, dim: int, blocks: int = 5, hidden: int = 100, activation: type[nn.Module] = nn.ReLU,
+                 reverse: bool = True):
         super().__init__()
-        self.layers = nn.ModuleList(MADE(dim, hidden, nn.ReLU) for _ in range(blocks))
+        self.layers = nn.ModuleList(MADE(dim, hidden, activation) for _ in range(blocks))
+        self.reverse = reverse
+
+    def _order(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if self.reverse else x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         ladj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for layer in self.layers:
             x, l = layer.direct(x)
             ladj = ladj + l
-            x = x.flip(-1)
+            x = self._order(x)
         return ladj - 0.5 * x.pow(2).sum(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         for layer in reversed(self.layers):
-            z = layer.inverse(z.flip(-1))
+            z = layer.inverse(self._order(z))
         return z
 
 
-class SingleMADE(MAF):
-    """The official `made` base/energy: one MADE layer with leaky-ReLU units, no reversal."""
-
-    def __init__(self, dim: int, blocks: int = 1, hidden: int = 100):
-        nn.Module.__init__(self)
-        self.layers = nn.ModuleList([MADE(dim, hidden, nn.LeakyReLU)])
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        u, ladj = self.layers[0].direct(x)
-        return ladj - 0.5 * u.pow(2).sum(-1) - 0.5 * u.shape[1] * math.log(2 * math.pi)
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers[0].inverse(z)
+def single_made(dim: int, blocks: int = 1, hidden: int = 100) -> MAF:
+    """The official `made` base/energy: one MADE layer with leaky-ReLU units, no reversal (`blocks` is ignored)."""
+    return MAF(dim, 1, hidden, nn.LeakyReLU, reverse=False)
 
 
-FLOWS = {"nvp": RealNVP, "maf": MAF, "made": SingleMADE}
+FLOWS = {"nvp": RealNVP, "maf": MAF, "made": single_made}
 
 
 def build_flow(kind: str, dim: int, transforms: int, hidden: int) -> nn.Module:

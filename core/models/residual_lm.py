@@ -35,25 +35,31 @@ class ResidualLM(nn.Module):
         self.frozen_base.eval()  # the base LM is fixed: no dropout in its logits
         return self
 
-    def hidden(self, tokens: torch.Tensor, state=None):
-        """The residual's hidden states (B, T, d) and the new (base, residual) state."""
+    def _advance(self, tokens: torch.Tensor, state, with_base_logits: bool):
+        """(base logits (B, T, V) or None, the residual's hidden states (B, T, d), the new (base, residual) state)."""
         base_state, residual_state = state if state is not None else (None, None)
         with torch.no_grad():
-            _, base_state = self.frozen_base.hidden(tokens, base_state)
+            if with_base_logits:
+                base_logits, base_state = self.frozen_base(tokens, state=base_state)
+            else:  # only the base's state moves on: its output layer is not needed
+                base_logits, (_, base_state) = None, self.frozen_base.hidden(tokens, base_state)
         h, residual_state = self.residual.hidden(tokens, residual_state)
-        return h, (base_state, residual_state)
+        return base_logits, h, (base_state, residual_state)
+
+    def hidden(self, tokens: torch.Tensor, state=None):
+        """The residual's hidden states (B, T, d) and the new (base, residual) state. Not the model's output on its
+        own: the logits need the base's (forward), so only state warming may use it."""
+        _, h, state = self._advance(tokens, state, with_base_logits=False)
+        return h, state
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, state=None):
         """Per-token NLL in nats (B, T) when targets are given, else logits (B, T, V); plus the new state."""
-        base_state, residual_state = state if state is not None else (None, None)
-        with torch.no_grad():
-            base_logits, base_state = self.frozen_base(tokens, state=base_state)
-        h, residual_state = self.residual.hidden(tokens, residual_state)
+        base_logits, h, state = self._advance(tokens, state, with_base_logits=True)
         logits = base_logits + self.residual.output.logits(h)  # (B, T, V)
         if targets is None:
-            return logits, (base_state, residual_state)
+            return logits, state
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
-        return nll.view(targets.shape), (base_state, residual_state)
+        return nll.view(targets.shape), state
 
     def init_state(self, batch_size: int, device=None):
         return self.frozen_base.init_state(batch_size, device), self.residual.init_state(batch_size, device)

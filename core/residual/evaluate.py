@@ -55,7 +55,8 @@ def joint_ppl_from_windows(model: ResidualModel, windows: Windows, *, samples: l
     for start in range(0, count, batch_size):
         prefixes, conts = windows.get(np.arange(start, min(start + batch_size, count)), device)
         B = prefixes.size(0)
-        lm_nll += -sequence_logprob(model.lm, prefixes, conts).double().sum().item()
+        lm_tokens = token_logprobs(model.lm, prefixes, conts)  # (B, C); summed as sequence_logprob sums it
+        lm_nll += -lm_tokens.sum(dim=1).double().sum().item()
         e_pos = model.energies(prefixes, conts.unsqueeze(1)).double()  # (B, 1)
         # untruncated samples: Theorem 2's estimators are for Z under P_LM itself
         neg = sample_continuations(model.lm, prefixes, num_samples=n_max, max_new_tokens=C, top_k=0, generator=gen)
@@ -71,7 +72,8 @@ def joint_ppl_from_windows(model: ResidualModel, windows: Windows, *, samples: l
                 upper[n] += up.sum().item()
                 gain_upper[n].append((-e_pos[:, 0] - up).cpu().numpy())
         if position_samples > 0:
-            by_position.append(_position_gains(model, prefixes, conts, e_pos[:, 0], position_samples, position_gen, start))
+            gains = _position_gains(model, prefixes, conts, e_pos[:, 0], position_samples, position_gen, start)
+            by_position.append((lm_tokens.double().cpu().numpy(), gains))
     tokens = count * C
     base = lm_nll / tokens
     joint_base = (lm_nll + pos_e) / tokens  # -log P_LM + E, before log Z
@@ -120,8 +122,8 @@ def mean_se(values: np.ndarray) -> dict[str, float]:
 
 
 def _position_gains(model: ResidualModel, prefixes: torch.Tensor, conts: torch.Tensor, e_real: torch.Tensor, n: int,
-                    gen: torch.Generator, first_window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log P_LM(x_t | x_<t), log M_t - log M_{t-1}) for t = 1..C, each (B, C) in float64 (module docstring)."""
+                    gen: torch.Generator, first_window: int) -> np.ndarray:
+    """log M_t - log M_{t-1} for t = 1..C, (B, C) in float64 (module docstring)."""
     B, C = conts.shape
     log_m = torch.empty(B, C + 1, dtype=torch.float64, device=conts.device)  # log M_0 .. log M_C
     log_m[:, C] = -e_real
@@ -132,8 +134,7 @@ def _position_gains(model: ResidualModel, prefixes: torch.Tensor, conts: torch.T
         e = model.energies(prefixes, rows).double()  # (B, n)
         _refuse_nonfinite(e, f"LM futures after position {t}", first_window)
         log_m[:, t] = log_z_tn(e)
-    lm = token_logprobs(model.lm, prefixes, conts).double()  # (B, C)
-    return lm.cpu().numpy(), (log_m[:, 1:] - log_m[:, :-1]).cpu().numpy()
+    return (log_m[:, 1:] - log_m[:, :-1]).cpu().numpy()
 
 
 def _position_rows(batches: list[tuple[np.ndarray, np.ndarray]], n: int) -> dict[str, Any]:

@@ -53,6 +53,9 @@ def build_objective(cfg, train_tokens: np.ndarray, vocab_size: int, data_dir: Pa
     entry = OBJECTIVES.get(cfg.objective)
     if entry is None:
         raise LmlabError(f"unknown objective '{cfg.objective}' (known: {', '.join(OBJECTIVES)})")
+    if cfg.model.ralm_base and cfg.objective != "ce":  # they score hidden states with the output layer alone
+        raise LmlabError(f"objective '{cfg.objective}' needs a plain LM; a RALM (model.ralm_base) is trained by "
+                         "maximum likelihood (objective = ce), as the residual EBM paper's baseline is")
     if isinstance(entry, str):
         module, name = entry.split(":")
         entry = getattr(importlib.import_module(module), name)
