@@ -7,7 +7,12 @@ HW ?= cpu
 RUNS ?= runs
 LMLAB ?= lmlab
 EVAL = $(PYTHON) -m lmlab.core.gebm.evaluate
-INCEPTION ?=
+# Inception-v3 FID weights (a pytorch-fid pt_inception-2015-12-05 file): INCEPTION=path or LMLAB_INCEPTION in the
+# environment; gebm-cifar10's training needs them too (its learning-rate schedule tests Inception features)
+INCEPTION ?= $(LMLAB_INCEPTION)
+ifneq ($(INCEPTION),)
+export LMLAB_INCEPTION = $(abspath $(INCEPTION))
+endif
 IS_SAMPLES ?= 50000
 # Same budget of optimizer updates for the flow MLE baseline as the GEBM: the presets' 8 base updates
 # + 2x100 + 6x50 energy updates = 508 (change both together; bench/gebm_uci.py computes it).

@@ -324,3 +324,8 @@ def test_cifar10_preset_is_the_official_training_yaml(preset_env):
     assert (cfg.data.batch_size, cfg.schedule.max_steps) == (128, 150000)
     assert (o.lr_energy, o.lr_base, o.beta1, o.beta2, o.penalty) == (1e-4, 1e-4, 0.5, 0.999, 1.0)
     assert (o.energy_steps, o.energy_steps_init, o.grad_transform) == (5, 100, True)
+    # the schedule: FID samples every 2000 base steps, the plateau test against 20000 steps back, x0.8 decays, the
+    # fixed decay at multiples of 5000 beside the evaluations; the Inception weights required, not replaced
+    assert (o.lr_decay, o.lr_decay_every, o.lr_plateau, o.lr_plateau_window) == (0.8, 5000, True, 20000)
+    assert (cfg.run.eval_interval, cfg.eval.fid_samples) == (2000, 50000)
+    assert cfg.eval.inception == str(preset_env / "lmlab_inception")

@@ -71,7 +71,19 @@ class OptimConfig:
                                   "before Adam (official UCI runs)")
     lr_milestones: str = option("", "comma list of update counts (energy+base) where both learning rates are "
                                 "multiplied by lr_decay (official UCI: 50,500,750)", check=MILESTONES)
-    lr_decay: float = option(0.8, "learning-rate factor at each milestone (official 0.8)", check=greater_than(0))
+    lr_decay: float = option(0.8, "learning-rate factor at each milestone, fixed decay or plateau (official 0.8)",
+                             check=greater_than(0))
+    lr_decay_every: int = option(0, "multiply both learning rates by lr_decay at every multiple of this many base "
+                                 "steps, except evaluation steps when lr_plateau is on (official images trainer: "
+                                 "5000, giving 5000, 15000, 25000, ... beside evaluations every 2000); 0 = never",
+                                 check=at_least(0))
+    lr_plateau: bool = option(False, "images: at every evaluation, test whether the base's samples are significantly "
+                              "closer to the data than lr_plateau_window base steps earlier (relative MMD on the "
+                              "eval.fid_samples features); 3 evaluations in a row without (p > 0.1) multiply both "
+                              "learning rates by lr_decay (official utils/fid_scheduler.py MMDScheduler)")
+    lr_plateau_window: int = option(20000, "base steps between the samples the plateau test compares (official "
+                                    "oldest_fid_iter); the ring holds window / run.eval_interval + 1 evaluations",
+                                    check=at_least(1))
     init_log_partition_batches: int = option(100, "batches used to initialise A = log mean exp(-E(G(z)))", check=at_least(1))
 
 
@@ -86,6 +98,13 @@ class ScheduleConfig:
 @dataclass
 class EvalConfig:
     is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z", check=at_least(1))
+    fid_samples: int = option(0, "images: base samples (the generator alone, fixed latents) scored at every "
+                              "evaluation: FID and KID against the training images, and the plateau test's "
+                              "features (official: 50000); 0 = no image evaluation", check=at_least(0))
+    inception: str = option("", "images: Inception-v3 FID weights (a pytorch-fid pt_inception-2015-12-05 state "
+                            "dict; never downloaded); empty = a small seeded random conv net, for development only")
+    real_stats: str = option("", "images: .npz cache of the training images' features (FID statistics and KID "
+                             "pool), computed at the first evaluation when absent; empty = recomputed each run")
     # FID/KID and sampling after training are separate steps (python -m lmlab.core.gebm.evaluate, lmlab sample:
     # SamplerConfig), so a training run has no sampler keys to get out of step with them.
 

@@ -30,6 +30,8 @@ from lmlab.core.gebm.evaluate import log_partition_is, nll_rows
 from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init_log_partition, transform_grads,
                                   weight_l2_penalty)
 from lmlab.core.gebm.models import build
+from lmlab.core.gebm.plateau import fixed_decays
+from lmlab.core.gebm.train_images import ImageEvaluation
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.rundir import RunDir
 from lmlab.core.train.loop import TrainLoop
@@ -112,6 +114,11 @@ def _validate(cfg: Config) -> None:
     if cfg.optim.objective == "mle" and cfg.data.kind != "density":
         raise LmlabError("optim.objective=mle needs a tractable base: only density runs (data.kind=density)")
     milestones(cfg.optim.lr_milestones)
+    if cfg.optim.lr_plateau and (cfg.data.kind != "image" or cfg.eval.fid_samples < 3):
+        raise LmlabError("optim.lr_plateau tests image samples' features at every evaluation: it needs data.kind=image "
+                         "and eval.fid_samples >= 3 (official: 50000)")
+    if cfg.eval.fid_samples and cfg.data.kind != "image":
+        raise LmlabError("eval.fid_samples scores generated images: only for data.kind=image")
 
 
 def milestones(text: str) -> list[int]:
@@ -121,9 +128,11 @@ def milestones(text: str) -> list[int]:
         raise LmlabError(f"optim.lr_milestones={text!r}: expected a comma list of integers, e.g. 50,500,750") from None
 
 
-def lr_factor(updates: int, steps: list[int], decay: float) -> float:
-    """MultiStepLR stepped once per update (official UCI runs): decay^(#milestones reached)."""
-    return decay ** sum(1 for m in steps if updates >= m)
+def lr_factor(updates: int, steps: list[int], decay: float, events: int = 0) -> float:
+    """MultiStepLR stepped once per update (official UCI runs): decay^(#milestones reached); times decay^events for
+    the images schedule's fixed and plateau decays (core/gebm/plateau.py)."""
+    f = decay ** sum(1 for m in steps if updates >= m)
+    return f * decay ** events if events else f
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -186,6 +195,12 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     window = {"sums": {}, "count": 0}
     lr_steps = milestones(o.lr_milestones)
+    images_eval = (ImageEvaluation(cfg, raw, device, o.lr_plateau_window // eval_every + 1 if o.lr_plateau else None)
+                   if cfg.eval.fid_samples else None)
+    plateau_decays = 0  # rank 0's count, shared by every rank after each evaluation
+
+    def lr_events() -> int:  # the images schedule's decays so far (official trainer.py, use_scheduler)
+        return fixed_decays(step, o.lr_decay_every, eval_every if o.lr_plateau else None) + plateau_decays
     # the official weight term sums over the combined module's weights, the base's included (constant here: the
     # base is frozen in the energy step), and divides by all their shape dims, so the energy's share is as there
     penalised = list(energy.parameters()) + (list(base.parameters()) if cfg.model.energy == "flow-combined" else [])
@@ -199,7 +214,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         return list(distributed.all_reduce_mean(torch.stack([v.detach().double() for v in values])).unbind())
 
     def set_lr() -> None:
-        f = lr_factor(updates, lr_steps, o.lr_decay)
+        f = lr_factor(updates, lr_steps, o.lr_decay, lr_events())
         for opt, lr in ((opt_e, o.lr_energy), (opt_b, o.lr_base)):
             for group in opt.param_groups:
                 group["lr"] = lr * f
@@ -224,6 +239,9 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         gen.set_state(st["rng"]["generator"])
         torch.set_rng_state(st["rng"]["torch"])
         batches = Batches(train_x, batch_size, cfg.seed, *st["data_pos"])
+        if images_eval and images_eval.plateau and st.get("plateau"):
+            images_eval.plateau.load_state_dict(st["plateau"])
+            plateau_decays = images_eval.plateau.decays
         rundir.truncate_metrics_after(step)
         reporter.log(f"resumed {rundir.last} at base step {step}")
     elif o.objective == "gebm":
@@ -239,9 +257,20 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
                 "energy_steps_done": energy_done, "metrics_window": {"sums": dict(sums), "count": count},
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
-                "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}}
+                "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()},
+                **({"plateau": images_eval.plateau.state_dict()} if images_eval and images_eval.plateau else {})}
 
     def evaluate() -> dict[str, float]:
+        nonlocal plateau_decays
+        if images_eval is not None:
+            # rank 0 alone samples and scores; its stop polls are collectives, so under torchrun a stop waits for it
+            poll = loop.poll_in_validation if world == 1 else (lambda chunk: None)
+            out = images_eval(base, cfg.seed, poll) if dist.is_main else {}
+            decays = images_eval.plateau.decays if dist.is_main and images_eval.plateau else 0
+            if world > 1:  # rank 0 decides: every rank steps its learning rates with it
+                decays = int(distributed.all_reduce_sum(torch.tensor(float(decays), device=device)).item())
+            plateau_decays = decays
+            return {**out, "lr_factor": lr_factor(updates, lr_steps, o.lr_decay, lr_events())} if out else {}
         if valid_x is None:
             return {}
         base.eval()
