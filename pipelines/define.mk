@@ -128,5 +128,32 @@ results/define-ptb-cpu.json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE
 	  --json paired=$(DEFINE_CPU_RUNS)/paired.json --markdown $(DEFINE_CPU_RUNS)/paired.md --seed '$(DEFINE_CPU_SEEDS)'
 	$(RESULTS_DOC)
 
+# The pair's learning rates, chosen by one short sweep for both arms (issue #17): seed 1, DEFINE_CPU_SWEEP_EPOCHS
+# epochs at each lr in DEFINE_CPU_SWEEP_LRS with each arm's own schedule, the pick the lowest validation perplexity
+# at the end (bench/lr_sweep.py). The standard arm's schedule is the official IMM code's (SGD lr 1).
+DEFINE_CPU_SWEEP_LRS ?= 0.5 1 2
+DEFINE_CPU_SWEEP_EPOCHS ?= 2
+DEFINE_CPU_SWEEP = $(DEFINE_CPU_RUNS)/sweep
+define define_cpu_sweep_run
+$(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed 1 --set optim.lr=$(3) --epochs $(DEFINE_CPU_SWEEP_EPOCHS)
+$(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: $(DEFINE_CPU_DATA)/meta.json
+	$$(call train_lm,$(2),$(DEFINE_CPU_SWEEP)/$(1)-lr$(3))
+endef
+$(foreach lr,$(DEFINE_CPU_SWEEP_LRS),$(eval $(call define_cpu_sweep_run,standard,ptb ptb-lstm-small-dropout,$(lr)))\
+  $(eval $(call define_cpu_sweep_run,define,ptb ptb-lstm-small-dropout ptb-lstm-small-define,$(lr))))
+
+results/define-ptb-cpu-lr-sweep.json: $(foreach a,standard define,$(foreach lr,$(DEFINE_CPU_SWEEP_LRS),$(DEFINE_CPU_SWEEP)/$(a)-lr$(lr).train.json))
+	@mkdir -p $(@D)
+	$(PYTHON) bench/lr_sweep.py $(DEFINE_CPU_SWEEP) --arms standard define --lrs $(DEFINE_CPU_SWEEP_LRS) \
+	  --json $(DEFINE_CPU_SWEEP)/sweep.json > $(DEFINE_CPU_SWEEP)/sweep.md
+	$(RECORD) define-ptb-cpu-lr-sweep --command '$(call made_by,define-ptb-cpu-lr-sweep)' \
+	  $(foreach a,standard define,$(foreach lr,$(DEFINE_CPU_SWEEP_LRS),--train $(a)-lr$(lr)=$(DEFINE_CPU_SWEEP)/$(a)-lr$(lr).train.json)) \
+	  --json sweep=$(DEFINE_CPU_SWEEP)/sweep.json --markdown $(DEFINE_CPU_SWEEP)/sweep.md --seed 1
+	$(RESULTS_DOC)
+
+define-ptb-cpu-lr-sweep: results/define-ptb-cpu-lr-sweep.json  ## the DeFINE CPU pair's learning-rate sweep: both arms, lr 0.5/1/2, 2 epochs, seed 1 (CPU, ~40 min) [DEFINE_CPU_SWEEP_LRS='0.5 1 2']
+	@$(RESULTS_DOC) --print define-ptb-cpu-lr-sweep
+.PHONY: define-ptb-cpu-lr-sweep
+
 define-ptb-cpu: results/define-ptb-cpu.json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired (CPU; the standard arm is imm-ptb-cpu's, recorded seeds read from its record) [DEFINE_CPU_SEEDS='1 2 3' DEFINE_CPU_RECORDED_SEEDS='1 2' LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print define-ptb-cpu
