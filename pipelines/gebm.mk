@@ -106,5 +106,22 @@ $(RUNS)/gebm-cifar10.train.json:
 	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10,$(HW) --run-dir $(RUNS)/gebm-cifar10 > $@.tmp
 	$(train_done)
 
+# The CPU image tier's feature extractor (issue #19, 4b): a CIFAR-10 classifier trained on the training set, its
+# penultimate features used for FID/KID where no Inception weights are (evaluate --classifier); test accuracy recorded.
+CLASSIFIER_ARGS ?=
+$(RUNS)/cifar10-classifier.pt:
+	@mkdir -p $(@D)
+	$(PYTHON) -m lmlab.core.machine > $(RUNS)/cifar10-classifier.start.json
+	$(PYTHON) -m lmlab.core.gebm.classifier --data $(LMLAB_CIFAR10) --out $@ $(CLASSIFIER_ARGS) > $(RUNS)/cifar10-classifier.json.tmp
+	mv $(RUNS)/cifar10-classifier.json.tmp $(RUNS)/cifar10-classifier.json
+results/cifar10-classifier.json: $(RUNS)/cifar10-classifier.pt
+	@mkdir -p $(@D)
+	$(RECORD) cifar10-classifier --command '$(call made_by,cifar10-classifier)' --since $(RUNS)/cifar10-classifier.start.json \
+	  --json classifier=$(RUNS)/cifar10-classifier.json
+	$(RESULTS_DOC)
+cifar10-classifier: results/cifar10-classifier.json  ## the CPU image tier's FID/KID feature extractor: a CIFAR-10 classifier (CPU, ~1 h) [LMLAB_CIFAR10=tar.gz CLASSIFIER_ARGS='--epochs 10 --threads 2']
+	@$(RESULTS_DOC) --print cifar10-classifier
+.PHONY: cifar10-classifier
+
 gebm-clean:  ## (deletes nothing: says which run dirs to remove yourself)
 	@echo "run dirs are never deleted by make; remove $(RUNS)/gebm-* yourself"

@@ -172,7 +172,7 @@ def _other_extractor(state, images, meta, kw, tmp_path):
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"not the small extractor")
     real_make = ev_mod.make_extractor
-    ev_mod.make_extractor = lambda inception, device: SmallExtractor().to(device)  # no real Inception weights here
+    ev_mod.make_extractor = lambda inception, device, classifier=None: SmallExtractor().to(device)  # no real Inception
     try:
         return evaluate_images(state, images, real_meta=meta, inception=str(weights), **kw)
     finally:

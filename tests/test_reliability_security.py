@@ -18,6 +18,8 @@ SAFE = {
     ("core/checkpoint.py", "torch.load"): "weights_only=True; UnpicklingError -> 'refused' one-line error",
     ("core/gebm/fid.py", "torch.load"): "weights_only=True (Inception state dict)",
     ("core/gebm/fid.py", "np.load"): "allow_pickle=False (saved real-image statistics)",
+    ("core/gebm/classifier.py", "torch.load"): "weights_only=True (the CPU tier's CIFAR-10 classifier); errors -> "
+    "one line",
     ("core/gebm/data.py", "pickle.Unpickler"): "subclass whose find_class allows numpy array rebuilding only",
     ("core/gebm/data.py", "np.load"): "allow_pickle=False",
     ("core/residual/negatives.py", "np.load"): "numpy default allow_pickle=False (object arrays raise)",

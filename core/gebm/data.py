@@ -133,6 +133,13 @@ def load_image_files(path: str | Path, split: str = "train", subset: int = 0, se
 
 def load_cifar10(path: str | Path, split: str = "train", subset: int = 0, seed: int = 0) -> np.ndarray:
     """CIFAR-10 from the python batches dir, an image folder or a .tar.gz; uint8 (N, 3, 32, 32)."""
+    return load_cifar10_labelled(path, split, subset, seed)[0]
+
+
+def load_cifar10_labelled(path: str | Path, split: str = "train", subset: int = 0,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """load_cifar10's images and their int64 class labels (N,): 0..9 in CIFAR-10's order, which is the class
+    folders' alphabetical order."""
     if not str(path):
         raise LmlabError("data.path is empty: point it to CIFAR-10 (export LMLAB_CIFAR10=... or --set data.path=...)")
     path = Path(path)
@@ -142,12 +149,13 @@ def load_cifar10(path: str | Path, split: str = "train", subset: int = 0, seed: 
     if batch_dir is not None and not (batch_dir / "data_batch_1").exists() and (batch_dir / "cifar-10-batches-py").is_dir():
         batch_dir = batch_dir / "cifar-10-batches-py"
     if batch_dir is not None and (batch_dir / _pickle_names(split)[0]).exists():
-        parts = [load_cifar_pickle(batch_dir / n)[0] for n in _pickle_names(split) if (batch_dir / n).exists()]
-        images = np.concatenate(parts)
+        parts = [load_cifar_pickle(batch_dir / n) for n in _pickle_names(split) if (batch_dir / n).exists()]
+        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if subset and subset < len(images):
-            images = images[np.sort(np.random.RandomState(seed).permutation(len(images))[:subset])]
-        return images
-    return load_image_files(path, split, subset, seed)[0]
+            keep = np.sort(np.random.RandomState(seed).permutation(len(images))[:subset])
+            images, labels = images[keep], labels[keep]
+        return images, labels
+    return load_image_files(path, split, subset, seed)[:2]
 
 
 def synthetic_images(n: int, seed: int = 0) -> np.ndarray:

@@ -91,16 +91,29 @@ def evaluate_density(state: dict, *, split: str = "test", is_samples: int = 1000
             "is_samples": z["num_samples"], "log_partition_A": log_partition, "step": state.get("step")}
 
 
-def make_extractor(inception: str | None, device) -> torch.nn.Module:
+def make_extractor(inception: str | None, device, classifier: str | None = None) -> torch.nn.Module:
+    """Inception-v3 FID weights, a CIFAR-10 classifier's penultimate layer (core/gebm/classifier.py), or the seeded
+    small random net."""
+    if inception and classifier:
+        raise LmlabError("--inception and --classifier name two feature extractors: give one")
+    if classifier:
+        from lmlab.core.gebm.classifier import load_classifier
+        return load_classifier(classifier).to(device)
     return load_inception(inception).to(device) if inception else SmallExtractor().to(device)
 
 
-def extractor_id(inception: str | None) -> str:
-    """What a statistics file must have been computed with: the Inception weights' sha256, or the seeded small net."""
+def extractor_id(inception: str | None, classifier: str | None = None) -> str:
+    """What a statistics file must have been computed with: the weights file's sha256, or the seeded small net."""
+    from lmlab.core.textio import sha256_file
+    if classifier:
+        return f"cifar10-classifier {Path(classifier).name} sha256 {sha256_file(classifier)}"
     if not inception:
         return "small-random-conv (seed 0, 64 features)"
-    from lmlab.core.textio import sha256_file
     return f"inception-v3 {Path(inception).name} sha256 {sha256_file(inception)}"
+
+
+def extractor_name(inception: str | None, classifier: str | None = None) -> str:
+    return "cifar10-classifier" if classifier else "inception-v3" if inception else "small-random-conv"
 
 
 def real_features(real, extractor, dev, stats_path: str | None, meta: dict) -> tuple:
@@ -121,7 +134,7 @@ def real_features(real, extractor, dev, stats_path: str | None, meta: dict) -> t
 def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
                     inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
                     kid_subset: int = 1000, real_stats: str | None = None, real_meta: dict | None = None,
-                    **overrides) -> dict:
+                    classifier: str | None = None, **overrides) -> dict:
     """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images (an array, or a
     function returning one: with `real_stats` saved earlier, the images are never loaded).
 
@@ -132,10 +145,10 @@ def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
     """
     cfg = sampler_config(None, cfg, **overrides)
     dev = pick_device(device)
-    extractor = make_extractor(inception, dev)
-    meta = {"extractor": extractor_id(inception), **(real_meta or {})}
+    extractor = make_extractor(inception, dev, classifier)
+    meta = {"extractor": extractor_id(inception, classifier), **(real_meta or {})}
     mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
-    out = {"extractor": "inception-v3" if inception else "small-random-conv", "real_images": count,
+    out = {"extractor": extractor_name(inception, classifier), "real_images": count,
            "real_stats": real_stats or None, "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
     for name, which in (("generator", "none"), ("gebm_" + cfg.sampler, cfg.sampler)):
         if name != "generator" and (which == "none" or cfg.steps <= 0):
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "and saved on first use, then read instead of the images (refused if the source, split, count "
                     "or extractor differ)")
     ap.add_argument("--inception", default="", help="images: FID Inception-v3 state dict; empty = small random extractor")
+    ap.add_argument("--classifier", default="", help="images: a CIFAR-10 classifier file (python -m "
+                    "lmlab.core.gebm.classifier) whose penultimate features replace Inception's (the CPU tier)")
     ap.add_argument("--num-samples", type=int, default=1000, help="images: fake images for FID/KID")
     ap.add_argument("--preset", default="", help="images: presets whose [sample] tables set the sampler "
                     "(comma list); flags below override; unset flags keep SamplerConfig's defaults")
@@ -204,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
             flags = {k: getattr(args, k) for k in ("sampler", "steps", "step_size", "beta", "friction", "mass",
                                                    "decay_every", "decay") if getattr(args, k) is not None}
             scfg = sampler_config([args.preset] if args.preset else None, **flags)
-            res = evaluate_images(state, real, scfg, inception=args.inception or None, num_samples=args.num_samples,
+            res = evaluate_images(state, real, scfg, inception=args.inception or None, classifier=args.classifier or None,
+                                  num_samples=args.num_samples,
                                   seed=args.seed, device=args.device, kid_subset=args.kid_subset,
                                   real_stats=args.real_stats or None,
                                   real_meta={"source": str(Path(source).resolve()), "split": args.real_split,
