@@ -52,6 +52,30 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return logits
 
 
+def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (N, V), row i drawn with probabilities probs[i] / sum(probs[i]), by inverting
+    the row's cumulative sum at a uniform draw: O(V) per row like torch.multinomial, but ~20x faster on CPU at
+    V = 10k (multinomial was two thirds of an LSTM sampling step). A zero-probability entry is never drawn."""
+    cdf = probs.float().cumsum(-1)  # (N, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True).squeeze(1)  # the first entry whose cdf exceeds u
+    # u can round up to the total: fall back to the last entry of positive probability
+    last = probs.size(1) - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(-1)
+    return torch.minimum(index, last)
+
+
+@torch.no_grad()
+def encode_prefixes(model: LanguageModel, prefixes: torch.Tensor, num_samples: int):
+    """Each prefix (B, P) read once, with logits made at its last position only, then its state and logits copied
+    to its num_samples rows (prefix-major) -> (next-token logits (N, V), state, rows (N,): each row's prefix)."""
+    state = None
+    if prefixes.size(1) > 1:
+        _, state = model.hidden(prefixes[:, :-1])
+    logits, state = model(prefixes[:, -1:], state=state)  # (B, 1, V)
+    rows = torch.arange(prefixes.size(0), device=prefixes.device).repeat_interleave(num_samples)  # (N,)
+    return logits[:, -1].index_select(0, rows), model.select_state(state, rows), rows
+
+
 @torch.no_grad()
 def sample_continuations(model: LanguageModel, prefixes: torch.Tensor, *, num_samples: int = 1, max_new_tokens: int = 50,
                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
@@ -65,17 +89,17 @@ def sample_continuations(model: LanguageModel, prefixes: torch.Tensor, *, num_sa
     device = prefixes.device
     if prefixes.size(1) == 0:
         raise LmlabError("sampling needs at least one prefix token (unconditional sampling starts from <eos>)")
-    tokens = prefixes.repeat_interleave(num_samples, dim=0)  # (N, P)
     context = model.context
-    if context is not None and tokens.size(1) > context - 1:
-        tokens = tokens[:, -(context - 1):]
-    logits, state = model(tokens)
-    out = torch.empty(tokens.size(0), max_new_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(tokens.size(0), dtype=torch.bool, device=device)
-    history = tokens
+    if context is not None and prefixes.size(1) > context - 1:
+        prefixes = prefixes[:, -(context - 1):]
+    logits, state, rows = encode_prefixes(model, prefixes, num_samples)
+    n = rows.numel()
+    out = torch.empty(n, max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    prefix_rows = prefixes.index_select(0, rows)  # only read when a Transformer's context overflows
     for t in range(max_new_tokens):
-        probs = filter_logits(logits[:, -1], temperature, top_k, top_p).softmax(-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+        probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+        nxt = draw_categorical(probs, generator)  # (N,)
         if eos_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
             done |= nxt == eos_id
@@ -85,10 +109,11 @@ def sample_continuations(model: LanguageModel, prefixes: torch.Tensor, *, num_sa
             break
         step = nxt.unsqueeze(1)
         if context is not None and state["pos"] >= context:
-            history = torch.cat([history, out[:, : t + 1]], dim=1)[:, -(context - 1):]
-            logits, state = model(history[:, -(context - 1):])
+            window = torch.cat([prefix_rows, out[:, : t + 1]], dim=1)[:, -(context - 1):]  # the last context - 1
+            logits, state = model(window)
         else:
             logits, state = model(step, state=state)
+        logits = logits[:, -1]
     return out
 
 

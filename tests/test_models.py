@@ -122,3 +122,55 @@ def test_awd_lstm_between_layer_dropout_and_torch_weight_init():
     zaremba = LSTMBody(8, 3, LSTMConfig(hidden_size=16, dropout=0.4, init_range=0.01))
     assert zaremba.drop_between.p == 0.4
     assert all(p.abs().max() <= 0.01 for p in zaremba.parameters())
+
+
+def test_draw_categorical_follows_the_probabilities_and_never_draws_a_zero():
+    from lmlab.core.generate import draw_categorical
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(20000, 1)
+    counts = torch.bincount(draw_categorical(probs, torch.Generator().manual_seed(0)), minlength=6).double() / 20000
+    assert counts[[0, 2, 5]].sum() == 0  # the last entries' zeros too: a draw rounding up to the total falls back
+    torch.testing.assert_close(counts, probs[0].double(), atol=0.012, rtol=0)  # ~3.5 sd of a 0.6 frequency
+    unnormalised = torch.tensor([[2.0, 0.0, 6.0]]).repeat(20000, 1)  # rows need not sum to 1
+    counts = torch.bincount(draw_categorical(unnormalised, torch.Generator().manual_seed(1)), minlength=3) / 20000
+    assert counts[1] == 0 and abs(float(counts[2]) - 0.75) < 0.012
+    one_hot = torch.zeros(5, 7)
+    one_hot[torch.arange(5), torch.tensor([6, 0, 3, 6, 1])] = 1.0
+    assert draw_categorical(one_hot).tolist() == [6, 0, 3, 6, 1]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_sampled_first_tokens_follow_the_models_conditional(kind):
+    """Each prefix is read once and its state copied to its rows: the first sampled token of every row is drawn
+    from the model's P(x | prefix) (rows of two prefixes, 4000 samples each)."""
+    model = _model(kind, vocab=6).eval()
+    prefix = torch.randint(0, 6, (2, 5), generator=torch.Generator().manual_seed(0))
+    out = sample_continuations(model, prefix, num_samples=4000, max_new_tokens=2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(prefix)[0][:, -1].softmax(-1)  # (2, V)
+    for row in range(2):
+        freq = torch.bincount(out[row * 4000:(row + 1) * 4000, 0], minlength=6).float() / 4000
+        torch.testing.assert_close(freq, expected[row], atol=0.03, rtol=0)
+
+
+def test_a_transformer_past_its_context_rereads_the_last_context_minus_one_tokens():
+    """Generation beyond the context recomputes from the last context - 1 tokens of prefix + output (each time,
+    not from a history that already holds earlier outputs)."""
+    cfg = ModelConfig(kind="transformer", d_model=16, n_layers=1)
+    cfg.transformer.n_heads, cfg.transformer.context = 2, 6
+    torch.manual_seed(0)
+    model = build_language_model(cfg, 30).eval()
+    windows, real_forward = [], model.forward
+
+    def spy(tokens, targets=None, state=None):
+        if state is None and tokens.size(1) > 1:
+            windows.append(tokens.clone())
+        return real_forward(tokens, targets, state=state)
+
+    model.forward = spy
+    prefix = torch.randint(0, 30, (2, 5))  # as long as the window: a second recomputation still reads prefix tokens
+    out = sample_continuations(model, prefix, max_new_tokens=14, generator=torch.Generator().manual_seed(0))
+    full = torch.cat([prefix, out], 1)
+    assert len(windows) >= 3
+    for window in windows:  # each recomputation: exactly the 5 tokens that precede its position
+        end = next(e for e in range(5, full.size(1) + 1) if torch.equal(full[:, e - 5:e], window))
+        assert end >= 5

@@ -36,6 +36,12 @@ class BigramLM(nn.Module):
         super().__init__()
         self.register_buffer("table", probs.log())
 
+    def hidden(self, tokens, state=None):  # no state: the next token's logits read the current token only
+        return tokens, state
+
+    def select_state(self, state, index):
+        return state
+
     def forward(self, tokens, targets=None, state=None):
         logits = self.table[tokens]  # (B, T, V)
         if targets is None:

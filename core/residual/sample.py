@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from lmlab.core.errors import LmlabError
-from lmlab.core.generate import filter_logits, sample_continuations
+from lmlab.core.generate import draw_categorical, encode_prefixes, filter_logits, sample_continuations
 from lmlab.core.residual.joint import ResidualModel, load_residual, score
 
 
@@ -43,19 +43,18 @@ def propose(lm, prefixes: torch.Tensor, *, num_samples: int, max_new_tokens: int
         raise LmlabError(f"prefix of {prefixes.size(1)} + {max_new_tokens} new tokens exceeds the base LM's context of "
                          f"{lm.context}; lower --max-new-tokens")
     lm.eval()
-    tokens = prefixes.repeat_interleave(num_samples, dim=0)  # (N, P)
-    logits, state = lm(tokens)
-    out = torch.empty(tokens.size(0), max_new_tokens, dtype=torch.long, device=tokens.device)
-    log_ratio = torch.zeros(tokens.size(0), dtype=torch.float64, device=tokens.device)
+    last, state, rows = encode_prefixes(lm, prefixes, num_samples)  # (N, V)
+    out = torch.empty(rows.numel(), max_new_tokens, dtype=torch.long, device=prefixes.device)
+    log_ratio = torch.zeros(rows.numel(), dtype=torch.float64, device=prefixes.device)
     for t in range(max_new_tokens):
-        last = logits[:, -1]  # (N, V)
         log_q = filter_logits(last, temperature, top_k, top_p).log_softmax(-1)
-        nxt = torch.multinomial(log_q.exp(), 1, generator=generator)  # (N, 1)
+        nxt = draw_categorical(log_q.exp(), generator).unsqueeze(1)  # (N, 1)
         log_p = filter_logits(last, 1.0, top_k, 1.0).log_softmax(-1)
         log_ratio += (log_p.gather(1, nxt) - log_q.gather(1, nxt)).squeeze(1).double()
         out[:, t] = nxt.squeeze(1)
         if t < max_new_tokens - 1:
             logits, state = lm(nxt, state=state)
+            last = logits[:, -1]
     return out, log_ratio
 
 

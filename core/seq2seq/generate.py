@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmlab.core.generate import draw_categorical
 from lmlab.core.seq2seq.model import Seq2SeqTransformer
 from lmlab.core.seq2seq.prep import BOS, EOS, PAD, UNK
 
@@ -98,7 +99,7 @@ def _sample(lp: torch.Tensor, temperature: float, top_k: int, top_p: float, gene
         cum = sorted_l.softmax(-1).cumsum(-1)
         drop = cum - sorted_l.softmax(-1) >= top_p
         logits = logits.scatter(-1, idx, sorted_l.masked_fill(drop, -float("inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+    return draw_categorical(logits.softmax(-1), generator)
 
 
 @torch.no_grad()
