@@ -93,12 +93,16 @@ define-ptb: results/define-ptb.json  ## AWD-LSTM vs AWD-LSTM + DeFINE on PTB (GP
 # perplexity and its kept validation curve) instead of being trained again: the record was made by the same preset,
 # data and seeds, and the LSTM trainer's numerics are pinned bitwise since (tests/test_numerics_reference.py). The
 # other seeds' standard runs are trained by imm.mk's rules. DEFINE_CPU_RECORDED_SEEDS= (empty) retrains them all.
+# The DeFINE arm trains at its preset's lr (the sweep's pick); DEFINE_CPU_LR=x trains it at x instead, recorded as
+# define-ptb-cpu-lrx in runs/define-ptb-cpu-lrx (e.g. DEFINE_CPU_LR=1, the standard arm's lr).
 DEFINE_CPU_SEEDS ?= 1 2 3
 DEFINE_CPU_RECORDED_SEEDS ?= 1 2
 DEFINE_CPU_BASE_RECORD ?= results/imm-ptb-cpu.json
 DEFINE_CPU_DATA ?= data/ptb-quarter
 DEFINE_CPU_BASE ?= runs/imm-ptb-cpu
-DEFINE_CPU_RUNS ?= runs/define-ptb-cpu
+DEFINE_CPU_LR ?=
+DEFINE_CPU_NAME ?= define-ptb-cpu$(if $(DEFINE_CPU_LR),-lr$(DEFINE_CPU_LR))
+DEFINE_CPU_RUNS ?= runs/$(DEFINE_CPU_NAME)
 define_cpu_recorded = $(filter $(DEFINE_CPU_RECORDED_SEEDS),$(DEFINE_CPU_SEEDS))
 define_cpu_trained = $(filter-out $(DEFINE_CPU_RECORDED_SEEDS),$(DEFINE_CPU_SEEDS))
 # the standard arm of seed $(1): a run dir, or the record's entry (RECORD.json#KEY; the record is not a prerequisite,
@@ -107,7 +111,7 @@ define_cpu_hash := \#
 define_cpu_standard = $(if $(filter $(1),$(DEFINE_CPU_RECORDED_SEEDS)),$(DEFINE_CPU_BASE_RECORD)$(define_cpu_hash)train-dropout-s$(1),$(DEFINE_CPU_BASE)/dropout-s$(1))
 
 define define_cpu_arm
-$(DEFINE_CPU_RUNS)/define-s$(1).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1)
+$(DEFINE_CPU_RUNS)/define-s$(1).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1) $(if $(DEFINE_CPU_LR),--set optim.lr=$(DEFINE_CPU_LR))
 $(DEFINE_CPU_RUNS)/define-s$(1).train.json: $(DEFINE_CPU_DATA)/meta.json
 	$$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-define,$(DEFINE_CPU_RUNS)/define-s$(1))
 endef
@@ -116,14 +120,14 @@ $(foreach s,$(DEFINE_CPU_SEEDS),$(eval $(call define_cpu_arm,$(s))))
 $(DEFINE_CPU_RUNS)/%/eval-test.json: $(DEFINE_CPU_RUNS)/%.train.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
 
-results/define-ptb-cpu.json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json) \
+results/$(DEFINE_CPU_NAME).json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json) \
   $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_RUNS)/define-s$(s)/eval-test.json)
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/imm_paired.py $(DEFINE_CPU_RUNS) --base-dir $(DEFINE_CPU_BASE) --base dropout --arm define --claim not-above \
 	  $(if $(define_cpu_recorded),--base-record $(DEFINE_CPU_BASE_RECORD) --recorded-seeds $(define_cpu_recorded)) \
 	  --seeds $(DEFINE_CPU_SEEDS) --json $(DEFINE_CPU_RUNS)/paired.json > $(DEFINE_CPU_RUNS)/paired.md
-	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),'$(call define_cpu_standard,$(s))' $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/define-ptb-cpu.png
-	$(RECORD) define-ptb-cpu --command '$(call made_by,define-ptb-cpu)' \
+	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),'$(call define_cpu_standard,$(s))' $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/$(DEFINE_CPU_NAME).png
+	$(RECORD) $(DEFINE_CPU_NAME) --command '$(call made_by,define-ptb-cpu)' \
 	  $(foreach s,$(DEFINE_CPU_SEEDS),--train 'standard-s$(s)=$(call define_cpu_standard,$(s))$(if $(filter $(s),$(DEFINE_CPU_RECORDED_SEEDS)),,.train.json)' --train define-s$(s)=$(DEFINE_CPU_RUNS)/define-s$(s).train.json) \
 	  --json paired=$(DEFINE_CPU_RUNS)/paired.json --markdown $(DEFINE_CPU_RUNS)/paired.md --seed '$(DEFINE_CPU_SEEDS)'
 	$(RESULTS_DOC)
@@ -133,7 +137,7 @@ results/define-ptb-cpu.json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE
 # at the end (bench/lr_sweep.py). The standard arm's schedule is the official IMM code's (SGD lr 1).
 DEFINE_CPU_SWEEP_LRS ?= 0.5 1 2
 DEFINE_CPU_SWEEP_EPOCHS ?= 2
-DEFINE_CPU_SWEEP = $(DEFINE_CPU_RUNS)/sweep
+DEFINE_CPU_SWEEP = runs/define-ptb-cpu/sweep
 define define_cpu_sweep_run
 $(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed 1 --set optim.lr=$(3) --epochs $(DEFINE_CPU_SWEEP_EPOCHS)
 $(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: $(DEFINE_CPU_DATA)/meta.json
@@ -155,5 +159,5 @@ define-ptb-cpu-lr-sweep: results/define-ptb-cpu-lr-sweep.json  ## the DeFINE CPU
 	@$(RESULTS_DOC) --print define-ptb-cpu-lr-sweep
 .PHONY: define-ptb-cpu-lr-sweep
 
-define-ptb-cpu: results/define-ptb-cpu.json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired (CPU; the standard arm is imm-ptb-cpu's, recorded seeds read from its record) [DEFINE_CPU_SEEDS='1 2 3' DEFINE_CPU_RECORDED_SEEDS='1 2' LMLAB_PTB=dir]
-	@$(RESULTS_DOC) --print define-ptb-cpu
+define-ptb-cpu: results/$(DEFINE_CPU_NAME).json  ## standard vs DeFINE input embedding, 2x200 LSTM on a quarter of PTB, seeds paired, each arm at its swept lr (CPU; the standard arm is imm-ptb-cpu's, recorded seeds read from its record) [DEFINE_CPU_SEEDS='1 2 3' DEFINE_CPU_RECORDED_SEEDS='1 2' DEFINE_CPU_LR=x LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print $(DEFINE_CPU_NAME)

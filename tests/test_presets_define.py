@@ -172,6 +172,8 @@ def test_cpu_tier_pair_differs_by_the_input_embedding_alone_and_saves_40_percent
     a, b = to_dict(standard), to_dict(define)
     for cfg in (a, b):
         cfg["model"].pop("embedding"), cfg.pop("run")
+    # each arm's lr is the pick of one short sweep (results/define-ptb-cpu-lr-sweep.json): standard 1, DeFINE 0.5
+    assert (a["optim"].pop("lr"), b["optim"].pop("lr")) == (1.0, 0.5)
     assert a == b and define.model.embedding.kind == "define" and not define.model.output.tie
     counts = {name: parameter_counts(build_language_model(cfg.model, 10_000)) for name, cfg in
               (("standard", standard), ("define", define))}
