@@ -129,3 +129,18 @@ def test_an_image_run_evaluates_decays_and_resumes_bitwise(tmp_path, monkeypatch
 def test_the_plateau_schedule_is_refused_without_image_samples(tmp_path):
     with pytest.raises(LmlabError, match="optim.lr_plateau tests image samples"):
         train(tiny_image_cfg(tmp_path / "a", lr_plateau=True), NullReporter())
+
+
+def test_building_the_feature_network_leaves_the_runs_random_stream_alone(tmp_path, monkeypatch):
+    """A resumed run builds the extractor at another step than an uninterrupted one: building it must not draw from
+    the global stream the training reads (Inception's constructor initialises its layers from it)."""
+    import numpy as np
+
+    import lmlab.core.gebm.train_images as ti
+    monkeypatch.setattr(ti, "make_extractor", lambda inception, device: torch.nn.Conv2d(3, 4, 3))  # draws on init
+    cfg = _plateau_cfg(tmp_path / "r")
+    evaluation = ti.ImageEvaluation(cfg, np.zeros((8, 3, 32, 32), dtype=np.uint8), torch.device("cpu"), None)
+    monkeypatch.setattr(ti, "real_features", lambda *a, **k: None)
+    before = torch.get_rng_state()
+    evaluation._prepare()
+    assert torch.equal(torch.get_rng_state(), before)

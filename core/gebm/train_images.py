@@ -33,7 +33,8 @@ class ImageEvaluation:
 
     def _prepare(self) -> None:
         e = self.cfg.eval
-        self.extractor = make_extractor(e.inception or None, self.device)
+        with torch.random.fork_rng(devices=[]):  # building a network draws from the global stream: keep the run's
+            self.extractor = make_extractor(e.inception or None, self.device)  # (a resume builds it at another step)
         meta = {"extractor": extractor_id(e.inception or None), "source": str(Path(self.cfg.data.path).resolve()),
                 "split": self.cfg.data.split, "training_images_of_run": {"subset": self.cfg.data.subset,
                                                                           "count": len(self.real)}}
