@@ -59,9 +59,10 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     cdf = probs.float().cumsum(-1)  # (N, V)
     u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
     index = torch.searchsorted(cdf, u, right=True).squeeze(1)  # the first entry whose cdf exceeds u
-    # u can round up to the total: fall back to the last entry of positive probability
-    last = probs.size(1) - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(-1)
-    return torch.minimum(index, last)
+    over = index == probs.size(1)  # u rounded up to the total (rare): the last entry of positive probability
+    if bool(over.any()):
+        index[over] = probs.size(1) - 1 - (probs[over] > 0).flip(-1).to(torch.uint8).argmax(-1)
+    return index
 
 
 @torch.no_grad()

@@ -69,7 +69,7 @@ def test_the_classifier_learns_and_its_file_gives_the_same_features(tmp_path):
     assert clf.accuracy(model, xt, yt) > 0.9  # chance is 0.25
     clf.save_classifier(tmp_path / "c.pt", model, {"test_accuracy": 1.0})
     extractor = clf.load_classifier(tmp_path / "c.pt")
-    probe = clf.to_input(xt[:10])
+    probe = gd.to_float(xt[:10])
     with torch.no_grad():
         assert torch.equal(extractor(probe), model.features(probe)) and extractor(probe).shape == (10, 32)
     (tmp_path / "other.pt").write_bytes(b"not a checkpoint")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.core.errors import LmlabError
+from lmlab.core.gebm.data import to_float
 
 KIND = "lmlab-cifar10-classifier"
 
@@ -79,18 +80,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return crops
 
 
-def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, 32, 32) -> float in [-1, 1], as the GEBM's images are."""
-    return torch.as_tensor(images).float().div(127.5).sub(1.0)
-
-
 def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10, batch_size: int = 128,
                      lr: float = 0.1, width: int = 32, seed: int = 0,
                      log: Callable[[str], None] = lambda s: None) -> CifarClassifier:
     torch.manual_seed(seed)
     model = CifarClassifier(width)
     gen = torch.Generator().manual_seed(seed)
-    x_all, y_all = to_input(images), torch.as_tensor(labels, dtype=torch.long)
+    x_all, y_all = to_float(images), torch.as_tensor(labels, dtype=torch.long)
     n = len(x_all)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
@@ -123,7 +119,7 @@ def accuracy(model: CifarClassifier, images: np.ndarray, labels: np.ndarray, bat
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        logits = model(to_input(images[i:i + batch_size]))
+        logits = model(to_float(images[i:i + batch_size]))
         correct += int((logits.argmax(1) == torch.as_tensor(labels[i:i + batch_size])).sum())
     return correct / len(images)
 

@@ -14,7 +14,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.evaluate import extractor_id, make_extractor, real_features
 from lmlab.core.gebm.fid import frechet_from_stats, kernel_inception_distance
 from lmlab.core.gebm.plateau import PlateauSchedule, mmd_sums
@@ -38,8 +37,7 @@ class ImageEvaluation:
         meta = {"extractor": extractor_id(e.inception or None), "source": str(Path(self.cfg.data.path).resolve()),
                 "split": self.cfg.data.split, "training_images_of_run": {"subset": self.cfg.data.subset,
                                                                           "count": len(self.real)}}
-        self.real_stats = real_features(lambda: gdata.to_float(self.real), self.extractor, self.device,
-                                        e.real_stats or None, meta)
+        self.real_stats = real_features(self.real, self.extractor, self.device, e.real_stats or None, meta)
 
     @torch.no_grad()
     def __call__(self, base, seed: int, poll: Callable[[int], None]) -> dict[str, Any]:
