@@ -7,6 +7,7 @@ import sys
 import typer
 
 from lmlab import __version__
+from lmlab.cli.average import average
 from lmlab.cli.bleu import bleu
 from lmlab.cli.cache_define import cache_define
 from lmlab.cli.common import config_epilog, handle_errors
@@ -42,6 +43,7 @@ app.command("eval-ppl")(eval_ppl)
 app.command("bleu")(bleu)
 app.command("plot")(plot)
 app.command("cache-define")(cache_define)
+app.command("average")(average)
 
 
 @app.command("presets")

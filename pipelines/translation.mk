@@ -10,6 +10,7 @@ LMLAB ?= lmlab
 LMLAB_TRAIN ?= $(LMLAB)
 MT_BEAM ?= 5
 MT_LENPEN ?= 1.0
+MT_AVERAGE ?= 5
 # DeFINE on the small CPU model: n=64, k=256, N=3, g_max=4; shared by encoder and decoder, output tied to its Map
 MT_DEFINE_FLAGS = --embedding define --set model.embedding.define.map_dim=64 --set model.embedding.define.expand_dim=256 \
   --set model.embedding.define.layers=3 --set model.embedding.define.max_groups=4 --set model.embed_scale=false
@@ -18,29 +19,39 @@ MT_DEFINE_FLAGS = --embedding define --set model.embedding.define.map_dim=64 --s
 
 # $(1) = direction (de-en), $(2) = src, $(3) = tgt, $(4) = run suffix, $(5) = extra train flags.
 # Training is a stamp (train_done, in the Makefile): a stopped run is resumed by the next make, never decoded.
+# The test set is decoded from the average of the last MT_AVERAGE step checkpoints (Vaswani et al. 2017 §6.1; the
+# presets keep that many) and, beside it, from best.pt (lowest validation NLL).
 define MT_RUN
 runs/multi30k-$(1)$(4).train.json: data/multi30k-$(1)/meta.json
 	@mkdir -p $$(@D)
 	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5) > $$@.tmp
 	$$(train_done)
 
-runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4).train.json
-	@mkdir -p $$(@D)
+runs/multi30k-$(1)$(4)/checkpoints/average.pt: runs/multi30k-$(1)$(4).train.json
+	$$(LMLAB) average --last $$(MT_AVERAGE) runs/multi30k-$(1)$(4) -o $$@ --force > $$(@D)/average.json
+
+runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4)/checkpoints/average.pt
+	$$(LMLAB) sample --checkpoint $$< --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
+
+runs/multi30k-$(1)$(4)/test-best.hyp: runs/multi30k-$(1)$(4).train.json
 	$$(LMLAB) sample --checkpoint runs/multi30k-$(1)$(4)/checkpoints/best.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
 
 runs/multi30k-$(1)$(4)/test.bleu: runs/multi30k-$(1)$(4)/test.hyp
 	$$(LMLAB) bleu $$(LMLAB_MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf < $$< | tee $$@
 
-runs/multi30k-$(1)$(4)/test.bleu.json: runs/multi30k-$(1)$(4)/test.hyp
-	$$(LMLAB) bleu $$(LMLAB_MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf --json < $$< > $$@
+runs/multi30k-$(1)$(4)/%.bleu.json: runs/multi30k-$(1)$(4)/%.hyp
+	$$(LMLAB) bleu $$(LMLAB_MULTI30K)/test_2016_flickr.$(3) --metrics bleu,chrf -w 2 --json < $$< > $$@
 endef
 
-# $(call mt_record,NAME,RUN,RUN): results/NAME.json from the two arms' train summaries and BLEU/chrF
+# results/NAME.json from the two arms: bench/mt_pair.py's table (parameters, validation, BLEU/chrF of best.pt and of
+# the averaged checkpoint) and sacrebleu's paired bootstrap of the averaged DeFINE system against the standard one
 define mt_record
-	@mkdir -p $$(@D)
-	$$(RECORD) $(1) --command '$$(call made_by,$(1))' --train standard=$(2).train.json --train define=$(3).train.json \
-	  --json standard=$(2)/test.bleu.json --json define=$(3)/test.bleu.json
-	$$(RESULTS_DOC)
+	@mkdir -p $(@D)
+	$(LMLAB) bleu $(LMLAB_MULTI30K)/test_2016_flickr.$(4) -i $(2)/test.hyp -i $(3)/test.hyp --paired-bs -m bleu,chrf -w 2 --json > $(3)/paired.json
+	$(PYTHON) bench/mt_pair.py $(2) $(3) --names standard define --paired $(3)/paired.json --json $(3)/pair.json > $(3)/pair.md
+	$(RECORD) $(1) --command '$(call made_by,$(1))' --train standard=$(2).train.json --train define=$(3).train.json \
+	  --json pair=$(3)/pair.json --markdown $(3)/pair.md --seed 1234
+	$(RESULTS_DOC)
 endef
 
 data/multi30k-de-en/meta.json: | .installed
@@ -53,8 +64,11 @@ $(eval $(call MT_RUN,de-en,de,en,-define,$(MT_DEFINE_FLAGS)))
 $(eval $(call MT_RUN,en-de,en,de,,))
 $(eval $(call MT_RUN,en-de,en,de,-define,$(MT_DEFINE_FLAGS)))
 
-$(foreach d,de-en en-de,$(eval results/mt-multi30k-$(d).json: runs/multi30k-$(d)/test.bleu.json runs/multi30k-$(d)-define/test.bleu.json \
-  ; $(call mt_record,mt-multi30k-$(d),runs/multi30k-$(d),runs/multi30k-$(d)-define)))
+mt_outputs = $(foreach r,$(1),$(r)/test.bleu.json $(r)/test-best.bleu.json)
+results/mt-multi30k-de-en.json: $(call mt_outputs,runs/multi30k-de-en runs/multi30k-de-en-define)
+	$(call mt_record,mt-multi30k-de-en,runs/multi30k-de-en,runs/multi30k-de-en-define,en)
+results/mt-multi30k-en-de.json: $(call mt_outputs,runs/multi30k-en-de runs/multi30k-en-de-define)
+	$(call mt_record,mt-multi30k-en-de,runs/multi30k-en-de,runs/multi30k-en-de-define,de)
 
 mt-multi30k-de-en: results/mt-multi30k-de-en.json runs/multi30k-de-en/test.bleu runs/multi30k-de-en-define/test.bleu  ## Multi30k de->en, standard vs DeFINE embedding (small CPU Transformer) [HW=cpu LMLAB_MULTI30K=dir]
 mt-multi30k-en-de: results/mt-multi30k-en-de.json runs/multi30k-en-de/test.bleu runs/multi30k-en-de-define/test.bleu  ## Multi30k en->de, standard vs DeFINE [HW=cpu LMLAB_MULTI30K=dir]

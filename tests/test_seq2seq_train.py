@@ -113,3 +113,37 @@ def test_cache_define_translation_scores_and_translates_as_the_live_units(data_d
                                    rtol=1e-5, atol=1e-5)
     lines = ["das ist ein test", "ein haus"]
     assert translate_lines(table, lines, beam=2) == translate_lines(live, lines, beam=2)
+
+
+def test_average_is_the_mean_of_the_last_checkpoints_and_translates(data_dir, tmp_path):
+    """`lmlab average --last 3 RUN` (Vaswani et al. 2017 §6.1): each floating tensor is the mean of the three newest
+    step checkpoints' (not best.pt's, not two of them), the result translates, and a mixed or short input is refused."""
+    from conftest import invoke
+    cfg = merge(config(data_dir, tmp_path / "run", steps=8), {"run": {"eval_interval": 2, "keep": 3}})
+    train(cfg, NullReporter())
+    steps = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert [p.name for p in steps] == ["step-00000004.pt", "step-00000006.pt", "step-00000008.pt"]
+    out = tmp_path / "avg.pt"
+    result = invoke("average", "--last", "3", str(tmp_path / "run"), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert [x["step"] for x in json.loads(result.stdout)["averaged_from"]] == [4, 6, 8]
+    avg, parts = load_checkpoint(out, "seq2seq"), [load_checkpoint(p, "seq2seq") for p in steps]
+    assert "optimizer" not in avg and "rng" not in avg and avg["config"] == parts[-1]["config"]
+    moved = 0
+    for key, value in avg["model"].items():
+        mean = sum(p["model"][key].double() for p in parts) / 3
+        torch.testing.assert_close(value, mean.to(value.dtype), rtol=0, atol=1e-7)
+        moved += not torch.equal(value, parts[-1]["model"][key])
+    assert moved > 0  # the checkpoints differ, so the mean is not the last one
+    assert len(translate_lines(avg, ["ein mann läuft im park"], beam=2)) == 1
+
+    again = invoke("average", "--last", "3", str(tmp_path / "run"), "-o", str(out))
+    assert again.exit_code != 0 and "--force" in again.stderr
+    short = invoke("average", "--last", "4", str(tmp_path / "run"), "-o", str(tmp_path / "x.pt"))
+    assert short.exit_code != 0 and "fewer than the 4" in short.stderr
+    twice = invoke("average", str(steps[0]), str(steps[0]), "-o", str(tmp_path / "y.pt"))
+    assert twice.exit_code != 0 and "same update" in twice.stderr
+    other = tmp_path / "other"
+    train(merge(cfg, {"model": {"ffn_dim": 24}, "run": {"dir": str(other)}}), NullReporter())
+    mixed = invoke("average", str(steps[-1]), str(next((other / "checkpoints").glob("step-*.pt"))), "-o", str(tmp_path / "z.pt"))
+    assert mixed.exit_code != 0 and "different model configs" in mixed.stderr
