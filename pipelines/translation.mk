@@ -2,6 +2,7 @@
 # -> sample --beam 5 -> bleu, on Multi30k test_2016_flickr, with the standard and the DeFINE input embedding.
 #   make mt-multi30k-de-en                 de->en, standard and DeFINE (small CPU model, HW ?= cpu)
 #   make mt-multi30k-en-de                 en->de
+#   make -j2 mt-multi30k-de-en TRAIN_ARGS="--set hardware.threads=1"   both systems at once, one core each
 #   make mt-wmt14-en-de HW=dgx8 LMLAB_TRAIN='torchrun --nproc_per_node 8 -m lmlab'   the paper's setting (GPU)
 # Data: LMLAB_MULTI30K, LMLAB_WMT14 (defaults under LMLAB_DATA, in the Makefile). Figures go to docs/translation.md.
 
@@ -24,7 +25,7 @@ MT_DEFINE_FLAGS = --embedding define --set model.embedding.define.map_dim=64 --s
 define MT_RUN
 runs/multi30k-$(1)$(4).train.json: data/multi30k-$(1)/meta.json
 	@mkdir -p $$(@D)
-	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5) > $$@.tmp
+	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5) $$(TRAIN_ARGS) > $$@.tmp
 	$$(train_done)
 
 runs/multi30k-$(1)$(4)/checkpoints/average.pt: runs/multi30k-$(1)$(4).train.json
