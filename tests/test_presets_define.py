@@ -180,3 +180,40 @@ def test_cpu_tier_pair_differs_by_the_input_embedding_alone_and_saves_40_percent
     assert counts["define"]["params_embedding"] <= 0.6 * counts["standard"]["params_embedding"]
     assert counts["define"]["params_body"] == counts["standard"]["params_body"]
     assert counts["define"]["params_output"] == counts["standard"]["params_output"]
+
+
+def _make_variable(path, name: str) -> str:
+    """A make variable's value as written in a pipeline fragment (continuation lines joined)."""
+    import re
+    from pathlib import Path
+    text = re.sub(r"\\\n\s*", " ", (Path(__file__).resolve().parents[1] / path).read_text())
+    return re.search(rf"^{name}\s*\??=\s*(.*)$", text, re.M).group(1).strip()
+
+
+@pytest.mark.parametrize("direction", ["de-en", "en-de"])
+def test_multi30k_cpu_pair_differs_by_the_embedding_alone(direction):
+    """Issue #17's CPU-tier MT pair (make mt-multi30k-*): the DeFINE system is the preset plus translation.mk's
+    MT_DEFINE_FLAGS (the unit, without the sqrt(d) scale) and nothing else; its embedding is ~31% smaller; both train 20 epochs and keep the checkpoints
+    the decoding averages (MT_AVERAGE)."""
+    import shlex
+    from lmlab.core.config import parse_overrides
+    from lmlab.core.seq2seq.config import Config
+    from lmlab.core.seq2seq.model import build_seq2seq
+
+    flags = shlex.split(_make_variable("pipelines/translation.mk", "MT_DEFINE_FLAGS"))
+    sets = [flags[i + 1] for i, f in enumerate(flags) if f == "--set"]
+    assert flags[:2] == ["--embedding", "define"] and len(sets) * 2 + 2 == len(flags)  # no other flag
+    standard = resolve(Config, "train-lm", [f"multi30k-{direction}", "cpu"])
+    define = resolve(Config, "train-lm", [f"multi30k-{direction}", "cpu"], parse_overrides(["model.embedding.kind=define", *sets]))
+    assert (standard.schedule.epochs, standard.run.keep) == (20, int(_make_variable("pipelines/translation.mk", "MT_AVERAGE")))
+    assert define.model.embedding.kind == "define" and not define.model.embed_scale  # the unit scales its own output
+    define.model.embedding, define.model.embed_scale = standard.model.embedding, standard.model.embed_scale
+    assert define == standard  # nothing else differs
+
+    def counts(chain_sets):
+        cfg = resolve(Config, "train-lm", [f"multi30k-{direction}", "cpu"], parse_overrides(chain_sets))
+        with torch.device("meta"):
+            model = build_seq2seq(cfg.model, 5000, 5000)
+        return count_parameters(model), count_parameters(model.src_embed)
+    (total_s, emb_s), (total_d, emb_d) = counts([]), counts(["model.embedding.kind=define", *sets])
+    assert (total_s, emb_s) == (2_029_056, 640_000) and (total_d, emb_d) == (1_837_504, 440_256)
