@@ -21,11 +21,22 @@ END_MARK = "<!-- bench:end -->"
 
 
 # ---- statistics ------------------------------------------------------------------------------------
-def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+class Ratio(float):
+    """A median ratio that keeps the spread of the per-round ratios it came from (`lo`, `hi`): tables print
+    "median (lo–hi)", so one noisy round is visible next to the figure."""
+
+    def __new__(cls, value: float, lo: float = float("nan"), hi: float = float("nan")):
+        obj = super().__new__(cls, value)
+        obj.lo, obj.hi = lo, hi
+        return obj
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> Ratio:
     """Median of the per-round ratios a[i] / b[i] (rounds run A, B alternately, so each pair saw the
-    same background load); pairs with a missing or zero b are ignored. NaN when no pair is usable."""
+    same background load), with their min and max; pairs with a missing or zero b are ignored. NaN when
+    no pair is usable."""
     ratios = [x / y for x, y in zip(a, b) if x is not None and y]
-    return statistics.median(ratios) if ratios else float("nan")
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios)) if ratios else Ratio(float("nan"))
 
 
 def median(values: Sequence[float | None]) -> float:
@@ -182,7 +193,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
         if isinstance(v, float):
             if v != v:
                 return "—"
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+            text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+            if isinstance(v, Ratio) and v.lo == v.lo and v.lo != v.hi:
+                text += f" ({v.lo:.3g}–{v.hi:.3g})"
+            return text
         return str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

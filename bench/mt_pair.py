@@ -32,11 +32,21 @@ def scores(path: Path) -> dict[str, float]:
     return {d["name"]: d["score"] for d in (data if isinstance(data, list) else [data])}
 
 
+def train_wall_s(run: Path, summary: dict) -> float:
+    """The run's training wall time: the summary's, or (summaries written before it had one) the sum over the
+    run's processes of the last `elapsed_s` each logged in metrics.jsonl (a resume restarts the clock)."""
+    if summary.get("wall_s") is not None:
+        return summary["wall_s"]
+    elapsed = [json.loads(line).get("elapsed_s") for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    elapsed = [e for e in elapsed if e is not None]
+    return sum(a for a, b in zip(elapsed, elapsed[1:] + [0.0]) if b < a)
+
+
 def system(run: Path) -> dict:
     train = _read(run.with_name(run.name + ".train.json"))
     averaged = _read(run / "checkpoints" / "average.json")
     return {"params": train["params"], "embedding_params": train["embedding_params"], "updates": train["step"],
-            "epochs": train["epoch"], "best_valid_ppl": train["best_valid_ppl"], "wall_s": train.get("wall_s"),
+            "best_valid_ppl": train["best_valid_ppl"], "train_wall_s": train_wall_s(run, train),
             "averaged_updates": [x["step"] for x in averaged["averaged_from"]],
             "test_best": scores(run / "test-best.bleu.json"), "test_average": scores(run / "test.bleu.json")}
 
@@ -55,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {"systems": systems, "paired_bootstrap": {"n_samples": paired["n_samples"], "seed": paired["seed"],
                                                     "signatures": paired["signatures"],
                                                     "p_value": {m: other[m]["p_value"] for m in paired["signatures"]}}}
-    lines = ["| system | parameters | embedding | updates (epochs) | best valid ppl | BLEU best.pt | BLEU averaged | "
-             "chrF2 averaged |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| system | parameters | embedding | updates | training wall | best valid ppl | BLEU best.pt | BLEU averaged | "
+             "chrF2 averaged |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in systems.items():
-        lines.append(f"| {name} | {s['params']:,} | {s['embedding_params']:,} | {s['updates']:,} ({s['epochs']}) | "
+        lines.append(f"| {name} | {s['params']:,} | {s['embedding_params']:,} | {s['updates']:,} | {s['train_wall_s'] / 60:.0f} min | "
                      f"{s['best_valid_ppl']:.2f} | {s['test_best']['BLEU']:.2f} | **{s['test_average']['BLEU']:.2f}** | "
                      f"{s['test_average']['chrF2']:.2f} |")
     saving = 1 - mine["embedding_params"] / base["embedding_params"]

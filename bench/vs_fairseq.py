@@ -264,7 +264,7 @@ class Bench:
                 f"wall time {time.perf_counter() - self.t0:.0f} s",
                 f"- command: `{self.args.command}` ({time.strftime('%Y-%m-%d %H:%M')})",
                 "- each comparison alternates its arms round by round; values are medians, the ratio is the median of the "
-                "per-round ratios (lmlab / baseline: > 1 is faster for throughput, < 1 is leaner for memory). Method: docs/bench.md.", ""]
+                "per-round ratios, with their min–max in brackets (lmlab / baseline: > 1 is faster for throughput, < 1 is leaner for memory). Method: docs/bench.md.", ""]
         if not self.fairseq.available:
             head.insert(4, f"- fairseq column skipped: {self.fairseq.reason}")
         table = markdown_table(["measurement", "lmlab", "fairseq / reference", "ratio", "notes"], self.rows)

@@ -27,6 +27,10 @@ def test_median_ratio_pairs_rounds_and_ignores_missing():
     assert bc.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0  # ratios 2, 2, 3
     assert bc.median_ratio([2.0, None, 9.0, 5.0], [1.0, 2.0, 3.0, 0.0]) == 2.5  # ratios 2, 3
     assert math.isnan(bc.median_ratio([1.0], [None]))
+    r = bc.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert (r.lo, r.hi) == (2.0, 3.0)  # the spread of the per-round ratios travels with the median
+    assert "| 2 (2–3) |" in bc.markdown_table(["ratio"], [[r]])
+    assert "| 2 |" in bc.markdown_table(["ratio"], [[bc.median_ratio([2.0], [1.0])]])  # one round: no spread
     assert math.isnan(bc.median([None, None]))
 
 

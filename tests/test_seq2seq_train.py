@@ -60,6 +60,8 @@ def test_sigterm_then_resume_equals_uninterrupted(data_dir, tmp_path):
     assert first["stopped"] == "SIGTERM" and first["step"] == 4
     second = train(config(data_dir, tmp_path / "cut"), NullReporter())
     assert second["step"] == 6
+    # the summary's wall time covers both processes: the first one's is carried in the checkpoint
+    assert second["wall_s"] >= first["wall_s"] + second["wall_s_this_process"] - 0.2 and second["machine"]["cores"]
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt", "seq2seq")
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt", "seq2seq")
     for key in a["model"]:
@@ -147,3 +149,12 @@ def test_average_is_the_mean_of_the_last_checkpoints_and_translates(data_dir, tm
     train(merge(cfg, {"model": {"ffn_dim": 24}, "run": {"dir": str(other)}}), NullReporter())
     mixed = invoke("average", str(steps[-1]), str(next((other / "checkpoints").glob("step-*.pt"))), "-o", str(tmp_path / "z.pt"))
     assert mixed.exit_code != 0 and "different model configs" in mixed.stderr
+
+
+def test_summary_counts_completed_epochs(data_dir, tmp_path):
+    """A run of schedule.epochs = 2 says epoch 2 (completed), not the index of the epoch its last update was in."""
+    cfg = merge(config(data_dir, tmp_path / "run", steps=1000), {"schedule": {"epochs": 2}})
+    summary = train(cfg, NullReporter())
+    assert summary["epoch"] == 2 and summary["stopped"] is None
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 1 and rows[-1]["step"] == summary["step"]

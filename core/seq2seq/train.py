@@ -20,6 +20,7 @@ from lmlab.core import distributed
 from lmlab.core.checkpoint import strip_compile_prefix
 from lmlab.core.config import to_dict
 from lmlab.core.errors import LmlabError, NonFiniteLossError
+from lmlab.core.machine import load_average, machine_info
 from lmlab.core.reporting import Reporter
 from lmlab.core.rng import rng_state, set_rng_state
 from lmlab.core.rundir import RunDir
@@ -146,13 +147,16 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
 
     pos = Position(step, epoch, batch_pos, best)
     t0 = time.monotonic()
+    wall_before = float(state.get("wall_s") or 0.0) if resuming else 0.0  # the processes this run resumed from
+    machine_at_start = machine_info()
 
     def save(is_best: bool) -> None:
         state = {"model": strip_compile_prefix(model.state_dict()), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": pos.step, "epoch": pos.epoch, "batch_pos": pos.batch_pos,
                  "best_valid_nll_nats": pos.best, "rng": rng_state(), "config": config_dict, "vocab_size": vocab,
                  "tokenizers": tokenizers, "tokenizer_sha256": meta["tokenizer_sha256"], "data_meta": meta,
-                 "lmlab_version": __version__, "eval_pending": loop.eval_pending, **sizes}
+                 "lmlab_version": __version__, "eval_pending": loop.eval_pending,
+                 "wall_s": wall_before + time.monotonic() - t0, **sizes}
         run.save(state, KIND, pos.step, is_best=is_best, keep=cfg.run.keep)
         pos.saved = pos.step
 
@@ -231,5 +235,9 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
         epoch += 1  # the last update ended an epoch
     distributed.barrier()
     evaluated = math.isfinite(best)  # False when the run stopped before its first evaluation
-    return {"run_dir": str(run.path), "step": step, "epoch": epoch, "best_valid_nll_nats": best if evaluated else None,
-            "best_valid_ppl": math.exp(min(best, 50)) if evaluated else None, "stopped": stopped, **sizes, **last}
+    # the last update's metrics first: its "epoch" is the epoch index that update was in, not the epochs completed
+    return {**last, "run_dir": str(run.path), "step": step, "epoch": epoch,
+            "best_valid_nll_nats": best if evaluated else None,
+            "best_valid_ppl": math.exp(min(best, 50)) if evaluated else None, "stopped": stopped,
+            "wall_s": round(wall_before + time.monotonic() - t0, 1), "wall_s_this_process": round(time.monotonic() - t0, 1),
+            "machine": {**machine_at_start, "load_avg_at_end": load_average()}, **sizes}
