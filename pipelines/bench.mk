@@ -34,4 +34,20 @@ bench: .installed  ## lmlab vs fairseq speed benchmarks (< 20 min on 2 quiet cor
 	$(if $(filter 1,$(BENCH_QUICK)),@echo "quick mode: not recorded",$(RECORD) bench --command '$(call made_by,bench)' --since $(BENCH_DIR)/start.json --markdown $(BENCH_DIR)/bench.md)
 	$(if $(filter 1,$(BENCH_QUICK)),@cat $(BENCH_DIR)/bench.md,$(RESULTS_DOC))
 
-.PHONY: bench fairseq-env
+# The fused chunked output layer + loss (model.output.loss_chunk) against plain logits + cross-entropy, forward and
+# backward, at two shapes: one PTB 2x650 update (700 x 650 x 10k) and the bench's WikiText-2 Transformer batch
+# (32 x 256 tokens, d 256, V 33,280: 1.1 GB of fp32 logits). Needs quiet cores (~5 min).
+FUSED_CE_WORK ?= $(BENCH_DIR)/fused-ce
+results/bench-fused-ce.json: .installed
+	@mkdir -p $(@D) $(FUSED_CE_WORK)
+	$(PYTHON) -m lmlab.core.machine > $(FUSED_CE_WORK)/start.json
+	$(PYTHON) bench/fused_ce.py --tokens 700 --dim 650 --vocab 10000 --chunk 1024 --steps 10 --rounds 5 > $(FUSED_CE_WORK)/ptb.json
+	$(PYTHON) bench/fused_ce.py --tokens 8192 --dim 256 --vocab 33280 --chunk 1024 --steps 2 --rounds 3 > $(FUSED_CE_WORK)/wt2.json
+	$(RECORD) bench-fused-ce --command '$(call made_by,bench-fused-ce)' --since $(FUSED_CE_WORK)/start.json \
+	  --json ptb-2x650=$(FUSED_CE_WORK)/ptb.json --json wt2-transformer=$(FUSED_CE_WORK)/wt2.json
+	$(RESULTS_DOC)
+
+bench-fused-ce: results/bench-fused-ce.json  ## fused chunked output layer + loss vs plain logits + CE: speed ratio and peak RSS at two shapes (quiet cores, ~5 min)
+	@$(RESULTS_DOC) --print bench-fused-ce
+
+.PHONY: bench fairseq-env bench-fused-ce
