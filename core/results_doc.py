@@ -142,6 +142,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _row_tables(d: dict[str, Any], prefix: str = "") -> list[tuple[str, list[dict]]]:
+    """The metrics entries that are lists of flat rows (dicts), by their dotted keys."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.extend(_row_tables(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def render_metrics(rec: dict[str, Any]) -> str:
     """Any record: its metrics as a key/value table, the paper's figure beside where it names the same key."""
     paper = rec.get("paper") or {}
@@ -149,9 +160,14 @@ def render_metrics(rec: dict[str, Any]) -> str:
     for key, value in _flatten(rec["metrics"]):
         shown = ", ".join(_num(v) for v in value) if isinstance(value, list) else _num(value)
         rows.append(f"| {key} | {shown} |" + (f" {_num(paper.get(key), '{}') if key in paper else ''} |" if paper else ""))
-    out = "\n".join(rows)
+    out = "\n".join(rows) if len(rows) > 2 else ""
     if len(rows) > 22:  # a long table folds (GitHub renders <details>), the figures stay in the page
         out = f"<details><summary>{len(rows) - 2} metrics</summary>\n\n{out}\n\n</details>"
+    for key, table in _row_tables(rec["metrics"]):  # lists of rows (e.g. a --jsonl entry): one table each, a row per item
+        columns = list(dict.fromkeys(c for row in table for c, v in row.items() if not isinstance(v, (dict, list))))
+        lines = [f"`{key}`:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_num(row.get(c)) if row.get(c) is not None else "" for c in columns) + " |" for row in table]
+        out += ("\n\n" if out else "") + "\n".join(lines)
     if paper.get("source"):
         out += f"\n\nPaper: {paper['source']}."
     return out

@@ -5,6 +5,7 @@ carries the command, commit, date, machine (load at start and end), wall time an
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -78,7 +79,8 @@ def test_a_hand_edit_of_any_region_of_any_doc_is_caught(tmp_path, doc):
 def test_a_figure_typed_outside_the_record_or_a_stale_record_is_caught(tmp_path):
     docs, res = _copy(tmp_path)
     rec = json.loads((res / "bench.json").read_text())
-    rec["markdown"] = rec["markdown"].replace("1,062,782", "2,000,000")  # the record changed, docs not regenerated
+    figure = re.search(r"\| (\d{1,3}(?:,\d{3})+) \|", rec["markdown"]).group(1)  # the table's first large figure
+    rec["markdown"] = rec["markdown"].replace(figure, "2,000,000")  # the record changed, docs not regenerated
     (res / "bench.json").write_text(json.dumps(rec))
     assert any("results.md" in p for p in results_doc.update_docs(docs, res, check=True))
     (res / "orphan.json").write_text(json.dumps({**rec, "name": "orphan"}))
@@ -247,3 +249,11 @@ def test_provenance_reads_the_toy_writers_load_keys():
     assert "load average (1 min) 1.00 at start, 2.00 at end" in results_doc.provenance(rec)
     rec["machine"] = {"load_avg_1_5_15": [3.0, 1, 1], "load_avg_end": [4.0, 1, 1]}
     assert "load average (1 min) 3.00 at start, 4.00 at end" in results_doc.provenance(rec)
+
+
+def test_a_list_of_rows_in_metrics_renders_as_a_table():
+    """A `--jsonl` entry (e.g. make imm-bench's steps) is a table, a row per line, not dropped from the page."""
+    rec = {"name": "x", "command": "make x", "metrics": {"steps": [{"j": 1, "ratio": 2.05}, {"j": 5, "ratio": 3.24, "k": 10}]}}
+    out = results_doc.render_metrics(rec)
+    assert "| j | ratio | k |" in out and "| 1 | 2.05 |  |" in out and "| 5 | 3.24 | 10 |" in out
+    assert "| metric | value |" not in out  # no empty key/value table above it
