@@ -28,11 +28,13 @@ runs/multi30k-$(1)$(4).train.json: data/multi30k-$(1)/meta.json
 	$$(LMLAB_TRAIN) train-lm --task translation --preset multi30k-$(1),$$(HW) --run-dir runs/multi30k-$(1)$(4) $(5) $$(TRAIN_ARGS) > $$@.tmp
 	$$(train_done)
 
-runs/multi30k-$(1)$(4)/checkpoints/average.pt: runs/multi30k-$(1)$(4).train.json
-	$$(LMLAB) average --last $$(MT_AVERAGE) runs/multi30k-$(1)$(4) -o $$@ --force > $$(@D)/average.json
+# the stamp is average's JSON line (a checkpoint is never a make target: .DELETE_ON_ERROR), average.pt beside it
+runs/multi30k-$(1)$(4)/checkpoints/average.json: runs/multi30k-$(1)$(4).train.json
+	@mkdir -p $$(@D)
+	$$(LMLAB) average --last $$(MT_AVERAGE) runs/multi30k-$(1)$(4) -o $$(@D)/average.pt --force > $$@.tmp && mv $$@.tmp $$@
 
-runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4)/checkpoints/average.pt
-	$$(LMLAB) sample --checkpoint $$< --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
+runs/multi30k-$(1)$(4)/test.hyp: runs/multi30k-$(1)$(4)/checkpoints/average.json
+	$$(LMLAB) sample --checkpoint $$(<D)/average.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
 
 runs/multi30k-$(1)$(4)/test-best.hyp: runs/multi30k-$(1)$(4).train.json
 	$$(LMLAB) sample --checkpoint runs/multi30k-$(1)$(4)/checkpoints/best.pt --beam $$(MT_BEAM) --lenpen $$(MT_LENPEN) < $$(LMLAB_MULTI30K)/test_2016_flickr.$(2) > $$@
