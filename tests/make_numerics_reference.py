@@ -124,7 +124,15 @@ def last_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 
 # cases -----------------------------------------------------------------------------------------------------
-def _lm_case(model: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
+# the IMM CPU tier's recipe (ptb-lstm-small-imm) at toy size: Algorithm 1 from the carried state on every 2nd batch, the
+# official single-sample term (its own forward) on the others, clip = main, the official embedding gradient, SGD on sum_time
+IMM = {"objective": "imm", "imm": {"weight": 0.2, "k": 3, "j": 2, "every": 2, "start_below_ppl": 0.0, "algorithm": "sampled",
+                                   "between": "smoothed", "sampled_start": "carried", "clip": "main",
+                                   "embedding_grad": "official", "smoothed_forward": "separate"},
+       "optim": {"name": "sgd", "lr": 0.05, "clip": 5.0, "loss_reduction": "sum_time"}}
+
+
+def _lm_case(model: dict[str, Any], extra: dict[str, Any] | None = None) -> Callable[[Path], dict[str, Any]]:
     def run(root: Path) -> dict[str, Any]:
         from lmlab.core.config import merge
         from lmlab.core.reporting import NullReporter
@@ -137,7 +145,10 @@ def _lm_case(model: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
                 "schedule": {"name": "constant", "epochs": 0, "max_steps": 10},
                 "run": {"dir": str(root / "run"), "eval_interval": 4, "keep": 1, "log_interval_s": 1000.0},
                 "hardware": {"device": "cpu", "threads": 1}, "seed": 7}
-        cfg = merge(merge(TrainConfig(), base), {"model": model})
+        cfg = merge(merge(merge(TrainConfig(), base), {"model": model}), extra or {})
+        if cfg.objective == "imm":  # its restricted model: the KN bigram of the training split
+            from lmlab.core.imm.kn_bigram import build_from_data_dir
+            build_from_data_dir(data)
         train_lm(cfg, NullReporter())
         rows = metrics_rows(root / "run")
         return {"data": data_digest(data),
@@ -270,6 +281,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "lm-lstm": _lm_case({}),
     "lm-transformer": _lm_case({"kind": "transformer", "transformer": {"n_heads": 2, "context": 16}}),
     "lm-lstm-define": _lm_case({"embedding": DEFINE}),
+    "lm-lstm-imm": _lm_case({"output": {"tie": False}}, IMM),
     "translation": translation,
     "residual-bit": _residual_case({"kind": "bit"}, {}),
     "residual-unit": _residual_case({"kind": "unit"}, {}),
