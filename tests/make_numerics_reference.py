@@ -88,9 +88,18 @@ def lm_data(root: Path) -> Path:
 
 
 def data_digest(data_dir: Path) -> dict[str, str]:
-    """sha256 of the files a run reads (token arrays, tokenizers); meta.json holds paths and times, so not it."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(data_dir.iterdir())
-            if p.is_file() and p.name != "meta.json"}
+    """sha256 of the files a run reads (token arrays, tokenizers); meta.json holds paths and times, so not it. A
+    .safetensors file (the KN bigram) by its tensors: its header's metadata order varies from one write to the next."""
+    return {p.name: _safetensors_digest(p) if p.suffix == ".safetensors" else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data_dir.iterdir()) if p.is_file() and p.name != "meta.json"}
+
+
+def _safetensors_digest(path: Path) -> str:
+    from safetensors.torch import load_file
+    h = hashlib.sha256()
+    for name, tensor in sorted(load_file(path).items()):
+        h.update(name.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode() + tensor.numpy().tobytes())
+    return h.hexdigest()
 
 
 # results ---------------------------------------------------------------------------------------------------
