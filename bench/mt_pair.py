@@ -15,15 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
+from lmlab.core.records import load_json
+
 
 def _read(path: Path):
     if not path.is_file():
         raise SystemExit(f"mt_pair: {path} not found (has the pipeline run?)")
-    text = path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # a command's stdout: its last JSON line
-        return json.loads([line for line in text.splitlines() if line.strip()][-1])
+    return load_json(path)  # a JSON file, or a command's stdout: its last JSON line
 
 
 def scores(path: Path) -> dict[str, float]:

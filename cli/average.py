@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from lmlab.cli.common import handle_errors, strict_json
+from lmlab.cli.common import check_flag, handle_errors, strict_json
 from lmlab.core.errors import LmlabError
 
 
@@ -32,9 +32,9 @@ def average(
     """
     from lmlab.core.average import average_checkpoints, last_step_checkpoints
     from lmlab.core.checkpoint import save_checkpoint
+    from lmlab.core.config import at_least
 
-    if last < 0:
-        raise LmlabError(f"--last must be >= 1, got {last}")
+    check_flag("--last", last, at_least(0))
     if last:
         if len(inputs) != 1 or not Path(inputs[0]).is_dir():
             raise LmlabError("--last N takes one run dir (or its checkpoints/ dir), e.g. lmlab average --last 5 runs/X -o avg.pt")

@@ -39,11 +39,11 @@ def average_checkpoints(paths: list[str | Path]) -> tuple[str, dict[str, Any]]:
     if len(paths) < 2:
         raise LmlabError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
     ckpts = [load_checkpoint(p, KINDS) for p in paths]
-    newest = max(range(len(ckpts)), key=lambda i: int(ckpts[i].get("step", -1)))
+    steps = [int(c.get("step", -1)) for c in ckpts]
+    newest = max(range(len(ckpts)), key=steps.__getitem__)
     ref, ref_path = ckpts[newest], paths[newest]
     for ckpt, path in zip(ckpts, paths):
         _check_same_model(ckpt, path, ref, ref_path)
-    steps = [int(c.get("step", -1)) for c in ckpts]
     if len(set(steps)) < len(steps):
         raise LmlabError(f"two inputs hold the same update ({sorted(steps)}): each checkpoint may be averaged once")
     averaged = {}

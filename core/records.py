@@ -105,7 +105,7 @@ def is_record_ref(ref: str | Path) -> bool:
     """Whether a run argument names a record's entry (`RECORD.json#KEY`) rather than a run dir."""
     return ".json#" in str(ref)
 
-def _load_json(path: str | Path) -> Any:
+def load_json(path: str | Path) -> Any:
     """A JSON file, or the last non-empty line of a JSON-lines file (e.g. a command's stdout)."""
     text = Path(path).read_text(encoding="utf-8")
     try:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics[f"train-{key}" if key else "train"] = {**entry, "recorded_in": path.partition("#")[0],
                                                            "recorded_commit": record.get("commit")}
             continue  # its wall time and machine belong to that record, not to this one
-        summary = _load_json(path)
+        summary = load_json(path)
         if summary.get("stopped_by") or summary.get("stopped"):
             raise SystemExit(f"lmlab records: {path}: training did not complete; rerun its make target")
         metrics[f"train-{key}" if key else "train"] = train_summary_facts(summary)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if summary.get("wall_s") is not None:
             wall = (wall or 0.0) + summary["wall_s"]
     for key, path in _pairs(args.json, "--json"):
-        metrics[key] = _load_json(path)
+        metrics[key] = load_json(path)
     for key, path in _pairs(args.jsonl, "--jsonl"):
         metrics[key] = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     for key, value in _pairs(args.metric, "--metric"):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         paper["source"] = args.paper_source
     from lmlab.core.machine import load_average
     if args.since:  # the whole result, not only its training steps
-        start = _load_json(args.since)
+        start = load_json(args.since)
         machine = {**{k: v for k, v in start.items() if k != "time"}, "load_avg_at_end": load_average()}
         wall = round(time.time() - start["time"], 1)
     elif machine is not None:
