@@ -79,11 +79,13 @@ class MLMPretrainer:
             rows = slice(self.rank * self.batch_size // W, (self.rank + 1) * self.batch_size // W)
             inp, targets = inp[rows], targets[rows]
         h = self.energy.hidden(inp, torch.ones_like(inp, dtype=torch.bool))  # (B/W, L, d)
+        masked = targets != -100  # the vocabulary head runs on the ~15% masked positions only
+        logits = self.head(h[masked])  # (M, V)
         if W == 1:
-            loss = value = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100)
+            loss = value = F.cross_entropy(logits, targets[masked])
         else:  # the mean over the global batch's masked tokens: sum here / count everywhere, x W for the average
-            total = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-            count = distributed.all_reduce_sum((targets != -100).sum().to(total.dtype))
+            total = F.cross_entropy(logits, targets[masked], reduction="sum")
+            count = distributed.all_reduce_sum(masked.sum().to(total.dtype))
             loss = total * (W / count)
             value = distributed.all_reduce_sum(total.detach()) / count
         self.opt.zero_grad(set_to_none=True)
