@@ -30,7 +30,7 @@ class FairseqEnv:
     def script(self, name: str) -> list[str]:
         """Run a fairseq console entry point (fairseq-train ...) with this interpreter."""
         module = {"fairseq-preprocess": "fairseq_cli.preprocess", "fairseq-train": "fairseq_cli.train",
-                  "fairseq-eval-lm": "fairseq_cli.eval_lm"}[name]
+                  "fairseq-eval-lm": "fairseq_cli.eval_lm", "fairseq-generate": "fairseq_cli.generate"}[name]
         return [str(self.python), "-m", module]
 
 

@@ -50,4 +50,19 @@ results/bench-fused-ce.json: .installed
 bench-fused-ce: results/bench-fused-ce.json  ## fused chunked output layer + loss vs plain logits + CE: speed ratio and peak RSS at two shapes (quiet cores, ~5 min)
 	@$(RESULTS_DOC) --print bench-fused-ce
 
-.PHONY: bench fairseq-env bench-fused-ce
+# Beam decoding against fairseq-generate: the Multi30k de-en standard system's last-5 average converted to a fairseq
+# transformer that computes the same function (bench/fairseq_convert_mt.py), the 1,000 test_2016_flickr sentences,
+# beam 5, batches of 64, arms alternated (bench/beam_vs_fairseq.py). Needs the fairseq env and quiet cores (~10 min).
+BEAM_WORK ?= $(BENCH_DIR)/beam
+results/bench-beam.json: runs/multi30k-de-en/checkpoints/average.json | .installed
+	@mkdir -p $(@D) $(BEAM_WORK)
+	$(PYTHON) -m lmlab.core.machine > $(BEAM_WORK)/start.json
+	$(PYTHON) bench/beam_vs_fairseq.py $(<D)/average.pt $(LMLAB_MULTI30K)/test_2016_flickr.de $(LMLAB_MULTI30K)/test_2016_flickr.en \
+	  --work $(BEAM_WORK) > $(BEAM_WORK)/beam.json
+	$(RECORD) bench-beam --command '$(call made_by,bench-beam)' --since $(BEAM_WORK)/start.json --json beam-5=$(BEAM_WORK)/beam.json
+	$(RESULTS_DOC)
+
+bench-beam: results/bench-beam.json  ## beam-5 decoding vs fairseq-generate on the same converted weights (needs make fairseq-env and the Multi30k de-en run; quiet cores, ~10 min)
+	@$(RESULTS_DOC) --print bench-beam
+
+.PHONY: bench fairseq-env bench-fused-ce bench-beam
