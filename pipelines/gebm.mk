@@ -123,5 +123,43 @@ cifar10-classifier: results/cifar10-classifier.json  ## the CPU image tier's FID
 	@$(RESULTS_DOC) --print cifar10-classifier
 .PHONY: cifar10-classifier
 
+# ---- the CPU image tier (issue #19, 4b): GEBM_TIER_SEEDS runs of gebm-cifar10-cpu-tier (about 2 h each on 2 cores),
+# each scored as the generator alone, ULA and KLA (the preset's [sample] table) on the classifier's features:
+# GEBM_TIER_FID samples against the 10,000 test images, whose statistics are computed once per classifier file.
+GEBM_TIER = $(RUNS)/gebm-cifar10-tier
+GEBM_TIER_SEEDS ?= 1 2
+GEBM_TIER_FID ?= 10000
+GEBM_TIER_STATS = $(RUNS)/fid-stats/cifar10-test-classifier.npz
+$(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%.train.json): $(GEBM_TIER)/s%.train.json:
+	@mkdir -p $(@D)
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu-tier,$(HW) --set seed=$* --run-dir $(GEBM_TIER)/s$* $(TRAIN_ARGS) > $@.tmp
+	$(train_done)
+
+# one seed's sample grids and scores
+$(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json): $(GEBM_TIER)/s%/scores.json: $(GEBM_TIER)/s%.train.json $(RUNS)/cifar10-classifier.pt
+	@mkdir -p $(dir $(GEBM_TIER_STATS))
+	for s in none ula kla; do $(LMLAB) sample -c $(@D)/checkpoints/last.pt --device cpu --sampler $$s --preset gebm-cifar10-cpu-tier \
+	  -n 64 --force -o $(@D)/samples-$$s.png || exit 1; done
+	for s in ula kla; do $(EVAL) $(@D)/checkpoints/last.pt --real $(LMLAB_CIFAR10) --real-split test --real-count 10000 \
+	  --real-stats $(GEBM_TIER_STATS) --classifier $(RUNS)/cifar10-classifier.pt --num-samples $(GEBM_TIER_FID) \
+	  --preset gebm-cifar10-cpu-tier --sampler $$s --device cpu > $(@D)/fid-$$s.json.tmp && mv $(@D)/fid-$$s.json.tmp $(@D)/fid-$$s.json || exit 1; done
+	cat $(@D)/fid-ula.json $(@D)/fid-kla.json > $@
+
+results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json)
+	@mkdir -p $(@D) docs/figures
+	$(PYTHON) bench/gebm_tier.py $(foreach s,$(GEBM_TIER_SEEDS),--seed $(s)=$(GEBM_TIER)/s$(s)) --figure docs/figures/gebm-cifar10-cpu-tier.png \
+	  --json $(GEBM_TIER)/summary.json > $(GEBM_TIER)/summary.md
+	$(RECORD) gebm-cifar10-cpu-tier --command '$(call made_by,gebm-cifar10-cpu-tier)' \
+	  $(foreach s,$(GEBM_TIER_SEEDS),--train s$(s)=$(GEBM_TIER)/s$(s).train.json) --json classifier=$(RUNS)/cifar10-classifier.json \
+	  --json summary=$(GEBM_TIER)/summary.json --markdown $(GEBM_TIER)/summary.md
+	$(RESULTS_DOC)
+
+# later seeds are scored after the first, which writes the shared statistics file (trainings still run in parallel)
+GEBM_TIER_FIRST = $(GEBM_TIER)/s$(firstword $(GEBM_TIER_SEEDS))/scores.json
+$(filter-out $(GEBM_TIER_FIRST),$(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json)): | $(GEBM_TIER_FIRST)
+gebm-cifar10-cpu-tier: results/gebm-cifar10-cpu-tier.json  ## GEBM image claim on CPU: generator vs ULA vs KLA, FID/KID on the classifier's features, GEBM_TIER_SEEDS seeds (CPU, ~2 h a seed after cifar10-classifier) [LMLAB_CIFAR10=tar.gz]
+	@$(RESULTS_DOC) --print gebm-cifar10-cpu-tier
+.PHONY: gebm-cifar10-cpu-tier
+
 gebm-clean:  ## (deletes nothing: says which run dirs to remove yourself)
 	@echo "run dirs are never deleted by make; remove $(RUNS)/gebm-* yourself"
