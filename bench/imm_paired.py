@@ -19,10 +19,11 @@ import math
 import statistics
 from pathlib import Path
 
+from lmlab.core.plot import read_metrics
+
 
 def best_valid_ppl(run: Path) -> float:
-    ppl = [json.loads(line).get("valid_ppl") for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    ppl = [p for p in ppl if p is not None]
+    ppl = [r["valid_ppl"] for r in read_metrics(run) if r.get("valid_ppl") is not None]
     if not ppl:
         raise SystemExit(f"{run}/metrics.jsonl has no validation record yet")
     return min(ppl)

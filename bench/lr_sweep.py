@@ -12,16 +12,19 @@ import json
 import math
 from pathlib import Path
 
+from lmlab.core.errors import LmlabError
+from lmlab.core.plot import read_metrics
+
 
 def last_valid_ppl(run: Path) -> tuple[int, float]:
     """(update, validation perplexity) of the run's last evaluation."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"lr_sweep: {path} not found (has the sweep run?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = read_metrics(run)
+    except LmlabError as exc:
+        raise SystemExit(f"lr_sweep: {exc} (has the sweep run?)") from None
     valid = [(r["step"], r["valid_ppl"]) for r in rows if r.get("valid_ppl") is not None]
     if not valid:
-        raise SystemExit(f"lr_sweep: {path} has no validation record")
+        raise SystemExit(f"lr_sweep: {run / 'metrics.jsonl'} has no validation record")
     return valid[-1]
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lmlab.core.plot import read_metrics
 from lmlab.core.records import load_json
 
 
@@ -35,8 +36,7 @@ def train_wall_s(run: Path, summary: dict) -> float:
     run's processes of the last `elapsed_s` each logged in metrics.jsonl (a resume restarts the clock)."""
     if summary.get("wall_s") is not None:
         return summary["wall_s"]
-    elapsed = [json.loads(line).get("elapsed_s") for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    elapsed = [e for e in elapsed if e is not None]
+    elapsed = [r["elapsed_s"] for r in read_metrics(run) if r.get("elapsed_s") is not None]
     return sum(a for a, b in zip(elapsed, elapsed[1:] + [0.0]) if b < a)
 
 
