@@ -36,10 +36,13 @@ class _Decoder:
         lp[:, [PAD, BOS, UNK]] = -float("inf")
         return lp
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.memory, self.src_mask = self.memory.index_select(0, index), self.src_mask.index_select(0, index)
+    def reorder(self, index: torch.Tensor, same_sentences: bool = False) -> None:
+        """Keep rows `index`. `same_sentences`: every kept row comes from its own sentence's rows, which share the
+        encoder output, so the memory and the cross-attention keys/values are already right and are not copied."""
+        if not same_sentences:
+            self.memory, self.src_mask = self.memory.index_select(0, index), self.src_mask.index_select(0, index)
         if self.use_cache:
-            self.cache = self.model.reorder_cache(self.cache, index)
+            self.cache = self.model.reorder_cache(self.cache, index, self_only=same_sentences)
 
 
 def _only_eos(lp: torch.Tensor) -> torch.Tensor:
@@ -147,7 +150,7 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, *, beam: int = 5, 
         scores = cand_scores.gather(1, keep)[live_t]
         rows = (live_t[:, None] * K + new_beam).view(-1)
         tokens = torch.cat([tokens.index_select(0, rows), new_tok.view(-1, 1)], dim=1)
-        dec.reorder(rows)
+        dec.reorder(rows, same_sentences=len(live) == n)  # beams move within their sentence unless one finished
         max_len = max_len[live_t]
         ids = [ids[p] for p in live]
     out = []

@@ -176,9 +176,11 @@ class Seq2SeqTransformer(nn.Module):
         return [{} for _ in self.decoder]
 
     @staticmethod
-    def reorder_cache(cache: list[dict], index: torch.Tensor) -> list[dict]:
-        """Keep rows `index` of every cached tensor (beam search reordering)."""
-        return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+    def reorder_cache(cache: list[dict], index: torch.Tensor, self_only: bool = False) -> list[dict]:
+        """Keep rows `index` of every cached tensor (beam search reordering); `self_only` leaves the
+        cross-attention keys/values as they are (the caller knows the rows' encoder outputs are unchanged)."""
+        return [{k: v if self_only and k.startswith("cross_") else v.index_select(0, index) for k, v in layer.items()}
+                for layer in cache]
 
 
 class ProjectedTiedOutput(nn.Module):
