@@ -1,10 +1,12 @@
 """The residual EBM CPU tier's table (issue #18): base LM, BALM and the joint models (UniT, BiT) on the same test
 windows, with lower/upper estimates per n, each joint model's per-window paired gain over the base LM with its
-standard error, the gain by position (figure), and generation quality (distinct-n, repetition, classifier).
+standard error, the gain by position (figure), generation quality (distinct-n, repetition, classifier) and Algorithm
+1's cost (time against one base-LM sampling pass, peak memory as the number of prompts grows).
 
     python bench/residual_tier.py --joint unit=runs/residual-ptb-cpu/unit/eval-test.json \
         --joint bit=runs/residual-ptb-cpu/bit/eval-test.json --lm balm=runs/residual-ptb-cpu/balm/eval-windows.json \
-        --quality unit=runs/residual-ptb-cpu/unit/quality.json --figure docs/figures/residual-ptb-cpu.png \
+        --quality unit=runs/residual-ptb-cpu/unit/quality.json --generation unit=runs/residual-ptb-cpu/unit/generation.json \
+        --figure docs/figures/residual-ptb-cpu.png \
         --json runs/residual-ptb-cpu/summary.json
 
 Prints Markdown (the record's text); --json writes the same figures. The paper's claim is joint < base LM; it is
@@ -41,10 +43,12 @@ def main() -> None:
     p.add_argument("--joint", action="append", help="NAME=eval-ppl JSON of a residual checkpoint")
     p.add_argument("--lm", action="append", help="NAME=eval-ppl --windows JSON of a baseline LM")
     p.add_argument("--quality", action="append", help="NAME=python -m lmlab.core.residual.quality JSON")
+    p.add_argument("--generation", action="append", help="NAME=bench/residual_generation.py JSON (Algorithm 1 cost, memory)")
     p.add_argument("--figure", help="PNG of the gain by position")
     p.add_argument("--json", help="write the summary here")
     a = p.parse_args()
     joints, lms, quality = pairs(a.joint, "--joint"), pairs(a.lm, "--lm"), pairs(a.quality, "--quality")
+    generation = pairs(a.generation, "--generation")
     if not joints:
         raise SystemExit("--joint: give at least one residual evaluation")
     first = next(iter(joints.values()))
@@ -58,7 +62,7 @@ def main() -> None:
              "| model | n | lower ppl | upper ppl | paired gain, nats/window (± SE) | shows joint < base |",
              "|---|---|---|---|---|---|", f"| base LM | | {fmt(first['base_lm']['ppl'])} | | | |"]
     summary: dict = {"windows": windows, "base_lm_ppl": first["base_lm"]["ppl"], "lm": {}, "joint": {}, "quality": quality,
-                     "paper": PAPER}
+                     "generation": generation, "paper": PAPER}
     for name, res in lms.items():
         lines.append(f"| {name} | | {fmt(res['ppl'])} | | | |")
         summary["lm"][name] = res["ppl"]
@@ -84,6 +88,20 @@ def main() -> None:
                 s = q[system]
                 lines.append(f"| {name} | {system.replace('_', ' ')} | {fmt(s['distinct_1'], 3)} | {fmt(s['distinct_2'], 3)} | "
                              f"{fmt(s['seq_rep_4'], 3)} | {fmt(s['classifier']['accuracy'], 3)} |")
+        lines.append("")
+    if generation:
+        lines += ["Algorithm 1 cost: one call on the same test prefixes, against one batched base-LM sampling pass of as "
+                  "many candidates (median of repeats; load average at the end beside it); peak RSS of `lmlab sample`'s "
+                  "residual path on a growing number of prompts, each count in its own process:", "",
+                  "| energy | prefixes × candidates | LM pass, s | Algorithm 1, s | ratio | peak RSS, MB, by prompts | load |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, g in generation.items():
+            memory = g.get("memory", [])
+            mem = ", ".join(f"{m['prompts']}: {m['peak_rss_mb']:.0f}" for m in memory)
+            mem += f" (batch {memory[0]['batch_size']})" if memory else ""
+            load = " ".join(str(x) for x in g.get("load_avg", []))
+            lines.append(f"| {name} | {g['prefixes']} × {g['candidates']} | {fmt(g['lm_pass_s'], 3)} | "
+                         f"{fmt(g['algorithm1_s'], 3)} | {fmt(g['ratio'], 2)} | {mem} | {load} |")
         lines.append("")
     positions = {name: res["per_position"]["positions"] for name, res in joints.items() if "per_position" in res}
     if positions and a.figure:

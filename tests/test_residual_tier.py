@@ -47,3 +47,14 @@ def test_table_refuses_evaluations_of_other_windows(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(_joint(0.5, 0.1, 110.0, windows=50)))
     out = _run(tmp_path, "--joint", "a=a.json", "--joint", "b=b.json")
     assert out.returncode != 0 and "not the same tokens" in out.stderr
+
+
+def test_algorithm_1_cost_and_memory_by_prompts_are_tabled(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(_joint(0.5, 0.1, 110.0)))
+    gen = {"prefixes": 16, "candidates": 32, "lm_pass_s": 2.0, "algorithm1_s": 2.5, "ratio": 1.25, "load_avg": [1.0, 1.1, 1.2],
+           "memory": [{"prompts": 16, "batch_size": 16, "peak_rss_mb": 400.0}, {"prompts": 256, "batch_size": 16, "peak_rss_mb": 410.4}]}
+    (tmp_path / "g.json").write_text(json.dumps(gen))
+    out = _run(tmp_path, "--joint", "a=a.json", "--generation", "a=g.json", "--json", "s.json")
+    assert out.returncode == 0, out.stderr
+    assert "| a | 16 × 32 | 2.000 | 2.500 | 1.25 | 16: 400, 256: 410 (batch 16) | 1.0 1.1 1.2 |" in out.stdout
+    assert json.loads((tmp_path / "s.json").read_text())["generation"]["a"]["ratio"] == 1.25
