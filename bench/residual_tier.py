@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 PAPER = ("Deng et al., ICLR 2020, Table 1: the joint models' perplexity below the base LM's (and below BALM's and "
@@ -38,12 +39,51 @@ def fmt(x, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def nce_fit(run: Path) -> dict:
+    """Training-batch NCE loss over the last tenth of the updates against the best validation loss."""
+    from lmlab.core.plot import read_metrics
+    rows = read_metrics(run)
+    train = [(r["step"], r["train_loss_nats"]) for r in rows if r.get("train_loss_nats") is not None]
+    valid = [(r["step"], r["valid_loss_nats"]) for r in rows if r.get("valid_loss_nats") is not None]
+    if not train or not valid:
+        raise SystemExit(f"{run}: no NCE training or validation rows in metrics.jsonl")
+    last = max(s for s, _ in train)
+    tail = [v for s, v in train if s > 0.9 * last]
+    best_step, best = min(valid, key=lambda sv: sv[1])
+    return {"updates": last, "train_loss_last_tenth": sum(tail) / len(tail), "best_valid_loss": best,
+            "best_valid_step": best_step, "first_valid_loss": valid[0][1], "chance_loss": 2 * math.log(2)}
+
+
+def fit_lines(a, first: dict, summary: dict) -> list[str]:
+    lines = []
+    if a.base_train:
+        train = json.loads(Path(a.base_train).read_text())
+        summary["base_lm_train_windows_ppl"] = train["ppl"]
+        lines += [f"The base LM's fit of the energies' training text: perplexity {fmt(train['ppl'])} on "
+                  f"{train['examples']} training windows against {fmt(first['base_lm']['ppl'])} on the test windows.", ""]
+    if a.run:
+        lines += ["NCE loss (nats; chance 2 ln 2 = 1.386): training batches over the last tenth of the updates against "
+                  "the best validation evaluation (the checkpoint scored above):", "",
+                  "| energy | updates | train, last tenth | first valid | best valid (update) |", "|---|---|---|---|---|"]
+        summary["nce_fit"] = {}
+        for item in a.run:
+            name, _, run = item.partition("=")
+            fit = summary["nce_fit"][name] = nce_fit(Path(run))
+            lines.append(f"| {name} | {fit['updates']} | {fmt(fit['train_loss_last_tenth'], 4)} | "
+                         f"{fmt(fit['first_valid_loss'], 4)} | {fmt(fit['best_valid_loss'], 4)} ({fit['best_valid_step']}) |")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--joint", action="append", help="NAME=eval-ppl JSON of a residual checkpoint")
     p.add_argument("--lm", action="append", help="NAME=eval-ppl --windows JSON of a baseline LM")
     p.add_argument("--quality", action="append", help="NAME=python -m lmlab.core.residual.quality JSON")
     p.add_argument("--generation", action="append", help="NAME=bench/residual_generation.py JSON (Algorithm 1 cost, memory)")
+    p.add_argument("--run", action="append", help="NAME=energy run dir: its NCE loss on training batches against validation")
+    p.add_argument("--base-train", help="eval-ppl --windows JSON of the base LM on training windows (its fit of the text "
+                   "the energies train on)")
     p.add_argument("--figure", help="PNG of the gain by position")
     p.add_argument("--json", help="write the summary here")
     a = p.parse_args()
@@ -103,6 +143,8 @@ def main() -> None:
             lines.append(f"| {name} | {g['prefixes']} × {g['candidates']} | {fmt(g['lm_pass_s'], 3)} | "
                          f"{fmt(g['algorithm1_s'], 3)} | {fmt(g['ratio'], 2)} | {mem} | {load} |")
         lines.append("")
+    if a.run or a.base_train:
+        lines += fit_lines(a, first, summary)
     positions = {name: res["per_position"]["positions"] for name, res in joints.items() if "per_position" in res}
     if positions and a.figure:
         from lmlab.core.plot import plot_series

@@ -103,6 +103,11 @@ $(RESIDUAL_CPU_ENERGIES:%=$(RESIDUAL_CPU_RUNS)/%/generation.json): $(RESIDUAL_CP
 	$(PYTHON) bench/residual_generation.py $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --data data/ptb --prefixes 16 \
 	  --candidates 32 --top-k 10 --memory-prompts $(RESIDUAL_CPU_MEMORY_PROMPTS) --batch-size 16 > $@.tmp && mv $@.tmp $@
 
+# the base LM on training windows: how closely it fits the text the energies are trained on (beside its test windows)
+$(RESIDUAL_CPU_RUNS)/base-train-windows.json: runs/ptb-zaremba-small.train.json
+	@mkdir -p $(@D)
+	$(LMLAB) eval-ppl -c runs/ptb-zaremba-small/checkpoints/best.pt --split train --windows $(RESIDUAL_CPU_WINDOWS) --max-examples 4000 -q > $@.tmp && mv $@.tmp $@
+
 # the baseline LMs: BALM (ptb-balm-cpu, a wider LSTM) and RALM (ptb-ralm-cpu, on the frozen base), scored on the windows
 RESIDUAL_CPU_LMS = balm ralm
 $(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%.train.json): $(RESIDUAL_CPU_RUNS)/%.train.json: data/ptb/meta.json runs/ptb-zaremba-small.train.json
@@ -112,10 +117,11 @@ $(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%/eval-windows.json): $(RESIDUAL_CPU_R
 	$(LMLAB) eval-ppl -c $(RESIDUAL_CPU_RUNS)/$*/checkpoints/best.pt --split test --windows $(RESIDUAL_CPU_WINDOWS) -q > $@.tmp && mv $@.tmp $@
 
 results/residual-ptb-cpu.json: $(foreach e,$(RESIDUAL_CPU_ENERGIES),$(foreach f,eval-test quality generation,$(RESIDUAL_CPU_RUNS)/$(e)/$(f).json)) \
-  $(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%/eval-windows.json)
+  $(RESIDUAL_CPU_LMS:%=$(RESIDUAL_CPU_RUNS)/%/eval-windows.json) $(RESIDUAL_CPU_RUNS)/base-train-windows.json
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/residual_tier.py $(foreach e,$(RESIDUAL_CPU_ENERGIES),--joint $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/eval-test.json \
-	  --quality $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/quality.json --generation $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/generation.json) \
+	  --quality $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/quality.json --generation $(e)=$(RESIDUAL_CPU_RUNS)/$(e)/generation.json \
+	  --run $(e)=$(RESIDUAL_CPU_RUNS)/$(e)) --base-train $(RESIDUAL_CPU_RUNS)/base-train-windows.json \
 	  $(foreach m,$(RESIDUAL_CPU_LMS),--lm $(m)=$(RESIDUAL_CPU_RUNS)/$(m)/eval-windows.json) --figure docs/figures/residual-ptb-cpu.png \
 	  --json $(RESIDUAL_CPU_RUNS)/summary.json > $(RESIDUAL_CPU_RUNS)/summary.md
 	$(RECORD) residual-ptb-cpu --command '$(call made_by,residual-ptb-cpu)' $(foreach e,$(RESIDUAL_CPU_ENERGIES) $(RESIDUAL_CPU_LMS),--train $(e)=$(RESIDUAL_CPU_RUNS)/$(e).train.json) \

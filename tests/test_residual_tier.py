@@ -58,3 +58,19 @@ def test_algorithm_1_cost_and_memory_by_prompts_are_tabled(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| a | 16 × 32 | 2.000 | 2.500 | 1.25 | 16: 400, 256: 410 (batch 16) | 1.0 1.1 1.2 |" in out.stdout
     assert json.loads((tmp_path / "s.json").read_text())["generation"]["a"]["ratio"] == 1.25
+
+
+def test_fit_rows_set_the_energys_training_loss_beside_its_validation_and_the_base_lms_train_fit(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(_joint(0.5, 0.1, 110.0)))
+    (tmp_path / "train.json").write_text(json.dumps({"examples": 4000, "continuation_len": 20, "ppl": 55.0}))
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "train_loss_nats": 1.386 - 0.001 * s} for s in range(1, 101)]
+    rows += [{"step": 50, "valid_loss_nats": 1.380}, {"step": 100, "valid_loss_nats": 1.385}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = _run(tmp_path, "--joint", "a=a.json", "--run", "a=run", "--base-train", "train.json", "--json", "s.json")
+    assert out.returncode == 0, out.stderr
+    assert "perplexity 55.00 on 4000 training windows against 120.00 on the test windows" in out.stdout
+    assert "| a | 100 | 1.2905 | 1.3800 | 1.3800 (50) |" in out.stdout  # train: mean over updates 91..100
+    fit = json.loads((tmp_path / "s.json").read_text())["nce_fit"]["a"]
+    assert fit["best_valid_step"] == 50 and fit["updates"] == 100
