@@ -295,3 +295,48 @@ def test_a_stop_during_evaluation_saves_and_the_resumed_run_evaluates_first(setu
     a = load_checkpoint(root / "stop-whole/checkpoints/last.pt", "residual-ebm")["energy"]
     b = load_checkpoint(root / "stop-cut/checkpoints/last.pt", "residual-ebm")["energy"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _scripted_validation(monkeypatch, losses):
+    """ResidualTrainer.evaluate returns the next of `losses` (the real one needs training to move the loss)."""
+    from lmlab.core.residual.train import ResidualTrainer
+    script = iter(losses)
+    monkeypatch.setattr(ResidualTrainer, "evaluate",
+                        lambda self: {"valid_loss_nats": next(script), "valid_acc": 0.5, "valid_acc_real": 0.5,
+                                      "valid_acc_lm": 0.5, "valid_acc_pairwise": 0.5, "valid_energy_real_mean": 0.0,
+                                      "valid_energy_lm_mean": 0.0})
+
+
+def test_patience_stops_after_evaluations_without_a_lower_loss_and_keeps_the_best(setup, monkeypatch):
+    root, ckpt = setup
+    _scripted_validation(monkeypatch, [1.30, 1.25, 1.26, 1.25, 1.24, 1.0])  # 1.25 again is no improvement
+    every = {"schedule": {"max_steps": 6}, "energy": {"kind": "unit"}}  # evaluated after every update:
+    cfg = make_cfg(root, ckpt, "run-patience", **every, valid={"patience": 2})
+    cfg.run.eval_interval = 1
+    out = train(cfg)
+    assert out["step"] == 4 and out["stopped_by"] is None and out["best_valid_nats"] == 1.25
+    assert out["early_stop"].startswith("2 evaluations without a lower validation loss") and "update 4 of 6" in out["early_stop"]
+    assert load_checkpoint(root / "run-patience/checkpoints/best.pt", "residual-ebm")["step"] == 2
+    # the finished run reruns as finished: the count is in the checkpoint
+    _scripted_validation(monkeypatch, [])
+    assert train(cfg)["step"] == 4
+    # without patience the same script trains to the end
+    _scripted_validation(monkeypatch, [1.30, 1.25, 1.26, 1.25, 1.24, 1.0])
+    cfg = make_cfg(root, ckpt, "run-no-patience", **every)
+    cfg.run.eval_interval = 1
+    out = train(cfg)
+    assert out["step"] == 6 and "early_stop" not in out and out["best_valid_nats"] == 1.0
+
+
+def test_patience_on_a_checkpoint_from_before_it_counts_the_logged_evaluations(tmp_path):
+    from lmlab.core.residual.train import ResidualTrainer
+    from lmlab.core.rundir import RunDir
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 500, "valid_loss_nats": 1.3857}, {"step": 510, "train_loss_nats": 1.2},
+            {"step": 1000, "valid_loss_nats": 1.3849}, {"step": 1500, "valid_loss_nats": 1.3865},
+            {"step": 2000, "valid_loss_nats": 1.3922}, {"step": 2500, "valid_loss_nats": 1.30}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = ResidualTrainer.__new__(ResidualTrainer)
+    trainer.run, trainer.step = RunDir(run), 2000  # the row at 2500 is after the checkpoint: not counted
+    assert trainer._evals_since_best_logged() == 2

@@ -88,6 +88,9 @@ class ScheduleConfig:
 class ValidConfig:
     split: str = option("valid", "split for the real-vs-LM classification accuracy and model selection")
     max_examples: int = option(256, "prefixes evaluated at each validation (0: all)", check=at_least(0))
+    patience: int = option(0, "stop NCE training after this many evaluations in a row without a lower validation loss "
+                              "(0: train all schedule.max_steps); best.pt, the checkpoint that is scored, is the full "
+                              "run's unless its validation loss would have come back down", check=at_least(0))
 
 
 @dataclass

@@ -115,6 +115,7 @@ class ResidualTrainer:
                                        cfg.negatives.temperature, self.gen)
         self.run = RunDir(cfg.run.dir, is_main=self.dist.is_main)
         self.step, self.best_valid, self.mlm_done = 0, math.inf, cfg.mlm.steps == 0 or cfg.energy.kind != "bit"
+        self.evals_since_best = 0  # for valid.patience
         m = cfg.mlm
         self.mlm = (None if self.mlm_done else
                     MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or cfg.data.batch_size,
@@ -124,10 +125,15 @@ class ResidualTrainer:
         max_steps = cfg.schedule.max_steps
         eval_every, save_every = cfg.run.eval_interval or max(1, max_steps // 10), cfg.run.save_interval
         self.loop = TrainLoop(update=self._update_and_log, measure=self.evaluate, record=self._record_eval, save=self._save,
-                              finished=lambda: self.step >= max_steps,
+                              finished=lambda: self.step >= max_steps or self.patience_ran_out,
                               eval_due=lambda: self.step % eval_every == 0 or self.step == max_steps,
                               save_due=lambda: save_every > 0 and self.step % save_every == 0,
                               step=lambda: self.step, device=self.device, log=self.reporter.log, last=self.run.last)
+
+    @property
+    def patience_ran_out(self) -> bool:
+        patience = self.cfg.valid.patience
+        return patience > 0 and self.evals_since_best >= patience
 
     # ------------------------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
@@ -139,7 +145,7 @@ class ResidualTrainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {"energy": self.energy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "step": self.step, "best_valid_nats": self.best_valid,
-                "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
+                "evals_since_best": self.evals_since_best, "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
                 "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
                 "negatives": self.negatives_record, "eval_pending": self.loop.eval_pending,
                 "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
@@ -152,10 +158,21 @@ class ResidualTrainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.step, self.best_valid, self.mlm_done = int(ckpt["step"]), float(ckpt["best_valid_nats"]), bool(ckpt["mlm_done"])
+        self.evals_since_best = int(ckpt["evals_since_best"]) if "evals_since_best" in ckpt else self._evals_since_best_logged()
         if not self.mlm_done and ckpt.get("mlm"):
             self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
         self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
+
+    def _evals_since_best_logged(self) -> int:
+        """A checkpoint written before valid.patience existed: count from the run's logged evaluations up to it."""
+        losses = [r["valid_loss_nats"] for r in self.run.read_metrics()
+                  if r.get("valid_loss_nats") is not None and r.get("step", 0) <= self.step]
+        best = math.inf
+        since = 0
+        for loss in losses:
+            best, since = (loss, 0) if loss < best else (best, since + 1)
+        return since
 
     def _save(self, is_best: bool) -> None:
         self.run.save(self.checkpoint_state(), KIND, self.step, is_best=is_best, keep=self.cfg.run.keep)
@@ -239,6 +256,7 @@ class ResidualTrainer:
     def _record_eval(self, metrics: dict[str, float]) -> None:
         is_best = metrics["valid_loss_nats"] < self.best_valid
         self.best_valid = min(self.best_valid, metrics["valid_loss_nats"])
+        self.evals_since_best = 0 if is_best else self.evals_since_best + 1
         self.run.log_metrics({"step": self.step, **metrics})
         self.reporter.log(f"valid step {self.step}: loss {metrics['valid_loss_nats']:.4f} nats, "
                           f"real-vs-LM accuracy {metrics['valid_acc']:.3f}")
@@ -314,8 +332,14 @@ class ResidualTrainer:
                 stopped_by = stop.signal_name or "signal"  # a run that ends without a best.pt gets one
                 self._save(is_best=False)
         best = self.best_valid if math.isfinite(self.best_valid) else None  # None: stopped before its first evaluation
-        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best,
-                "stopped_by": stopped_by, "energy_params": count_parameters(self.energy)}
+        early = stopped_by is None and self.step < cfg.schedule.max_steps and self.patience_ran_out
+        if early:
+            self.reporter.log(f"stopped at update {self.step}: {self.evals_since_best} evaluations without a lower "
+                              f"validation loss (valid.patience); best.pt holds the best")
+        return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best, "stopped_by": stopped_by,
+                **({"early_stop": f"{self.evals_since_best} evaluations without a lower validation loss "
+                                  f"(valid.patience), at update {self.step} of {cfg.schedule.max_steps}"} if early else {}),
+                "energy_params": count_parameters(self.energy)}
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
