@@ -50,8 +50,10 @@ def nce_fit(run: Path) -> dict:
     last = max(s for s, _ in train)
     tail = [v for s, v in train if s > 0.9 * last]
     best_step, best = min(valid, key=lambda sv: sv[1])
+    mlm = [(r["mlm_step"], r["mlm_loss_nats"]) for r in rows if r.get("mlm_loss_nats") is not None]
     return {"updates": last, "train_loss_last_tenth": sum(tail) / len(tail), "best_valid_loss": best,
-            "best_valid_step": best_step, "first_valid_loss": valid[0][1], "chance_loss": 2 * math.log(2)}
+            "best_valid_step": best_step, "first_valid_loss": valid[0][1], "chance_loss": 2 * math.log(2),
+            "mlm_updates": mlm[-1][0] if mlm else 0, "mlm_loss_last": mlm[-1][1] if mlm else None}
 
 
 def fit_lines(a, first: dict, summary: dict) -> list[str]:
@@ -64,13 +66,15 @@ def fit_lines(a, first: dict, summary: dict) -> list[str]:
     if a.run:
         lines += ["NCE loss (nats; chance 2 ln 2 = 1.386): training batches over the last tenth of the updates against "
                   "the best validation evaluation (the checkpoint scored above):", "",
-                  "| energy | updates | train, last tenth | first valid | best valid (update) |", "|---|---|---|---|---|"]
+                  "| energy | updates | train, last tenth | first valid | best valid (update) | MLM pre-training: "
+                  "updates, last logged loss (nats per masked token) |", "|---|---|---|---|---|---|"]
         summary["nce_fit"] = {}
         for item in a.run:
             name, _, run = item.partition("=")
             fit = summary["nce_fit"][name] = nce_fit(Path(run))
             lines.append(f"| {name} | {fit['updates']} | {fmt(fit['train_loss_last_tenth'], 4)} | "
-                         f"{fmt(fit['first_valid_loss'], 4)} | {fmt(fit['best_valid_loss'], 4)} ({fit['best_valid_step']}) |")
+                         f"{fmt(fit['first_valid_loss'], 4)} | {fmt(fit['best_valid_loss'], 4)} ({fit['best_valid_step']}) | "
+                         + (f"{fit['mlm_updates']}, {fmt(fit['mlm_loss_last'], 3)} |" if fit["mlm_updates"] else "none |"))
         lines.append("")
     return lines
 

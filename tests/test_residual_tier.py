@@ -67,10 +67,11 @@ def test_fit_rows_set_the_energys_training_loss_beside_its_validation_and_the_ba
     run.mkdir()
     rows = [{"step": s, "train_loss_nats": 1.386 - 0.001 * s} for s in range(1, 101)]
     rows += [{"step": 50, "valid_loss_nats": 1.380}, {"step": 100, "valid_loss_nats": 1.385}]
+    rows = [{"step": 0, "mlm_step": 100, "mlm_loss_nats": 6.5}, {"step": 0, "mlm_step": 200, "mlm_loss_nats": 6.0}] + rows
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = _run(tmp_path, "--joint", "a=a.json", "--run", "a=run", "--base-train", "train.json", "--json", "s.json")
     assert out.returncode == 0, out.stderr
     assert "perplexity 55.00 on 4000 training windows against 120.00 on the test windows" in out.stdout
-    assert "| a | 100 | 1.2905 | 1.3800 | 1.3800 (50) |" in out.stdout  # train: mean over updates 91..100
+    assert "| a | 100 | 1.2905 | 1.3800 | 1.3800 (50) | 200, 6.000 |" in out.stdout  # train: mean over updates 91..100
     fit = json.loads((tmp_path / "s.json").read_text())["nce_fit"]["a"]
     assert fit["best_valid_step"] == 50 and fit["updates"] == 100
