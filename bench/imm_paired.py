@@ -34,23 +34,25 @@ def test_ppl(run: Path) -> float | None:
     return float(json.loads(path.read_text())["ppl"]) if path.exists() else None
 
 
-def _base_record(path: Path, base: str, seeds: list[str]) -> dict:
-    """{metric: {seed: the base arm's figure}, "commit": ...} from an earlier record of this script's output (its
+def _recorded(path: Path, base: str, arms: list[str], seeds: list[str], flag: str) -> dict:
+    """{metric: {arm: {seed: figure}}, "commit": ...} for `arms` from an earlier record of this script's output (its
     metrics.paired, or any metrics entry of that shape naming the base arm)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"imm_paired: --base-record {path}: {e}")
-    entries = [v for v in record.get("metrics", {}).values() if isinstance(v, dict) and v.get("base") == base]
+        raise SystemExit(f"imm_paired: {flag} {path}: {e}")
+    entries = [v for v in record.get("metrics", {}).values() if isinstance(v, dict) and v.get("base") == base
+               and all(arm in (v.get("base"), v.get("arm")) for arm in arms)]
     if not entries:
-        raise SystemExit(f"imm_paired: --base-record {path}: no paired entry with base arm '{base}'")
-    out = {"commit": record.get("commit")}
+        raise SystemExit(f"imm_paired: {flag} {path}: no paired entry of arm(s) {', '.join(arms)} with base arm '{base}'")
+    out: dict = {"commit": record.get("commit")}
     for metric in ("valid_ppl", "test_ppl"):
         per_seed = entries[0].get(metric, {}).get("per_seed", {})
-        out[metric] = {s: per_seed[s][base] for s in seeds if s in per_seed}
-    missing = [s for s in seeds if s not in out["valid_ppl"]]
+        out[metric] = {arm: {s: per_seed[s][arm] for s in seeds if s in per_seed} for arm in arms}
+    missing = [s for s in seeds if s not in out["valid_ppl"][base]]
     if missing:
-        raise SystemExit(f"imm_paired: --base-record {path} holds no base run of seed(s) {' '.join(missing)}; "
+        raise SystemExit(f"imm_paired: {flag} {path} holds no {'base ' if flag == '--base-record' else ''}run of seed(s) "
+                         f"{' '.join(missing)}; "
                          f"it has {' '.join(entries[0].get('valid_ppl', {}).get('per_seed', {})) or 'none'}")
     return out
 
@@ -85,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-record", type=Path, help="a record of an earlier paired result (results/X.json) whose base "
                     "arm has the same preset, data and seeds: --recorded-seeds take their base figures from it instead "
                     "of from run dirs (run dirs do not outlive a session; records do)")
-    ap.add_argument("--recorded-seeds", nargs="*", default=None, help="the seeds read from --base-record (default: all)")
+    ap.add_argument("--record", type=Path, help="an earlier record of this same tier (results/X.json): --recorded-seeds "
+                    "take both arms' figures from it, so a later session adds seeds without the run dirs of the first")
+    ap.add_argument("--recorded-seeds", nargs="*", default=None, help="the seeds read from --base-record or --record "
+                    "(default: all)")
     ap.add_argument("--arm", default="imm")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--paper-base", type=float, help="the paper's figure for the base arm (validation perplexity)")
@@ -93,15 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-source", default="", help="where the paper figures come from (setting, table)")
     args = ap.parse_args(argv)
     rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm, "claim": args.claim}
-    recorded = set(args.seeds if args.recorded_seeds is None else args.recorded_seeds) if args.base_record else set()
-    if args.base_record:
-        paired_in_record = _base_record(args.base_record, args.base, sorted(recorded))
-        out["base_record"] = {"path": str(args.base_record), "commit": paired_in_record.pop("commit"),
-                              "seeds": sorted(recorded)}
+    if args.base_record and args.record:
+        raise SystemExit("imm_paired: --base-record (the base arm only) and --record (both arms): give one")
+    source, flag = (args.base_record, "--base-record") if args.base_record else (args.record, "--record")
+    recorded = set(args.seeds if args.recorded_seeds is None else args.recorded_seeds) if source else set()
+    from_record = {args.base} | ({args.arm} if args.record else set())
+    if source:
+        in_record = _recorded(source, args.base, sorted(from_record), sorted(recorded), flag)
+        out["base_record" if args.base_record else "record"] = {"path": str(source), "commit": in_record.pop("commit"),
+                                                                "seeds": sorted(recorded)}
+
+    def figure(metric, read, arm, runs, s):
+        return in_record[metric][arm].get(s) if s in recorded and arm in from_record else read(runs / f"{arm}-s{s}")
+
     for metric, read in (("valid_ppl", best_valid_ppl), ("test_ppl", test_ppl)):
-        base = [paired_in_record[metric].get(s) if s in recorded else read((args.base_dir or args.runs) / f"{args.base}-s{s}")
-                for s in args.seeds]
-        arm = [read(args.runs / f"{args.arm}-s{s}") for s in args.seeds]
+        base = [figure(metric, read, args.base, args.base_dir or args.runs, s) for s in args.seeds]
+        arm = [figure(metric, read, args.arm, args.runs, s) for s in args.seeds]
         if any(v is None for v in base + arm):
             continue
         out[metric] = {"per_seed": {s: {args.base: b, args.arm: a} for s, b, a in zip(args.seeds, base, arm)},
@@ -116,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
     if recorded:
-        commit = (out["base_record"]["commit"] or "unknown")[:7]
-        print(f"The {args.base} arm of seed(s) {' '.join(sorted(recorded))} is read from {args.base_record} (trained at "
-              f"commit {commit}; its run dirs are not rerun).\n")
+        commit = (out["base_record" if args.base_record else "record"]["commit"] or "unknown")[:7]
+        arms, verb = (f"The {args.base} arm", "is") if args.base_record else (f"Both arms ({args.base}, {args.arm})", "are")
+        print(f"{arms} of seed(s) {' '.join(sorted(recorded))} {verb} read from {source} (trained at commit {commit}; "
+              f"{'its' if args.base_record else 'their'} run dirs are not rerun).\n")
     print(f"| metric | seed | {args.base} | {args.arm} | {args.arm} − {args.base} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))

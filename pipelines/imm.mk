@@ -122,6 +122,16 @@ $(1)/$(2)-s$(4).train.json: $(IMM_CPU_DATA)/meta.json $(if $(filter imm,$(2)),$(
 	$$(call train_lm,$(3),$(1)/$(2)-s$(4))
 endef
 
+# Seeds in IMM_CPU_RECORDED_SEEDS are read from the tier's existing record (both arms' best valid and test perplexity
+# and kept validation curves) instead of being trained again, so a later session adds a seed without the run dirs
+# of the first: e.g. `make imm-ptb-cpu IMM_CPU_SEEDS='1 2 3' IMM_CPU_RECORDED_SEEDS='1 2'` trains seed 3 alone. The
+# record is not a prerequisite (make would rebuild it from the run dirs it was made of). Default: train every seed.
+IMM_CPU_RECORDED_SEEDS ?=
+imm_cpu_hash := \#
+# $(call imm_cpu_run,NAME,RUNS,ARM,SEED): the run dir, or results/NAME.json#train-ARM-sSEED for a recorded seed
+imm_cpu_run = $(if $(filter $(4),$(IMM_CPU_RECORDED_SEEDS)),results/$(1).json$(imm_cpu_hash)train-$(3)-s$(4),$(2)/$(3)-s$(4))
+imm_cpu_summary = $(call imm_cpu_run,$(1),$(2),$(3),$(4))$(if $(filter $(4),$(IMM_CPU_RECORDED_SEEDS)),,.train.json)
+
 # $(call imm_cpu_tier,NAME,RUNS,BASE_PRESETS,IMM_PRESET[,PAPER_VAR]): both arms for every seed in IMM_CPU_SEEDS, their
 # test perplexities, and results/NAME.json (bench/imm_paired.py pairs the seeds and prints the paper's figures held in
 # the variable PAPER_VAR beside them; the figure plots every valid curve)
@@ -132,11 +142,12 @@ $(call imm_cpu_arm,$(2),imm,$(3) $(4),$(s))
 $(2)/%/eval-test.json: $(2)/%.train.json
 	$$(LMLAB) eval-ppl -c $(2)/$$*/checkpoints/best.pt --split test -q > $$@
 
-results/$(1).json: $(foreach s,$(IMM_CPU_SEEDS),$(2)/dropout-s$(s)/eval-test.json $(2)/imm-s$(s)/eval-test.json)
+results/$(1).json: $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(2)/dropout-s$(s)/eval-test.json $(2)/imm-s$(s)/eval-test.json)
 	@mkdir -p $$(@D)
-	$$(PYTHON) bench/imm_paired.py $(2) --seeds $$(IMM_CPU_SEEDS) $(if $(5),$$($(5))) --json $(2)/paired.json > $(2)/paired.md
-	$$(LMLAB) plot $(foreach s,$(IMM_CPU_SEEDS),$(2)/dropout-s$(s) $(2)/imm-s$(s)) --x epoch -o docs/figures/$(1).png
-	$$(RECORD) $(1) --command '$$(call made_by,$(1))' $(foreach s,$(IMM_CPU_SEEDS),--train dropout-s$(s)=$(2)/dropout-s$(s).train.json --train imm-s$(s)=$(2)/imm-s$(s).train.json) \
+	$$(PYTHON) bench/imm_paired.py $(2) --seeds $$(IMM_CPU_SEEDS) $(if $(5),$$($(5))) --json $(2)/paired.json \
+	  $(if $(IMM_CPU_RECORDED_SEEDS),--record results/$(1).json --recorded-seeds $(IMM_CPU_RECORDED_SEEDS)) > $(2)/paired.md
+	$$(LMLAB) plot $(foreach s,$(IMM_CPU_SEEDS),'$(call imm_cpu_run,$(1),$(2),dropout,$(s))' '$(call imm_cpu_run,$(1),$(2),imm,$(s))') --x epoch -o docs/figures/$(1).png
+	$$(RECORD) $(1) --command '$$(call made_by,$(1))' $(foreach s,$(IMM_CPU_SEEDS),--train 'dropout-s$(s)=$(call imm_cpu_summary,$(1),$(2),dropout,$(s))' --train 'imm-s$(s)=$(call imm_cpu_summary,$(1),$(2),imm,$(s))') \
 	  --json paired=$(2)/paired.json --markdown $(2)/paired.md --seed '$$(IMM_CPU_SEEDS)'
 	$$(RESULTS_DOC)
 

@@ -122,3 +122,22 @@ def test_a_comparison_without_a_claim_prints_no_verdict(earlier, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "claim" not in printed and "control − dropout = -1.62" in printed
     assert json.loads((new / "c.json").read_text())["valid_ppl"]["difference"]["shows_claim"] is None
+
+
+def test_a_third_seed_joins_both_arms_of_the_recorded_seeds(earlier, tmp_path):
+    """--record: the tier's own earlier record gives both arms of seeds 1-2, seed 3 comes from run dirs; the figures
+    equal those the deleted run dirs gave (make imm-ptb-cpu IMM_CPU_SEEDS='1 2 3' IMM_CPU_RECORDED_SEEDS='1 2')."""
+    record, _ = earlier
+    paired = _paired_module()
+    runs = tmp_path / "runs" / "old"
+    _run(runs / "dropout-s3", [305.0, 202.0], 192.0)
+    _run(runs / "imm-s3", [292.0, 183.0], 173.0)
+    assert paired.main([str(runs), "--seeds", "1", "2", "3", "--record", str(record), "--recorded-seeds", "1", "2",
+                        "--json", str(runs / "p.json")]) == 0
+    out = json.loads((runs / "p.json").read_text())
+    assert out["valid_ppl"]["per_seed"] == {"1": {"dropout": 200.0, "imm": 180.0}, "2": {"dropout": 205.25, "imm": 185.0},
+                                            "3": {"dropout": 202.0, "imm": 183.0}}
+    assert out["test_ppl"]["per_seed"]["1"] == {"dropout": 190.0, "imm": 170.0}
+    assert out["record"]["seeds"] == ["1", "2"] and out["valid_ppl"]["difference"]["n"] == 3
+    with pytest.raises(SystemExit, match="give one"):
+        paired.main([str(runs), "--seeds", "1", "--record", str(record), "--base-record", str(record)])
