@@ -38,6 +38,7 @@ from fairseq_env import find_fairseq  # noqa: E402
 from lmlab.core.checkpoint import load_checkpoint  # noqa: E402
 from lmlab.core.seq2seq.data import tokenizer_from_json  # noqa: E402
 from lmlab.core.seq2seq.generate import translate_lines_scored  # noqa: E402
+from lmlab.core.seq2seq.model import sinusoidal_positions  # noqa: E402
 from lmlab.core.seq2seq.prep import decode, read_text  # noqa: E402
 
 BATCH, LENPEN, MAX_LEN_A, MAX_LEN_B = 64, 1.0, 1.2, 10
@@ -107,9 +108,11 @@ def main() -> None:
     src_lines, refs = read_text(Path(args.source))[: args.n], read_text(Path(args.reference))[: args.n]
     work = Path(args.work)
     data_bin = write_fairseq_data(state, src_lines, refs, work, fairseq)
-    fs_ckpt = work / "fairseq.pt"
+    fs_ckpt, positions = work / "fairseq.pt", work / "positions.pt"
+    model_cfg = state["config"]["model"]
+    torch.save({"positions": sinusoidal_positions(model_cfg["max_positions"], model_cfg["d_model"])}, positions)
     subprocess.run([str(fairseq.python), str(Path(__file__).with_name("fairseq_convert_mt.py")), args.checkpoint,
-                    str(data_bin), "src", "tgt", str(fs_ckpt)], check=True, capture_output=True, text=True)
+                    str(positions), str(data_bin), "src", "tgt", str(fs_ckpt)], check=True, capture_output=True, text=True)
     for _ in range(args.warmup):
         run_lmlab(state, src_lines, args.beam), run_fairseq(fairseq, data_bin, fs_ckpt, args.beam)
     load_before = load_average()

@@ -21,18 +21,23 @@ import sys
 import torch
 
 
-def convert_state(lm: dict[str, torch.Tensor], template: dict[str, torch.Tensor], padding_idx: int = 1) -> dict[str, torch.Tensor]:
-    bias = lm.get("output.bias")
-    if bias is not None and bias.abs().max() > 0:
-        raise ValueError("the lmlab output bias is non-zero; fairseq's tied output has none (zero it first)")
-    out = {k: v.clone() for k, v in template.items()}
-
+def tensor_writer(out: dict[str, torch.Tensor]):
+    """put(key, value): replace fairseq tensor `key` of `out` by lmlab's `value`, which must have its shape."""
     def put(key: str, value: torch.Tensor) -> None:
         if key not in out:
             raise KeyError(f"fairseq model has no {key}")
         if out[key].shape != value.shape:
             raise ValueError(f"{key}: fairseq {tuple(out[key].shape)} vs lmlab {tuple(value.shape)}")
         out[key] = value.to(out[key].dtype).clone()
+    return put
+
+
+def convert_state(lm: dict[str, torch.Tensor], template: dict[str, torch.Tensor], padding_idx: int = 1) -> dict[str, torch.Tensor]:
+    bias = lm.get("output.bias")
+    if bias is not None and bias.abs().max() > 0:
+        raise ValueError("the lmlab output bias is non-zero; fairseq's tied output has none (zero it first)")
+    out = {k: v.clone() for k, v in template.items()}
+    put = tensor_writer(out)
 
     put("decoder.embed_tokens.weight", lm["embed.table.weight"])
     if "decoder.output_projection.weight" in out:

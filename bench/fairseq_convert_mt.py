@@ -1,7 +1,10 @@
 """Convert an lmlab translation checkpoint (standard embeddings) into a fairseq `transformer` checkpoint that
 decodes the same translations. Run with the fairseq interpreter:
 
-    $FAIRSEQ_PYTHON bench/fairseq_convert_mt.py LMLAB.pt DATA_BIN SRC TGT OUT.pt
+    $FAIRSEQ_PYTHON bench/fairseq_convert_mt.py LMLAB.pt POSITIONS.pt DATA_BIN SRC TGT OUT.pt
+
+POSITIONS.pt holds {"positions": lmlab's sinusoid table} (a buffer, not in the checkpoint; this interpreter has no
+lmlab to rebuild it), written by bench/beam_vs_fairseq.py.
 
 DATA_BIN holds dict.SRC.txt and dict.TGT.txt listing lmlab's tokens 4.. in id order (bench/beam_vs_fairseq.py
 writes them), so fairseq id i is lmlab id i except the specials: fairseq <s>=0 <pad>=1 </s>=2 <unk>=3, lmlab
@@ -22,6 +25,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from fairseq_convert import tensor_writer
 
 PADDING_IDX, FS_EOS = 1, 2
 LMLAB_BOS = 1
@@ -53,15 +57,11 @@ def fairseq_args(cfg: dict, data_bin: str, src: str, tgt: str) -> list[str]:
     return flags
 
 
-def convert_state(lm: dict[str, torch.Tensor], fs: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
+def convert_state(lm: dict[str, torch.Tensor], fs: dict[str, torch.Tensor], cfg: dict,
+                  positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """lmlab state dict -> fairseq's; `positions` (max_positions, d) is lmlab's sinusoid table (not in its state)."""
     out = dict(fs)
-
-    def put(key: str, value: torch.Tensor) -> None:
-        if key not in out:
-            raise KeyError(f"fairseq model has no {key}")
-        if out[key].shape != value.shape:
-            raise ValueError(f"{key}: fairseq {tuple(out[key].shape)} vs lmlab {tuple(value.shape)}")
-        out[key] = value.to(out[key].dtype).clone()
+    put = tensor_writer(out)
 
     src_table = swap_specials(lm["src_embed.table.weight"])
     dec_input = swap_specials(lm["tgt_embed.table.weight"])
@@ -69,11 +69,10 @@ def convert_state(lm: dict[str, torch.Tensor], fs: dict[str, torch.Tensor], cfg:
     put("encoder.embed_tokens.weight", src_table)
     put("decoder.embed_tokens.weight", dec_input)
     put("decoder.output_projection.weight", swap_specials(lm["output.weight"]))
-    n = cfg["max_positions"]
-    pe = _interleaved_sinusoids(n, cfg["d_model"])
+    n = positions.shape[0]
     for side in ("encoder", "decoder"):
         pos = out[f"{side}.embed_positions.weight"].clone()
-        pos[PADDING_IDX + 1: PADDING_IDX + 1 + n] = pe
+        pos[PADDING_IDX + 1: PADDING_IDX + 1 + n] = positions
         out[f"{side}.embed_positions.weight"] = pos
     attn = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj"}
     for side, blocks in (("encoder", {"attn": "self_attn"}),
@@ -97,17 +96,6 @@ def convert_state(lm: dict[str, torch.Tensor], fs: dict[str, torch.Tensor], cfg:
     return out
 
 
-def _interleaved_sinusoids(n: int, d: int) -> torch.Tensor:
-    """lmlab's table (core/seq2seq/model.py sinusoidal_positions), rebuilt here: this script runs without lmlab."""
-    import math
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(n, d)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
-    return pe
-
-
 def _plain(value):
     """Legacy fairseq architectures keep an argparse.Namespace inside the config; store it as a dict."""
     import argparse
@@ -120,7 +108,7 @@ def _plain(value):
     return value
 
 
-def main(lmlab_path: str, data_bin: str, src: str, tgt: str, out_path: str) -> None:
+def main(lmlab_path: str, positions_path: str, data_bin: str, src: str, tgt: str, out_path: str) -> None:
     from fairseq import checkpoint_utils, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
@@ -132,7 +120,8 @@ def main(lmlab_path: str, data_bin: str, src: str, tgt: str, out_path: str) -> N
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=fairseq_args(cfg, data_bin, src, tgt))
     fs_cfg = convert_namespace_to_omegaconf(args)
     model = tasks.setup_task(fs_cfg.task).build_model(fs_cfg.model)
-    model.load_state_dict(convert_state(state["model"], model.state_dict(), cfg), strict=True)
+    positions = torch.load(positions_path, map_location="cpu", weights_only=True)["positions"]
+    model.load_state_dict(convert_state(state["model"], model.state_dict(), cfg, positions), strict=True)
     # plain containers, as fairseq-train writes them: the file loads with torch.load(weights_only=True)
     config = _plain(OmegaConf.to_container(fs_cfg, resolve=True, enum_to_str=True))
     checkpoint_utils.torch_persistent_save({"args": None, "cfg": config, "model": model.state_dict(),
