@@ -26,6 +26,8 @@ SAFE = {
     ("bench/fairseq_convert.py", "torch.load"): "EXCEPTION: a bench script, not a command; its lmlab input loads with "
     "weights_only=True, but the fairseq template (pickled argparse config) needs weights_only=False: pass only a "
     "template your own fairseq-train wrote",
+    ("bench/fairseq_convert_mt.py", "torch.load"): "weights_only=True (the lmlab checkpoint and the positions file "
+    "beam_vs_fairseq.py wrote); the fairseq checkpoint it writes holds plain containers only",
 }
 
 
