@@ -62,17 +62,17 @@ def markdown(summary: dict) -> str:
              "", "| arm | FID | KID ×10³ | ΔFID vs generator | ΔKID ×10³ vs generator | below by > 2 SE |",
              "|---|---|---|---|---|---|"]
     for a in summary["arms"]:
-        fid = f"{a['fid']:.2f} ± {a['fid_sd']:.2f}"
-        kid = f"{1e3 * a['kid']:.2f} ± {1e3 * a['kid_sd']:.2f}"
+        fid = f"{a['fid']:.3f} ± {a['fid_sd']:.3f}"  # classifier-feature FIDs can be small: 3 decimals
+        kid = f"{1e3 * a['kid']:.3f} ± {1e3 * a['kid_sd']:.3f}"
         if "fid_diff" in a:
-            dfid = f"{a['fid_diff']:+.2f} ± {a['fid_diff_se']:.2f}"
-            dkid = f"{1e3 * a['kid_diff']:+.2f} ± {1e3 * a['kid_diff_se']:.2f}"
+            dfid = f"{a['fid_diff']:+.3f} ± {a['fid_diff_se']:.3f}"
+            dkid = f"{1e3 * a['kid_diff']:+.3f} ± {1e3 * a['kid_diff_se']:.3f}"
             below = "yes" if a["fid_diff"] < -2 * a["fid_diff_se"] and a["kid_diff"] < -2 * a["kid_diff_se"] else "no"
         else:
             dfid = dkid = below = ""
         lines.append(f"| {a['arm']} | {fid} | {kid} | {dfid} | {dkid} | {below} |")
     lines += ["", "Per seed (FID): " + "; ".join(
-        f"seed {s}: generator {r['fid_generator']:.2f}, ULA {r['fid_gebm_ula']:.2f}, KLA {r['fid_gebm_kla']:.2f}"
+        f"seed {s}: generator {r['fid_generator']:.3f}, ULA {r['fid_gebm_ula']:.3f}, KLA {r['fid_gebm_kla']:.3f}"
         for s, r in summary["per_seed"].items()) + "."]
     return "\n".join(lines) + "\n"
 
