@@ -145,7 +145,8 @@ class ResidualTrainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {"energy": self.energy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "step": self.step, "best_valid_nats": self.best_valid,
-                "evals_since_best": self.evals_since_best, "mlm_done": self.mlm_done, "rng": rng_state(), "config": to_dict(self.cfg), "base_lm": self.base,
+                "evals_since_best": self.evals_since_best, "mlm_done": self.mlm_done, "rng": rng_state(),
+                "config": to_dict(self.cfg), "base_lm": self.base,
                 "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
                 "negatives": self.negatives_record, "eval_pending": self.loop.eval_pending,
                 "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
