@@ -43,5 +43,5 @@ def test_unequal_budgets_and_missing_runs_are_one_line(tmp_path):
     _run(tmp_path / "a-lr2", [(10, 200.0), (20, 190.0)])
     with pytest.raises(SystemExit, match="different updates"):
         sweep.main([str(tmp_path), "--arms", "a", "--lrs", "1", "2"])
-    with pytest.raises(SystemExit, match="a-lr3/metrics.jsonl not found"):
+    with pytest.raises(SystemExit, match="a-lr3: no such run dir .has the sweep run"):
         sweep.main([str(tmp_path), "--arms", "a", "--lrs", "1", "3"])
