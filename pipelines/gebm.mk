@@ -123,26 +123,27 @@ cifar10-classifier: results/cifar10-classifier.json  ## the CPU image tier's FID
 	@$(RESULTS_DOC) --print cifar10-classifier
 .PHONY: cifar10-classifier
 
-# ---- the CPU image tier (issue #19, 4b): GEBM_TIER_SEEDS runs of gebm-cifar10-cpu-tier (about 2 h each on 2 cores),
+# ---- the CPU image tier (issue #19, 4b): GEBM_TIER_SEEDS runs of gebm-cifar10-cpu + gebm-cifar10-cpu-tier (about 2 h each),
 # each scored as the generator alone, ULA and KLA (the preset's [sample] table) on the classifier's features:
 # GEBM_TIER_FID samples against the 10,000 test images, whose statistics are computed once per classifier file.
 GEBM_TIER = $(RUNS)/gebm-cifar10-tier
 GEBM_TIER_SEEDS ?= 1 2
 GEBM_TIER_FID ?= 10000
 GEBM_TIER_STATS = $(RUNS)/fid-stats/cifar10-test-classifier.npz
+GEBM_TIER_PRESETS = gebm-cifar10-cpu,gebm-cifar10-cpu-tier
 $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%.train.json): $(GEBM_TIER)/s%.train.json:
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu-tier,$(HW) --set seed=$* --run-dir $(GEBM_TIER)/s$* $(TRAIN_ARGS) > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset $(GEBM_TIER_PRESETS),$(HW) --set seed=$* --run-dir $(GEBM_TIER)/s$* $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 # one seed's sample grids and scores
 $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json): $(GEBM_TIER)/s%/scores.json: $(GEBM_TIER)/s%.train.json $(RUNS)/cifar10-classifier.pt
 	@mkdir -p $(dir $(GEBM_TIER_STATS))
-	for s in none ula kla; do $(LMLAB) sample -c $(@D)/checkpoints/last.pt --device cpu --sampler $$s --preset gebm-cifar10-cpu-tier \
+	for s in none ula kla; do $(LMLAB) sample -c $(@D)/checkpoints/last.pt --device cpu --sampler $$s --preset $(GEBM_TIER_PRESETS) \
 	  -n 64 --force -o $(@D)/samples-$$s.png || exit 1; done
 	for s in ula kla; do $(EVAL) $(@D)/checkpoints/last.pt --real $(LMLAB_CIFAR10) --real-split test --real-count 10000 \
 	  --real-stats $(GEBM_TIER_STATS) --classifier $(RUNS)/cifar10-classifier.pt --num-samples $(GEBM_TIER_FID) \
-	  --preset gebm-cifar10-cpu-tier --sampler $$s --device cpu > $(@D)/fid-$$s.json.tmp && mv $(@D)/fid-$$s.json.tmp $(@D)/fid-$$s.json || exit 1; done
+	  --preset $(GEBM_TIER_PRESETS) --sampler $$s --device cpu > $(@D)/fid-$$s.json.tmp && mv $(@D)/fid-$$s.json.tmp $(@D)/fid-$$s.json || exit 1; done
 	cat $(@D)/fid-ula.json $(@D)/fid-kla.json > $@
 
 results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json)
