@@ -22,6 +22,7 @@ Two layout differences are bridged exactly:
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -98,7 +99,6 @@ def convert_state(lm: dict[str, torch.Tensor], fs: dict[str, torch.Tensor], cfg:
 
 def _plain(value):
     """Legacy fairseq architectures keep an argparse.Namespace inside the config; store it as a dict."""
-    import argparse
     if isinstance(value, argparse.Namespace):
         value = vars(value)
     if isinstance(value, dict):
@@ -124,9 +124,10 @@ def main(lmlab_path: str, positions_path: str, data_bin: str, src: str, tgt: str
     model.load_state_dict(convert_state(state["model"], model.state_dict(), cfg, positions), strict=True)
     # plain containers, as fairseq-train writes them: the file loads with torch.load(weights_only=True)
     config = _plain(OmegaConf.to_container(fs_cfg, resolve=True, enum_to_str=True))
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none", "lr_scheduler_state": {},
+                "num_updates": 0}]  # fairseq's loader reads the last entry
     checkpoint_utils.torch_persistent_save({"args": None, "cfg": config, "model": model.state_dict(),
-                                            "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none", "lr_scheduler_state": {}, "num_updates": 0}],
-                                            "extra_state": {}}, out_path)
+                                            "optimizer_history": history, "extra_state": {}}, out_path)
     print(f"wrote {out_path}: fairseq transformer, {sum(p.numel() for p in model.parameters()):,} parameters")
 
 

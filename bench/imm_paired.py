@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_record and args.record:
         raise SystemExit("imm_paired: --base-record (the base arm only) and --record (both arms): give one")
     source, flag = (args.base_record, "--base-record") if args.base_record else (args.record, "--record")
+    source_key = "base_record" if args.base_record else "record"  # where the JSON names the record read
     recorded = set(args.seeds if args.recorded_seeds is None else args.recorded_seeds) if source else set()
     from_record = {args.base} | ({args.arm} if args.record else set())
     if source:
         in_record = _recorded(source, args.base, sorted(from_record), sorted(recorded), flag)
-        out["base_record" if args.base_record else "record"] = {"path": str(source), "commit": in_record.pop("commit"),
-                                                                "seeds": sorted(recorded)}
+        out[source_key] = {"path": str(source), "commit": in_record.pop("commit"), "seeds": sorted(recorded)}
 
     def figure(metric, read, arm, runs, s):
         return in_record[metric][arm].get(s) if s in recorded and arm in from_record else read(runs / f"{arm}-s{s}")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
     if recorded:
-        commit = (out["base_record" if args.base_record else "record"]["commit"] or "unknown")[:7]
+        commit = (out[source_key]["commit"] or "unknown")[:7]
         arms, verb = (f"The {args.base} arm", "is") if args.base_record else (f"Both arms ({args.base}, {args.arm})", "are")
         print(f"{arms} of seed(s) {' '.join(sorted(recorded))} {verb} read from {source} (trained at commit {commit}; "
               f"{'its' if args.base_record else 'their'} run dirs are not rerun).\n")
