@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import load_average, median_ratio  # noqa: E402
+from bench_common import load_average, median, median_ratio  # noqa: E402
 from fairseq_env import find_fairseq  # noqa: E402
 
 from lmlab.core.checkpoint import load_checkpoint  # noqa: E402
@@ -131,8 +131,8 @@ def main() -> None:
     print(json.dumps({
         "checkpoint": args.checkpoint, "sentences": len(src_lines), "beam": args.beam, "batch_size": BATCH,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "fairseq": fairseq.version,
-        "lmlab_sentences_per_s": round(len(src_lines) / sorted(x["seconds"] for x, _ in rounds)[len(rounds) // 2], 2),
-        "fairseq_sentences_per_s": round(len(src_lines) / sorted(y["seconds"] for _, y in rounds)[len(rounds) // 2], 2),
+        "lmlab_sentences_per_s": round(median([x["sentences"] / x["seconds"] for x, _ in rounds]), 2),
+        "fairseq_sentences_per_s": round(median([y["sentences"] / y["seconds"] for _, y in rounds]), 2),
         "ratio": round(float(speed), 3), "ratio_min": round(speed.lo, 3), "ratio_max": round(speed.hi, 3),
         "identical_translations": same,
         "bleu_lmlab": round(sacrebleu.corpus_bleu(a["translations"], [refs]).score, 2),

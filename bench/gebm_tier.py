@@ -29,9 +29,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def summarize(seeds: dict[str, Path]) -> dict:
     per_seed = {}
     for seed, run in seeds.items():
-        row = {}
+        row, files = {}, {name: json.loads((run / name).read_text()) for name in {name for _, _, name in ARMS}}
         for _, key, name in ARMS:
-            js = json.loads((run / name).read_text())
+            js = files[name]
             row[f"fid_{key}"], row[f"kid_{key}"] = js[f"fid_{key}"], js[f"kid_{key}"]
             row["extractor"], row["fake_images"], row["real_images"] = js["extractor"], js["fake_images"], js["real_images"]
         per_seed[seed] = row

@@ -42,13 +42,14 @@ def timed(fn, repeats: int) -> float:
 
 
 def probe(a) -> None:
-    """One process: sample_lines on the first N test prefixes (as text) -> its own peak RSS."""
+    """One process: sample_lines on the first N test prefixes (as text) -> its own peak RSS. The prompts come from the
+    data dir alone, so the only model in the process is the one sample_lines builds."""
     from lmlab.core.residual.sample import sample_lines
     state = load_checkpoint(a.checkpoint, "residual-ebm")
-    model, tokenizer, _ = load_residual(state, a.device)
-    windows = Windows(DataDir(a.data).split(a.split), model.prefix_len, model.continuation_len)
+    data, window = DataDir(a.data), state["config"]["window"]
+    windows = Windows(data.split(a.split), window["prefix_len"], window["continuation_len"])
     prefixes, _ = windows.get(np.arange(a.probe), "cpu")
-    prompts = [tokenizer.decode(row.tolist()) for row in prefixes]
+    prompts = [data.tokenizer.decode(row.tolist()) for row in prefixes]
     t0 = time.perf_counter()
     sample_lines(state, prompts, num_samples=1, candidates=a.candidates, top_k=a.top_k, seed=0, device=a.device,
                  batch_size=a.batch_size)
