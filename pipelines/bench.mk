@@ -80,14 +80,13 @@ GPU_CHECK_GOALS ?= imm-ptb-dropout=runs/ptb-lstm-large.train.json imm-ptb-imm=ru
   residual-paper=runs/residual-bit-large.train.json,RESIDUAL_DATA=data/ptb,RESIDUAL_BASE_LM=runs/ptb-lstm-large/checkpoints/last.pt \
   define-ptb=runs/awd-lstm-define-ptb.train.json \
   'bench-quick@240=bench,BENCH_QUICK=1,BENCH_ARGS=--device cuda --precision bf16'
-results/gpu-check.json: .installed
-	@mkdir -p $(@D) $(GPU_CHECK_DIR)
+.PHONY: gpu-check
+gpu-check: .installed  ## the GPU tier: each paper-size target started unedited for GPU_CHECK_SECONDS, its rate and hours (GPU, ~10 min) [HW=gpu INCEPTION=weights]
+	@mkdir -p results $(GPU_CHECK_DIR)
 	$(PYTHON) -m lmlab.core.machine > $(GPU_CHECK_DIR)/start.json
 	$(PYTHON) bench/gpu_check.py --seconds $(GPU_CHECK_SECONDS) --hw $(HW) --logs $(GPU_CHECK_DIR) --json $(GPU_CHECK_DIR)/check.json \
 	  $(GPU_CHECK_GOALS) > $(GPU_CHECK_DIR)/check.md
 	$(RECORD) gpu-check --command '$(call made_by,gpu-check)' --since $(GPU_CHECK_DIR)/start.json \
 	  --json check=$(GPU_CHECK_DIR)/check.json --markdown $(GPU_CHECK_DIR)/check.md
 	$(RESULTS_DOC)
-.PHONY: gpu-check results/gpu-check.json
-gpu-check: results/gpu-check.json  ## the GPU tier: each paper-size target started unedited for GPU_CHECK_SECONDS, its rate and hours (GPU, ~10 min) [HW=gpu INCEPTION=weights]
 	@$(RESULTS_DOC) --print gpu-check
