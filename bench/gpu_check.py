@@ -30,12 +30,13 @@ def seconds_of_day(h: str, m: str, s: str) -> int:
 
 def progress_of(lines: list[str]) -> dict | None:
     """The last training phase in a log: its name, updates done of its total, and the update rate measured between
-    its first and last progress lines (None where fewer than two lines or no time passed between them)."""
+    its first and last progress lines, else from the trainer's own s_per_step, else None."""
     points: dict[str, list[tuple[int, int, int]]] = {}
-    last_phase = None
+    last_phase, last_line = None, {}
     for line in lines:
         m = PROGRESS.match(line)
         if m:
+            last_line[m.group(4)] = line
             h, mi, s, phase, done, total = m.groups()[:6]
             points.setdefault(phase, []).append((seconds_of_day(h, mi, s), int(done), int(total)))
             last_phase = phase
@@ -45,6 +46,9 @@ def progress_of(lines: list[str]) -> dict | None:
     (t0, d0, _), (t1, d1, total) = pts[0], pts[-1]
     elapsed = (t1 - t0) % 86400
     rate = (d1 - d0) / elapsed if elapsed > 0 and d1 > d0 else None
+    per_step = re.search(r"\bs_per_step=([0-9.eE+-]+)", last_line[last_phase])
+    if rate is None and per_step and float(per_step.group(1)) > 0:  # a trainer that times its own steps (gebm)
+        rate = 1.0 / float(per_step.group(1))
     return {"phase": last_phase, "done": d1, "total": total, "updates_per_s": rate,
             "hours_for_total": (total / rate / 3600) if rate else None}
 

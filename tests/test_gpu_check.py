@@ -32,6 +32,8 @@ def test_rate_across_midnight_and_with_one_line():
     one = gpu_check.progress_of(["[lmlab 12:00:00] train 1/10 loss=1"])
     assert one["updates_per_s"] is None and one["hours_for_total"] is None
     assert gpu_check.progress_of(["no progress here"]) is None
+    timed = gpu_check.progress_of(["[lmlab 12:00:00] gebm 50/150000 step=50 s_per_step=0.25"])
+    assert timed["updates_per_s"] == 4.0 and abs(timed["hours_for_total"] - 150000 / 4 / 3600) < 1e-9
 
 
 def test_failure_is_reported_with_its_error_line():
