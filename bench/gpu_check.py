@@ -54,8 +54,8 @@ def progress_of(lines: list[str]) -> dict | None:
 
 
 def last_error(lines: list[str]) -> str:
-    """The line a failed goal ended on: lmlab's one-line error, else make's, else the last line."""
-    for pattern in (r"^(lmlab: )?error", r"Error|Traceback|No rule to make target"):
+    """The line a failed goal ended on: lmlab's one-line error, else a Python exception's, else make's, else the last."""
+    for pattern in (r"^(lmlab: )?error", r"^\w+(Error|Exception): ", r"Error|Traceback|No rule to make target"):
         hits = [l for l in lines if re.search(pattern, l)]
         if hits:
             return hits[-1].strip()[:300]

@@ -39,6 +39,8 @@ def test_rate_across_midnight_and_with_one_line():
 def test_failure_is_reported_with_its_error_line():
     lines = ["python3 -m lmlab train-ebm ...", "lmlab: error: preset 'x' needs LMLAB_INCEPTION", "make: *** [x] Error 2"]
     assert gpu_check.last_error(lines) == "lmlab: error: preset 'x' needs LMLAB_INCEPTION"
+    crashed = ["Traceback (most recent call last):", "FileNotFoundError: WikiText-2 not found", "make: *** [bench] Error 1"]
+    assert gpu_check.last_error(crashed) == "FileNotFoundError: WikiText-2 not found"
 
 
 def test_goals_run_under_make_with_their_limits(tmp_path, monkeypatch):

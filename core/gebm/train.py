@@ -226,7 +226,9 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             return base(z)
 
     if resuming:
-        st = rundir.load_last(KIND, map_location=device, log=reporter.log)
+        # on the CPU: RNG states must stay CPU byte tensors (map_location=cuda broke resume on a GPU, found by make
+        # gpu-check); load_state_dict copies the network and optimizer states to their parameters' device
+        st = rundir.load_last(KIND, map_location="cpu", log=reporter.log)
         base.load_state_dict(st["base"])
         energy.load_state_dict(st["energy"])
         with torch.no_grad():
@@ -238,6 +240,8 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
         torch.set_rng_state(st["rng"]["torch"])
+        if "cuda" in st["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         batches = Batches(train_x, batch_size, cfg.seed, *st["data_pos"])
         if images_eval and images_eval.plateau and st.get("plateau"):
             images_eval.plateau.load_state_dict(st["plateau"])
@@ -257,7 +261,8 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
                 "energy_steps_done": energy_done, "metrics_window": {"sums": dict(sums), "count": count},
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
-                "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()},
+                "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+                        **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
                 **({"plateau": images_eval.plateau.state_dict()} if images_eval and images_eval.plateau else {})}
 
     def evaluate() -> dict[str, float]:

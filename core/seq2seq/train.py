@@ -122,7 +122,9 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.schedule, cfg.optim.lr))
     step, epoch, batch_pos, best = 0, 0, 0, float("inf")
     if resuming:
-        state = run.load_last(KIND, map_location=device, log=reporter.log)
+        # on the CPU: RNG states must stay CPU byte tensors (map_location=cuda broke resume on a GPU); the model and
+        # optimizer states are copied to their parameters' device by load_state_dict
+        state = run.load_last(KIND, map_location="cpu", log=reporter.log)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
