@@ -305,7 +305,10 @@ def main() -> None:
     sizes = MODES[args.mode]
     if args.reps:
         sizes = dataclasses.replace(sizes, prep_reps=args.reps, train_reps=args.reps, eval_reps=args.reps, lstm_reps=args.reps)
-    text = Bench(args, sizes).run()
+    try:
+        text = Bench(args, sizes).run()
+    except FileNotFoundError as exc:  # missing benchmark data: one line, not a traceback
+        sys.exit(f"bench: {exc}")
     print(text)
     if args.results and not args.no_write:
         write_region(args.results, (read_region(args.results) + "\n\n" if args.append else "") + text)
