@@ -329,3 +329,30 @@ def test_cifar10_preset_is_the_official_training_yaml(preset_env):
     assert (o.lr_decay, o.lr_decay_every, o.lr_plateau, o.lr_plateau_window) == (0.8, 5000, True, 20000)
     assert (cfg.run.eval_interval, cfg.eval.fid_samples) == (2000, 50000)
     assert cfg.eval.inception == str(preset_env / "lmlab_inception")
+
+
+@pytest.mark.parametrize("objective", ["gebm", "mle"])
+def test_test_split_scored_at_each_eval_changes_nothing_else(tmp_path, objective):
+    """eval.test_each_eval (the official min-over-test rule, reported only): test NLL rows equal to evaluate_density
+    on the same checkpoint, and training, selection and weights bitwise those of a run without it."""
+    import json
+    runs = {}
+    for flag in (False, True):
+        cfg = tiny_density_cfg(tmp_path / f"{objective}-{flag}", max_steps=6, objective=objective)
+        cfg.eval.test_each_eval = flag
+        out = train(cfg, NullReporter())
+        rows = [json.loads(l) for l in open(tmp_path / f"{objective}-{flag}" / "metrics.jsonl")]
+        runs[flag] = (out, rows, _weights(tmp_path / f"{objective}-{flag}" / "checkpoints" / "last.pt")[1])
+    (out0, rows0, w0), (out1, rows1, w1) = runs[False], runs[True]
+    assert out0["best_metric"] == out1["best_metric"] and w0.keys() == w1.keys()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    evals = [r for r in rows1 if "test_nll_base_nats" in r]
+    assert len(evals) == 2 and not any("test_nll_base_nats" in r for r in rows0)
+    key = "valid_nll_gebm_nats" if objective == "gebm" else "valid_nll_base_nats"
+    assert [r[key] for r in evals] == [r[key] for r in rows0 if key in r]
+    # the last row scores the final weights: the exact base NLL on the test split, as the evaluator computes it
+    st = load_checkpoint(tmp_path / f"{objective}-True" / "checkpoints" / "last.pt", "gebm")
+    r = evaluate_density(st, is_samples=200, device="cpu", split="test")
+    assert evals[-1]["test_nll_base_nats"] == pytest.approx(r["nll_base_nats"], rel=1e-6)
+    if objective == "gebm":
+        assert evals[-1]["test_nll_gebm_nats"] > 0 and "test_nll_gebm_nats" in evals[0]

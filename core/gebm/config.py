@@ -98,6 +98,9 @@ class ScheduleConfig:
 @dataclass
 class EvalConfig:
     is_samples: int = option(20000, "density: base samples for the importance-sampling estimate of log Z", check=at_least(1))
+    test_each_eval: bool = option(False, "density: also score the test split at every evaluation (test_nll_* in "
+                                  "metrics.jsonl): the official UCI tables take the minimum test NLL over training, "
+                                  "reported beside the validation-selected one; never used for selection")
     fid_samples: int = option(0, "images: base samples (the generator alone, fixed latents) scored at every "
                               "evaluation: FID and KID against the training images, and the plateau test's "
                               "features (official: 50000); 0 = no image evaluation", check=at_least(0))
