@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             series[f"{name} valid"] = [(r["epoch"], r["valid"]) for r in a["curve"]]
         if res["official"]:
             series["authors' logged GEBM test"] = res["official"]
-        plot_series(series, args.figure, xlabel="epoch (passes over the training rows)", ylabel="NLL (nats)",
+        plot_series(series, args.figure, xlabel="epoch (passes over the training rows)", ylabel="NLL (nats, log scale)", logy=True,
                     title="red wine: GEBM vs RealNVP by MLE")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
