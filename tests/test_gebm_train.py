@@ -64,6 +64,8 @@ def test_killed_run_resumes_identically(tmp_path):
     assert not first["completed"] and first["step"] == 3 and first["stopped_by"] == "SIGUSR1"
     second = train(tiny_density_cfg(tmp_path / "cut"), NullReporter())
     assert second["completed"] and second["step"] == 6 and second["updates"] == full["updates"]
+    # wall time counts both processes: the first one's is carried in last.pt
+    assert first["wall_s"] > 0 and second["wall_s"] == pytest.approx(first["wall_s"] + second["seconds"], abs=0.05)
     sa, wa = _weights(tmp_path / "full" / "checkpoints" / "last.pt")
     sb, wb = _weights(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert not any(k.startswith("e.") and "_base" in k for k in wa)  # the combined energy does not store the base

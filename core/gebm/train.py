@@ -193,6 +193,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     eval_every = cfg.run.eval_interval or max(1, max_steps // 10)
     batches = Batches(train_x, batch_size, cfg.seed)
     step, best, updates = 0, math.inf, 0
+    wall_before, t0 = 0.0, time.monotonic()  # t0 restarts when the updates begin
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     window = {"sums": {}, "count": 0}
     lr_steps = milestones(o.lr_milestones)
@@ -237,6 +238,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         opt_e.load_state_dict(st["opt_energy"])
         opt_b.load_state_dict(st["opt_base"])
         step, best, updates = int(st["step"]), float(st["best_metric"]), int(st.get("updates", 0))
+        wall_before = float(st.get("wall_s") or 0.0)  # training time of the processes before this one
         energy_done = int(st.get("energy_steps_done", 0))  # stopped inside a base step's energy phase
         window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
@@ -261,6 +263,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 "data_dim": data_dim, "base": base.state_dict(), "energy": energy.state_dict(),
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
                 "energy_steps_done": energy_done, "metrics_window": {"sums": dict(sums), "count": count},
+                "wall_s": wall_before + time.monotonic() - t0,
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                         **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
@@ -403,4 +406,5 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         stopped_by = loop.run()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
             "stopped_by": stopped_by, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
-            "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0}
+            "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0,
+            "wall_s": wall_before + time.monotonic() - t0}
