@@ -126,7 +126,7 @@ $(RUNS)/gebm-cifar10-cpu.train.json:
 # the paper size: FID/KID of 50,000 KLA samples against 50,000 training images, whose feature statistics are computed
 # once (runs/fid-stats/*.npz, tied to the Inception weights' sha256) and reused by later evaluations
 FID_SAMPLES ?= 50000
-gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID of 50k samples (GPU) [HW=gpu LMLAB_CIFAR10=tar.gz INCEPTION=weights FID_SAMPLES=50000]
+gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-10 run: KLA samples, FID/KID of 50k samples (GPU, about a day on one H200: make gpu-check) [HW=gpu LMLAB_CIFAR10=tar.gz INCEPTION=weights FID_SAMPLES=50000]
 	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler kla -n 64 --force -o $(RUNS)/gebm-cifar10/samples-kla.png
 	$(LMLAB) sample -c $< --preset gebm-cifar10 --sampler none -n 64 --force -o $(RUNS)/gebm-cifar10/samples-generator.png
 	$(EVAL) $< --real $(LMLAB_CIFAR10) --real-split train --real-count $(FID_SAMPLES) --real-stats $(RUNS)/fid-stats/cifar10-train-$(FID_SAMPLES).npz \

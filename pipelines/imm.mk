@@ -2,7 +2,7 @@
 #   make imm-demo        CPU, minutes: plain CE vs IMM on the demo corpus, same seed and updates
 #   make imm-bench       IMM step cost as a ratio to a plain step (k = 10)
 #   make kn-bigram-ptb   KN bigram file + its valid/test perplexity on PTB (checked against a slow reference)
-#   make imm-ptb HW=gpu  the paper's PTB pair: 2x1500 LSTM dropout-only vs + IMM (GPU, days)
+#   make imm-ptb HW=gpu  the paper's PTB pair: 2x1500 LSTM dropout-only vs + IMM (GPU, hours per arm on one H200: make gpu-check)
 # Included by the top-level Makefile (HW, LMLAB, LMLAB_TRAIN, PYTHON and the data/*/meta.json rules).
 IMM_DEMO_STEPS ?= 200
 IMM_DEMO_RUNS ?= runs/imm-demo
@@ -89,7 +89,7 @@ results/imm-ptb.json: runs/ptb-lstm-large/eval-test.json runs/ptb-lstm-imm/eval-
 	  --json test-imm=runs/ptb-lstm-imm/eval-test.json --markdown runs/ptb-lstm-imm/compare.md
 	$(RESULTS_DOC)
 
-imm-ptb: results/imm-ptb.json  ## the paper's PTB pair: 2x1500 LSTM dropout-only vs + IMM (GPU, days) [HW=gpu LMLAB_PTB=dir]
+imm-ptb: results/imm-ptb.json  ## the paper's PTB pair: 2x1500 LSTM dropout-only vs + IMM (GPU, hours per arm on one H200: make gpu-check) [HW=gpu LMLAB_PTB=dir]
 	@$(RESULTS_DOC) --print imm-ptb
 
 results/kn-noising-ptb.json: runs/ptb-lstm-kn-noising/eval-test.json
