@@ -27,7 +27,7 @@ block says what was run and what was observed. Do not edit the blocks by hand.
 How faults are made: SIGKILL/SIGTERM/SIGUSR1 from a driver that forks one `lmlab` CLI child per attempt
 (`tests/test_kill_resume.py`), with checkpoint writes slowed (2 KB chunks, 1 ms apart) so kills land inside
 `atomic_write_bytes`; disk full is a real ENOSPC on a tiny tmpfs filled to the brim; read-only is a
-read-only bind mount (root ignores chmod); NaN comes from lr=1e30 (LM) or lr=inf (GEBM).
+read-only bind mount (root ignores chmod); NaN comes from lr=1e38 (LM) or lr_energy=1e30 (GEBM); a non-finite lr is refused as a config value.
 """
 
 

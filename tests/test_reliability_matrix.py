@@ -225,7 +225,7 @@ def _cosine_extended(ctx, tmp, m):
 
 
 def _nan_train(ctx, tmp, m):
-    return (_train("--data", str(ctx["data"]), "--run-dir", str(tmp / "r"), "--steps", "20", "--set", "optim.lr=1e30",
+    return (_train("--data", str(ctx["data"]), "--run-dir", str(tmp / "r"), "--steps", "20", "--set", "optim.lr=1e38",
                    "--set", "optim.clip=0", "--set", "optim.name=sgd", "--set", "run.eval_interval=1000"), None, [ctx["data"]])
 
 
@@ -274,7 +274,7 @@ ROWS = [
     Row("train-preset-section", "train-lm", "preset with no section for the command", lambda c, t, m: (_train("--data", str(c["data"]), "--run-dir", str(t / "r"), *['--preset', 'gebm-uci-redwine']), None, [c["data"]]), ('gebm-uci-redwine', 'train-lm')),
     Row("train-second-writer", "train-lm", "run dir in use by another process (second writer)", _second_writer, ("in use by pid", "--run-dir")),
     Row("train-cosine-extend", "train-lm", "resume a cosine run with a longer length", _cosine_extended, ("schedule.max_steps=4", "cosine", "--steps 4")),
-    Row("train-nan", "train-lm", "NaN/inf loss (lr=1e30)", _nan_train, ("non-finite loss",)),
+    Row("train-nan", "train-lm", "NaN/inf loss (lr=1e38)", _nan_train, ("non-finite loss",)),
     # eval-ppl
     Row("eval-missing", "eval-ppl", "missing path (checkpoint)", lambda c, t, m: (["eval-ppl", "-c", str(t / "nope.pt")], None, []), ("nope.pt", "does not exist")),
     Row("eval-empty", "eval-ppl", "empty file (checkpoint)", lambda c, t, m: ((t / "e.pt").write_bytes(b"") and None) or (["eval-ppl", "-c", str(t / "e.pt")], None, [t / "e.pt"]), ("empty",)),

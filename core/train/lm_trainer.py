@@ -225,9 +225,10 @@ class LMTrainer:
             with self.autocast() if self.autocast else contextlib.nullcontext():
                 loss, self.state, metrics = self.objective(self.model, x, y, self.state, self.step)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at update {self.step + 1}; stopped without saving. The last good "
-                    f"checkpoint is {self.run.last} (try a lower optim.lr or optim.clip)")
+                kept = (f"the last good checkpoint is {self.run.last}" if self.run.last.exists()
+                        else "no checkpoint was saved before it")
+                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at update {self.step + 1}; stopped without "
+                                         f"saving; {kept} (try a lower optim.lr or optim.clip)")
             scaled = loss / cfg.optim.grad_accum
             if cfg.optim.loss_reduction == "sum_time":  # sum over the unrolled steps / batch = T x the token mean
                 scaled = scaled * x.shape[1]
