@@ -156,6 +156,15 @@ def main() -> None:
                     a.figure, xlabel="position in the continuation", ylabel="gain over the base LM (nats/token)",
                     title="Residual EBM: per-position gain (log P_joint − log P_LM)")
         lines.append(f"Per-position gain: {a.figure}.")
+    if positions:  # the figure's points with their standard errors over windows (each from a few LM futures)
+        names = list(positions)
+        lines += ["", "Gain by position, nats per token (± SE over windows):", "",
+                  "| position | " + " | ".join(f"joint {n}" for n in names) + " |", "|---|" + "---|" * len(names)]
+        by_position = {n: {r["position"]: r for r in rows} for n, rows in positions.items()}
+        for pos in sorted(set().union(*by_position.values())):
+            cells = [by_position[n].get(pos) for n in names]
+            lines.append(f"| {pos} | " + " | ".join("–" if c is None else f"{fmt(c['gain_nats_per_token'], 4)} ± "
+                                                       f"{fmt(c.get('gain_se'), 4)}" for c in cells) + " |")
     summary["per_position"] = positions
     lines += ["", f"Paper: {PAPER}. Scale differs (a 4.65M-parameter LSTM on PTB here): compare the direction only."]
     print("\n".join(lines))

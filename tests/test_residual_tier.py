@@ -17,7 +17,8 @@ def _joint(gain: float, se: float, upper: float, windows: int = 100) -> dict:
            "paired_gain_lower": {"mean_nats_per_window": gain + 0.1, "se": se, "windows": windows},
            "paired_gain_upper": {"mean_nats_per_window": gain, "se": se, "windows": windows}}
     return {"examples": windows, "prefix_len": 40, "continuation_len": 20, "base_lm": {"ppl": 120.0}, "joint": [row],
-            "per_position": {"positions": [{"position": t, "gain_nats_per_token": 0.01 * t} for t in (1, 2, 3)]}}
+            "per_position": {"positions": [{"position": t, "gain_nats_per_token": 0.01 * t, "gain_se": 0.002}
+                                           for t in (1, 2, 3)]}}
 
 
 def _run(tmp_path, *args):
@@ -38,6 +39,7 @@ def test_table_reads_the_claim_from_the_upper_estimate_and_the_paired_se(tmp_pat
     assert rows["joint noisy"].rstrip(" |").endswith("no")  # 0.15 < 2 x 0.1
     assert rows["joint worse"].rstrip(" |").endswith("no")  # upper estimate above the base LM
     assert "| balm | | 118.00 |" in out.stdout and (tmp_path / "pos.png").stat().st_size > 0
+    assert "| 3 | 0.0300 ± 0.0020 | 0.0300 ± 0.0020 | 0.0300 ± 0.0020 |" in out.stdout  # the figure's points with SEs
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["joint"]["good"]["paired_gain"]["mean_nats_per_window"] == 0.5 and summary["lm"]["balm"] == 118.0
 
