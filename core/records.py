@@ -138,13 +138,17 @@ def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(summary.get("run_dir", ""))
     config_file, metrics_file = run_dir / "config.json", run_dir / "metrics.jsonl"
     if summary.get("run_dir") and config_file.is_file():
-        model = json.loads(config_file.read_text()).get("model", {})
+        config = json.loads(config_file.read_text())
+        model, energy = config.get("model", {}), config.get("energy")
         if model.get("kind") == "lstm":
             shape = f"{model['n_layers']}x{model['lstm']['hidden_size']}"
         else:
             shape = f"{model.get('n_layers')} layers x {model.get('d_model')}"
         tied = ", tied" if model.get("output", {}).get("tie") else ""
-        facts["model"] = f"{str(model.get('kind', '?')).upper()} {shape}{tied}"
+        if isinstance(energy, dict) and energy.get("kind"):  # a residual EBM run: its energy network
+            facts["model"] = f"{energy['kind'].upper()} energy, {energy.get('n_layers')} layers x {energy.get('d_model')}"
+        elif model.get("kind") and model.get("n_layers"):  # an LM or translation model; a GEBM's model says no shape
+            facts["model"] = f"{str(model['kind']).upper()} {shape}{tied}"
     if summary.get("run_dir") and metrics_file.is_file():
         rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
         trained = [r for r in rows if "tokens_per_s" in r]

@@ -164,7 +164,8 @@ def render_metrics(rec: dict[str, Any]) -> str:
     if len(rows) > 22:  # a long table folds (GitHub renders <details>), the figures stay in the page
         out = f"<details><summary>{len(rows) - 2} metrics</summary>\n\n{out}\n\n</details>"
     for key, table in _row_tables(rec["metrics"]):  # lists of rows (e.g. a --jsonl entry): one table each, a row per item
-        columns = list(dict.fromkeys(c for row in table for c, v in row.items() if not isinstance(v, (dict, list))))
+        nested = {c for row in table for c, v in row.items() if isinstance(v, (dict, list))}  # shown by a view, if any
+        columns = list(dict.fromkeys(c for row in table for c in row if c not in nested))
         lines = [f"`{key}`:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(_num(row.get(c)) if row.get(c) is not None else "" for c in columns) + " |" for row in table]
         out += ("\n\n" if out else "") + "\n".join(lines)

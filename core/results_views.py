@@ -140,7 +140,25 @@ def view_imm_reinforce(rec: dict[str, Any]) -> str:
             f"λ/(1+λ) sweep, maximal-utility IMM:\n\n{lam}")
 
 
+def view_residual_bracket(rec: dict[str, Any]) -> str:
+    """The joint model's test perplexity bracket per n beside the base LM's, each n's paired per-window gain, and
+    Algorithm 1's cost against one base-LM sampling pass."""
+    mt = rec["metrics"]
+    test, gen = mt["test"], mt.get("generation") or {}
+    rows = [["base LM", "", f"{test['base_lm']['ppl']:.2f}", "", ""]]
+    for r in test["joint"]:
+        gain = r.get("paired_gain_upper") or r["paired_gain_lower"]  # the upper (bias-corrected) estimate where n ≥ 2
+        rows.append(["joint", str(r["n"]), f"{r['lower_ppl']:.2f}", num(r.get("upper_ppl"), "{:.2f}"),
+                     pm(gain["mean_nats_per_window"], gain["se"])])
+    table = _table(["model", "n", "lower ppl", "upper ppl", "paired gain, nats/window (± s.e.)"], rows)
+    cost = (f"\n\nAlgorithm 1 ({gen['prefixes']} prefixes × {gen['candidates']} top-{gen['top_k']} candidates) took "
+            f"{gen['ratio']:.2f}× one batched base-LM sampling pass of as many continuations." if gen.get("ratio") else "")
+    return (f"Test split, {test['examples']} windows of {test['prefix_len']} + {test['continuation_len']} tokens, "
+            f"perplexity per continuation token:\n\n{table}{cost}")
+
+
 VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "residual-demo:bracket": view_residual_bracket,
     "kn-bigram-ptb:ppl": view_kn_bigram, "gebm-toy:arms": view_gebm_toy_arms,
     "gebm-toy:ablation": view_gebm_toy_ablation, "gebm-toy:sampler-checks": view_gebm_sampler_checks,
     "imm-logistic:accuracy": view_imm_logistic, "imm-reinforce:reward": view_imm_reinforce}

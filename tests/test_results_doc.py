@@ -257,3 +257,28 @@ def test_a_list_of_rows_in_metrics_renders_as_a_table():
     out = results_doc.render_metrics(rec)
     assert "| j | ratio | k |" in out and "| 1 | 2.05 |  |" in out and "| 5 | 3.24 | 10 |" in out
     assert "| metric | value |" not in out  # no empty key/value table above it
+
+
+def test_the_residual_bracket_view_tables_each_n_with_its_paired_gain_and_the_algorithm_1_cost():
+    gain = lambda m: {"mean_nats_per_window": m, "se": 0.1, "windows": 32}  # noqa: E731
+    joint = [{"n": 1, "lower_ppl": 144.0, "upper_ppl": None, "paired_gain_lower": gain(0.76), "paired_gain_upper": None},
+             {"n": 2, "lower_ppl": 144.5, "upper_ppl": 145.5, "paired_gain_lower": gain(0.9), "paired_gain_upper": gain(0.6)}]
+    rec = {"metrics": {"test": {"examples": 32, "prefix_len": 24, "continuation_len": 16, "base_lm": {"ppl": 151.3},
+                                "joint": joint},
+                       "generation": {"prefixes": 2, "candidates": 32, "top_k": 10, "ratio": 1.123}}}
+    out = results_views.view_residual_bracket(rec)
+    assert "| base LM |  | 151.30 |  |  |" in out
+    assert "| joint | 1 | 144.00 | — | 0.76 ± 0.10 |" in out  # n = 1 has only the lower estimate
+    assert "| joint | 2 | 144.50 | 145.50 | 0.60 ± 0.10 |" in out  # the upper estimate's gain where there is one
+    assert "took 1.12× one batched base-LM sampling pass" in out
+    # the whole-record rendering shows the rows' flat columns, never a dict's repr
+    assert "mean_nats_per_window" not in results_doc.render_metrics(rec)
+
+
+def test_a_residual_energys_train_summary_names_its_energy_and_a_gebms_names_no_shape(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"energy": {"kind": "bit", "n_layers": 2, "d_model": 64}}))
+    assert records.train_summary_facts({"run_dir": str(run)})["model"] == "BIT energy, 2 layers x 64"
+    (run / "config.json").write_text(json.dumps({"model": {"energy": "flow-combined", "generator": "dcgan"}}))
+    assert "model" not in records.train_summary_facts({"run_dir": str(run)})
