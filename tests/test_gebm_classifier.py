@@ -109,3 +109,30 @@ def test_command_line_trains_saves_and_reports(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         clf.main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "d.pt")])
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
+    x, y = _squares(96, 0)
+    kw = dict(epochs=3, batch_size=32, lr=0.05, width=4, seed=0)
+    whole = clf.train_classifier(x, y, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(line):
+        if "epoch 1/3" in line:
+            raise Stop
+
+    partial = tmp_path / "c.pt.partial"
+    with pytest.raises(Stop):
+        clf.train_classifier(x, y, **kw, resume=partial, log=stop_after_first_epoch)
+    assert partial.exists()
+    lines = []
+    resumed = clf.train_classifier(x, y, **kw, resume=partial, log=lines.append)
+    assert lines[0].startswith("classifier: resumed") and "epoch 1/3" not in " ".join(lines[1:])
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    assert not partial.exists()  # removed when training ends
+    with pytest.raises(Stop):
+        clf.train_classifier(x, y, **kw, resume=partial, log=stop_after_first_epoch)
+    with pytest.raises(LmlabError, match="other settings"):
+        clf.train_classifier(x, y, **{**kw, "lr": 0.1}, resume=partial)

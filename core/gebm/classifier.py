@@ -11,6 +11,7 @@ updates, then linearly down to 0), and random crops (4-pixel reflect padding) wi
     python -m lmlab.core.gebm.classifier --data $LMLAB_CIFAR10 --out runs/cifar10-classifier.pt [--epochs 10]
 
 Width 32 (128 features, ~0.29M parameters) trains for 10 epochs in about an hour on 2 CPU cores (make cifar10-classifier).
+A stopped run leaves OUT.partial (the state after its last whole epoch); the same command continues from it.
 
 prints {"test_accuracy", ...} as JSON; `python -m lmlab.core.gebm.evaluate --classifier FILE` then scores with it.
 """
@@ -80,9 +81,20 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return crops
 
 
+def _save_partial(path: Path, state: dict) -> None:
+    import io
+
+    from lmlab.core.checkpoint import atomic_write_bytes
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10, batch_size: int = 128,
                      lr: float = 0.1, width: int = 32, seed: int = 0,
-                     log: Callable[[str], None] = lambda s: None) -> CifarClassifier:
+                     log: Callable[[str], None] = lambda s: None, resume: str | Path | None = None) -> CifarClassifier:
+    """resume: a file that holds the state after each epoch (written atomically); a rerun with the same settings
+    continues from it and ends bitwise as an uninterrupted run. It is deleted when training ends."""
     torch.manual_seed(seed)
     model = CifarClassifier(width)
     gen = torch.Generator().manual_seed(seed)
@@ -92,8 +104,21 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
     total = epochs * steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     warm = max(1, int(0.15 * total))
-    step = 0
-    for epoch in range(epochs):
+    step = first_epoch = 0
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "images": n}
+    partial = Path(resume) if resume else None
+    if partial is not None and partial.exists():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        if state.get("kind") != KIND + "-partial" or state.get("settings") != settings:
+            raise LmlabError(f"{partial} holds a classifier run with other settings ({state.get('settings')}); "
+                             f"delete it to start again")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, step = int(state["epoch"]), int(state["step"])
+        log(f"classifier: resumed from {partial} after epoch {first_epoch}/{epochs}")
+    for epoch in range(first_epoch, epochs):
         model.train()
         order = torch.randperm(n, generator=gen)
         seen = correct = 0
@@ -110,7 +135,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
             step += 1
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
+        if partial is not None and epoch + 1 < epochs:
+            _save_partial(partial, {"kind": KIND + "-partial", "settings": settings, "epoch": epoch + 1, "step": step,
+                                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
         log(f"classifier epoch {epoch + 1}/{epochs}: train accuracy {correct / seen:.3f} (augmented)")
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     return model.eval()
 
 
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         x_test, y_test = load_cifar10_labelled(args.data, "test")
         log = lambda s: print(f"[lmlab {time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
         model = train_classifier(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                 width=args.width, seed=args.seed, log=log)
+                                 width=args.width, seed=args.seed, log=log, resume=f"{args.out}.partial")
         result = {"test_accuracy": accuracy(model, x_test, y_test), "train_images": len(x_train),
                   "test_images": len(x_test), "epochs": args.epochs, "width": args.width,
                   "features": 4 * args.width, "params": sum(p.numel() for p in model.parameters()),
