@@ -136,3 +136,6 @@ def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
         clf.train_classifier(x, y, **kw, resume=partial, log=stop_after_first_epoch)
     with pytest.raises(LmlabError, match="other settings"):
         clf.train_classifier(x, y, **{**kw, "lr": 0.1}, resume=partial)
+    partial.write_bytes(partial.read_bytes()[:100])  # a truncated copy
+    with pytest.raises(LmlabError, match="not a readable classifier state"):
+        clf.train_classifier(x, y, **kw, resume=partial)

@@ -108,8 +108,12 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "images": n}
     partial = Path(resume) if resume else None
     if partial is not None and partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        if state.get("kind") != KIND + "-partial" or state.get("settings") != settings:
+        try:
+            state = torch.load(partial, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, foreign or unsafe: unpickling errors come in many types
+            raise LmlabError(f"{partial} is not a readable classifier state ({type(exc).__name__}); delete it to "
+                             f"start again") from None
+        if not isinstance(state, dict) or state.get("kind") != KIND + "-partial" or state.get("settings") != settings:
             raise LmlabError(f"{partial} holds a classifier run with other settings ({state.get('settings')}); "
                              f"delete it to start again")
         model.load_state_dict(state["model"])
