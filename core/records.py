@@ -140,14 +140,12 @@ def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
     if summary.get("run_dir") and config_file.is_file():
         config = json.loads(config_file.read_text())
         model, energy = config.get("model", {}), config.get("energy")
-        if model.get("kind") == "lstm":
-            shape = f"{model['n_layers']}x{model['lstm']['hidden_size']}"
-        else:
-            shape = f"{model.get('n_layers')} layers x {model.get('d_model')}"
-        tied = ", tied" if model.get("output", {}).get("tie") else ""
         if isinstance(energy, dict) and energy.get("kind"):  # a residual EBM run: its energy network
             facts["model"] = f"{energy['kind'].upper()} energy, {energy.get('n_layers')} layers x {energy.get('d_model')}"
         elif model.get("kind") and model.get("n_layers"):  # an LM or translation model; a GEBM's model says no shape
+            shape = (f"{model['n_layers']}x{model['lstm']['hidden_size']}" if model["kind"] == "lstm"
+                     else f"{model['n_layers']} layers x {model.get('d_model')}")
+            tied = ", tied" if model.get("output", {}).get("tie") else ""
             facts["model"] = f"{str(model['kind']).upper()} {shape}{tied}"
     if summary.get("run_dir") and metrics_file.is_file():
         rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.core.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm.data import to_float
 
 KIND = "lmlab-cifar10-classifier"
+PARTIAL_KIND = KIND + "-partial"  # the state after each epoch of a run in progress (train_classifier's resume)
 
 
 def _stage(cin: int, cout: int) -> list[nn.Module]:
