@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmlab.core.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm import classifier as clf
 from lmlab.core.gebm import data as gd
@@ -65,7 +66,7 @@ def test_augmentation_crops_the_padded_image_and_mirrors_half():
 def test_the_classifier_learns_and_its_file_gives_the_same_features(tmp_path):
     x, y = _squares(600, 0)
     xt, yt = _squares(200, 1)
-    model = clf.train_classifier(x, y, epochs=4, batch_size=32, lr=0.05, width=8, seed=0)
+    model, _ = clf.train_classifier(x, y, epochs=4, batch_size=32, lr=0.05, width=8, seed=0)
     assert clf.accuracy(model, xt, yt) > 0.9  # chance is 0.25
     clf.save_classifier(tmp_path / "c.pt", model, {"test_accuracy": 1.0})
     extractor = clf.load_classifier(tmp_path / "c.pt")
@@ -84,7 +85,7 @@ def test_the_classifier_learns_and_its_file_gives_the_same_features(tmp_path):
 
 def test_fid_kid_on_classifier_features(tmp_path):
     x, y = _squares(64, 0)
-    model = clf.train_classifier(x, y, epochs=1, batch_size=32, width=4)
+    model, _ = clf.train_classifier(x, y, epochs=1, batch_size=32, width=4)
     clf.save_classifier(tmp_path / "c.pt", model, {})
     train(tiny_image_cfg(tmp_path / "run"), NullReporter())
     from lmlab.core.checkpoint import load_checkpoint
@@ -114,7 +115,7 @@ def test_command_line_trains_saves_and_reports(tmp_path, capsys):
 def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
     x, y = _squares(96, 0)
     kw = dict(epochs=3, batch_size=32, lr=0.05, width=4, seed=0)
-    whole = clf.train_classifier(x, y, **kw)
+    whole, _ = clf.train_classifier(x, y, **kw)
 
     class Stop(Exception):
         pass
@@ -128,7 +129,7 @@ def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
         clf.train_classifier(x, y, **kw, resume=partial, log=stop_after_first_epoch)
     assert partial.exists()
     lines = []
-    resumed = clf.train_classifier(x, y, **kw, resume=partial, log=lines.append)
+    resumed, _ = clf.train_classifier(x, y, **kw, resume=partial, log=lines.append)
     assert lines[0].startswith("classifier: resumed") and "epoch 1/3" not in " ".join(lines[1:])
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     assert not partial.exists()  # removed when training ends
@@ -136,6 +137,14 @@ def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
         clf.train_classifier(x, y, **kw, resume=partial, log=stop_after_first_epoch)
     with pytest.raises(LmlabError, match="other settings"):
         clf.train_classifier(x, y, **{**kw, "lr": 0.1}, resume=partial)
+    state = load_checkpoint(partial, clf.PARTIAL_KIND)
+    assert state["train_s"] > 0
+    save_checkpoint(partial, {**state, "train_s": 1000.0}, clf.PARTIAL_KIND)  # as if the first process took 1000 s
+    _, total_s = clf.train_classifier(x, y, **kw, resume=partial)
+    assert 1000.0 < total_s < 1100.0  # summed over both processes, not the last one alone
+    clf.save_classifier(partial, whole, {})  # a finished classifier file is not a run's state
+    with pytest.raises(LmlabError, match="not a readable classifier state.*delete it"):
+        clf.train_classifier(x, y, **kw, resume=partial)
     partial.write_bytes(partial.read_bytes()[:100])  # a truncated copy
     with pytest.raises(LmlabError, match="not a readable classifier state"):
         clf.train_classifier(x, y, **kw, resume=partial)

@@ -83,20 +83,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return crops
 
 
-def _save_partial(path: Path, state: dict) -> None:
-    import io
-
-    from lmlab.core.checkpoint import atomic_write_bytes
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10, batch_size: int = 128,
                      lr: float = 0.1, width: int = 32, seed: int = 0,
-                     log: Callable[[str], None] = lambda s: None, resume: str | Path | None = None) -> CifarClassifier:
-    """resume: a file that holds the state after each epoch (written atomically); a rerun with the same settings
+                     log: Callable[[str], None] = lambda s: None,
+                     resume: str | Path | None = None) -> tuple[CifarClassifier, float]:
+    """The trained model (in eval mode) and its training seconds, summed over the processes of a resumed run.
+
+    resume: a file that holds the state after each epoch (written atomically); a rerun with the same settings
     continues from it and ends bitwise as an uninterrupted run. It is deleted when training ends."""
+    t0 = time.monotonic()
     torch.manual_seed(seed)
     model = CifarClassifier(width)
     gen = torch.Generator().manual_seed(seed)
@@ -107,15 +102,15 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     warm = max(1, int(0.15 * total))
     step = first_epoch = 0
+    seconds_before = 0.0  # training time of the earlier processes of a resumed run
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "images": n}
     partial = Path(resume) if resume else None
     if partial is not None and partial.exists():
         try:
-            state = torch.load(partial, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, foreign or unsafe: unpickling errors come in many types
-            raise LmlabError(f"{partial} is not a readable classifier state ({type(exc).__name__}); delete it to "
-                             f"start again") from None
-        if not isinstance(state, dict) or state.get("kind") != KIND + "-partial" or state.get("settings") != settings:
+            state = load_checkpoint(partial, PARTIAL_KIND)
+        except LmlabError as exc:
+            raise LmlabError(f"{partial} is not a readable classifier state ({exc}); delete it to start again") from None
+        if state.get("settings") != settings:
             raise LmlabError(f"{partial} holds a classifier run with other settings ({state.get('settings')}); "
                              f"delete it to start again")
         model.load_state_dict(state["model"])
@@ -123,6 +118,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch, step = int(state["epoch"]), int(state["step"])
+        seconds_before = float(state["train_s"])
         log(f"classifier: resumed from {partial} after epoch {first_epoch}/{epochs}")
     for epoch in range(first_epoch, epochs):
         model.train()
@@ -142,13 +138,14 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
         if partial is not None and epoch + 1 < epochs:
-            _save_partial(partial, {"kind": KIND + "-partial", "settings": settings, "epoch": epoch + 1, "step": step,
-                                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
+            save_checkpoint(partial, {"settings": settings, "epoch": epoch + 1, "step": step,
+                                      "train_s": seconds_before + time.monotonic() - t0,
+                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, PARTIAL_KIND)
         log(f"classifier epoch {epoch + 1}/{epochs}: train accuracy {correct / seen:.3f} (augmented)")
     if partial is not None:
         partial.unlink(missing_ok=True)
-    return model.eval()
+    return model.eval(), seconds_before + time.monotonic() - t0
 
 
 @torch.no_grad()
@@ -212,12 +209,17 @@ def main(argv: list[str] | None = None) -> dict:
         x_train, y_train = load_cifar10_labelled(args.data, "train", args.train_subset, seed=args.seed)
         x_test, y_test = load_cifar10_labelled(args.data, "test")
         log = lambda s: print(f"[lmlab {time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
-        model = train_classifier(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                 width=args.width, seed=args.seed, log=log, resume=f"{args.out}.partial")
+        t_train = time.monotonic()
+        model, train_s = train_classifier(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                                          lr=args.lr, width=args.width, seed=args.seed, log=log,
+                                          resume=f"{args.out}.partial")
+        earlier_s = train_s - (time.monotonic() - t_train)  # training time of the processes before a resume
         result = {"test_accuracy": accuracy(model, x_test, y_test), "train_images": len(x_train),
                   "test_images": len(x_test), "epochs": args.epochs, "width": args.width,
                   "features": 4 * args.width, "params": sum(p.numel() for p in model.parameters()),
-                  "seed": args.seed, "data": str(Path(args.data).resolve()), "wall_s": round(time.monotonic() - t0, 1)}
+                  "seed": args.seed, "data": str(Path(args.data).resolve()), "train_s": round(train_s, 1),
+                  "wall_s": round(earlier_s + time.monotonic() - t0, 1),
+                  "wall_s_this_process": round(time.monotonic() - t0, 1)}
         save_classifier(args.out, model, result)
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
