@@ -146,3 +146,8 @@ def test_cli_sample_reads_preset_and_flags_override(tmp_path):
     assert res.exit_code == 0, res.output
     want = sample(state, sampler_config([str(preset)], sampler="kla"), num_samples=2, device="cpu")
     assert np.allclose(np.load(out), want.numpy())
+    calls = []
+    again = sample(state, sampler_config([str(preset)]), num_samples=5, batch_size=2, device="cpu",
+                   progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]  # after each batch of chains (the evaluator logs these)
+    assert again.shape == (5, 3, 32, 32)

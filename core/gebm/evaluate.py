@@ -27,6 +27,7 @@ from lmlab.core.gebm.fid import (SmallExtractor, features, frechet_from_stats, k
 from lmlab.core.gebm.models import from_state
 from lmlab.core.gebm.config import SamplerConfig
 from lmlab.core.gebm.sample import sample as draw, sampler_config
+from lmlab.core.reporting import Reporter, progress_lines
 
 
 @torch.no_grad()
@@ -134,14 +135,14 @@ def real_features(real, extractor, dev, stats_path: str | None, meta: dict) -> t
 def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
                     inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
                     kid_subset: int = 1000, real_stats: str | None = None, real_meta: dict | None = None,
-                    classifier: str | None = None, **overrides) -> dict:
+                    classifier: str | None = None, reporter: Reporter | None = None, **overrides) -> dict:
     """FID/KID of the generator alone and of the GEBM (same G, same z_0) against `real` images (an array, or a
     function returning one: with `real_stats` saved earlier, the images are never loaded).
 
     The GEBM is sampled with `cfg` (default SamplerConfig(), the one set of sampler defaults) plus keyword
     overrides of its fields; `num_samples` is the number of fake images for FID/KID. `real_stats`: an .npz of the
     real features' statistics, computed once and reused while `real_meta` (source, split, count) and the extractor
-    are the same.
+    are the same. `reporter`: progress lines while each arm's chains run (minutes on a CPU).
     """
     cfg = sampler_config(None, cfg, **overrides)
     dev = pick_device(device)
@@ -153,8 +154,9 @@ def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
     for name, which in (("generator", "none"), ("gebm_" + cfg.sampler, cfg.sampler)):
         if name != "generator" and (which == "none" or cfg.steps <= 0):
             continue
+        progress = progress_lines(reporter, f"sampling {name}", every_s=60.0) if reporter else None
         fake = draw(state, dataclasses.replace(cfg, sampler=which), num_samples=num_samples, seed=seed,
-                    device=str(dev))
+                    device=str(dev), progress=progress)
         f_fake = features(extractor, fake, device=dev)
         kid, kid_std = kernel_inception_distance(f_real, f_fake, subset_size=kid_subset)
         out[f"fid_{name}"] = frechet_from_stats(mu_real, sigma_real, f_fake)
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
             res = evaluate_images(state, real, scfg, inception=args.inception or None, classifier=args.classifier or None,
                                   num_samples=args.num_samples,
                                   seed=args.seed, device=args.device, kid_subset=args.kid_subset,
-                                  real_stats=args.real_stats or None,
+                                  real_stats=args.real_stats or None, reporter=Reporter(),
                                   real_meta={"source": str(Path(source).resolve()), "split": args.real_split,
                                              "requested": args.real_count, "seed": args.seed})
     except LmlabError as exc:

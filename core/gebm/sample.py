@@ -12,6 +12,7 @@ import dataclasses
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,12 @@ def sample_latents(base, energy, z0: torch.Tensor, cfg: SamplerConfig,
 
 
 def sample(state: dict, cfg: SamplerConfig | None = None, *, num_samples: int | None = None, seed: int = 0,
-           device: str = "auto", batch_size: int = 500, **overrides) -> torch.Tensor:
+           device: str = "auto", batch_size: int = 500, progress: Callable[[int, int], None] | None = None,
+           **overrides) -> torch.Tensor:
     """GEBM samples G(z_T), z_T from the latent chain ("none" = the generator alone on the same z_0).
 
     `cfg` (default SamplerConfig()) with keyword overrides of its fields (sampler=, steps=, ...);
-    num_samples defaults to cfg.num_samples.
+    num_samples defaults to cfg.num_samples. `progress(done, total)` is called after each batch of chains.
     """
     cfg = sampler_config(None, cfg, **overrides)
     num_samples = cfg.num_samples if num_samples is None else num_samples
@@ -89,6 +91,8 @@ def sample(state: dict, cfg: SamplerConfig | None = None, *, num_samples: int | 
         if not torch.isfinite(x).all():
             raise LmlabError("sampling diverged (non-finite samples); lower --step-size or --beta")
         out.append(x.cpu())
+        if progress is not None:
+            progress(start + n, num_samples)
     x = torch.cat(out)
     return x.clamp(-1, 1) if model_cfg.data.kind == "image" else x
 
