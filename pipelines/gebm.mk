@@ -158,7 +158,7 @@ cifar10-classifier: results/cifar10-classifier.json  ## the CPU image tier's FID
 	@$(RESULTS_DOC) --print cifar10-classifier
 .PHONY: cifar10-classifier
 
-# ---- the CPU image tier (issue #19, 4b): GEBM_TIER_SEEDS runs of gebm-cifar10-cpu + gebm-cifar10-cpu-tier (about 2 h each),
+# ---- the CPU image tier (issue #19, 4b): GEBM_TIER_SEEDS runs of gebm-cifar10-cpu + gebm-cifar10-cpu-tier (45 min each at one thread, two side by side),
 # each scored as the generator alone, ULA and KLA (the preset's [sample] table) on the classifier's features:
 # GEBM_TIER_FID samples against the 10,000 test images, whose statistics are computed once per classifier file.
 GEBM_TIER = $(RUNS)/gebm-cifar10-tier
@@ -193,7 +193,7 @@ results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.j
 # later seeds are scored after the first, which writes the shared statistics file (trainings still run in parallel)
 GEBM_TIER_FIRST = $(GEBM_TIER)/s$(firstword $(GEBM_TIER_SEEDS))/scores.json
 $(filter-out $(GEBM_TIER_FIRST),$(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json)): | $(GEBM_TIER_FIRST)
-gebm-cifar10-cpu-tier: results/gebm-cifar10-cpu-tier.json  ## GEBM image claim on CPU: generator vs ULA vs KLA, FID/KID on the classifier's features, GEBM_TIER_SEEDS seeds (CPU, ~2 h a seed after cifar10-classifier) [LMLAB_CIFAR10=tar.gz]
+gebm-cifar10-cpu-tier: results/gebm-cifar10-cpu-tier.json  ## GEBM image claim on CPU: generator vs ULA vs KLA, FID/KID on the classifier's features, GEBM_TIER_SEEDS seeds (CPU, ~1.5 h for two seeds with -j2 after cifar10-classifier) [LMLAB_CIFAR10=tar.gz]
 	@$(RESULTS_DOC) --print gebm-cifar10-cpu-tier
 .PHONY: gebm-cifar10-cpu-tier
 
