@@ -85,7 +85,7 @@ def sample(
     _refuse_ignored(ctx, kind, beam)
     if kind == "gebm":
         from pathlib import Path
-        from lmlab.cli.common import given
+        from lmlab.cli.common import given, make_reporter
         from lmlab.core.gebm.sample import sample as gebm_sample, sampler_config, write_samples
         if out is None:
             raise LmlabError("GEBM sampling writes a file: pass --out samples.png (or .npy/.csv)")
@@ -95,7 +95,10 @@ def sample(
                  "mass": mass, "decay_every": decay_every, "decay": decay, "num_samples": num_samples}
         flags = {k: flags[k] for k in given(ctx, *flags)}  # only the flags set on the command line
         cfg = sampler_config([preset] if preset else None, **flags)  # SamplerConfig <- presets' [sample] <- flags
-        samples = gebm_sample(state, cfg, seed=seed, device=str(dev))
+        reporter = make_reporter()  # a bar on a terminal, a line every 10 s in a batch job: long chains are not silent
+        reporter.start(cfg.num_samples, f"sampling {cfg.sampler}")
+        samples = gebm_sample(state, cfg, seed=seed, device=str(dev), progress=lambda done, _: reporter.update(done))
+        reporter.finish()
         write_samples(samples, out)
         print(json.dumps({"out": out, "num_samples": int(samples.shape[0]), "sampler": cfg.sampler}))
         return

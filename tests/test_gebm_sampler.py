@@ -141,6 +141,7 @@ def test_cli_sample_reads_preset_and_flags_override(tmp_path):
     want = sample(state, sampler_config([str(preset)]), device="cpu")
     got = np.load(out)
     assert got.shape == (5, 3, 32, 32) and np.allclose(got, want.numpy())  # the preset's ULA, its 5 samples
+    assert "sampling ula 5/5" in res.stderr  # the progress line of a batch job (not a terminal)
     res = runner.invoke(app, ["sample", "-c", str(best), "--preset", str(preset), "--device", "cpu", "-n", "2",
                               "--sampler", "kla", "--force", "-o", str(out)])
     assert res.exit_code == 0, res.output
