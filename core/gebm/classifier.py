@@ -108,8 +108,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
     if partial is not None and partial.exists():
         try:
             state = load_checkpoint(partial, PARTIAL_KIND)
-        except LmlabError as exc:
-            raise LmlabError(f"{partial} is not a readable classifier state ({exc}); delete it to start again") from None
+        except LmlabError:  # truncated, corrupt, unsafe or another kind of file (load_checkpoint's checks)
+            raise LmlabError(f"{partial} is not a readable classifier state (a truncated copy or another file); "
+                             f"delete it to start again") from None
         if state.get("settings") != settings:
             raise LmlabError(f"{partial} holds a classifier run with other settings ({state.get('settings')}); "
                              f"delete it to start again")
