@@ -164,14 +164,16 @@ imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-
 # The control arm: dropout-only with IMM's switch-on lr event alone (ptb-lstm-small-lrcontrol), paired with both
 # arms of the same seeds: dropout-only -> control measures the lr event, control -> IMM measures IMM itself.
 $(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),control,ptb ptb-lstm-small-dropout ptb-lstm-small-lrcontrol,$(s))))
-results/imm-ptb-cpu-control.json: $(foreach s,$(IMM_CPU_SEEDS),$(foreach a,dropout control imm,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+# Seeds in IMM_CPU_RECORDED_SEEDS are read from this record's pairs (all three arms) as imm-ptb-cpu reads its own.
+IMM_CPU_CONTROL_FROM_RECORD = $(if $(IMM_CPU_RECORDED_SEEDS),--record results/imm-ptb-cpu-control.json --recorded-seeds $(IMM_CPU_RECORDED_SEEDS))
+results/imm-ptb-cpu-control.json: $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(foreach a,dropout control imm,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
 	@mkdir -p $(@D)
 	{ echo "IMM vs the control arm (the same lr event, no IMM term):"; echo; \
-	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base control --arm imm --json $(IMM_CPU_RUNS)/control-imm.json; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base control --arm imm --json $(IMM_CPU_RUNS)/control-imm.json $(IMM_CPU_CONTROL_FROM_RECORD); echo; \
 	  echo "The control arm vs dropout-only (the lr event alone):"; echo; \
-	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base dropout --arm control --claim none --json $(IMM_CPU_RUNS)/dropout-control.json; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base dropout --arm control --claim none --json $(IMM_CPU_RUNS)/dropout-control.json $(IMM_CPU_CONTROL_FROM_RECORD); \
 	} > $(IMM_CPU_RUNS)/control.md
-	$(RECORD) imm-ptb-cpu-control --command '$(call made_by,imm-ptb-cpu-control)' $(foreach s,$(IMM_CPU_SEEDS),--train control-s$(s)=$(IMM_CPU_RUNS)/control-s$(s).train.json) \
+	$(RECORD) imm-ptb-cpu-control --command '$(call made_by,imm-ptb-cpu-control)' $(foreach s,$(IMM_CPU_SEEDS),--train 'control-s$(s)=$(call imm_cpu_summary,imm-ptb-cpu-control,$(IMM_CPU_RUNS),control,$(s))') \
 	  --json control_vs_imm=$(IMM_CPU_RUNS)/control-imm.json --json dropout_vs_control=$(IMM_CPU_RUNS)/dropout-control.json \
 	  --markdown $(IMM_CPU_RUNS)/control.md --seed '$(IMM_CPU_SEEDS)'
 	$(RESULTS_DOC)
