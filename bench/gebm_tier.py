@@ -2,7 +2,7 @@
 as mean ± sd over seeds and the paired difference to the generator (same run, same z_0, same feature extractor).
 
     python bench/gebm_tier.py --seed 1=runs/gebm-cifar10-tier/s1 --seed 2=runs/gebm-cifar10-tier/s2 \
-        [--figure docs/figures/gebm-cifar10-cpu-tier.png] [--json summary.json] > summary.md
+        [--reference fid-reference.json] [--figure docs/figures/gebm-cifar10-cpu-tier.png] [--json summary.json] > summary.md
 
 Each seed dir holds fid-ula.json and fid-kla.json (python -m lmlab.core.gebm.evaluate --out) and, for the figure,
 samples-{none,ula,kla}.png (lmlab sample). The claim (Arbel et al. 2021, Sec. 6.1) is a lower FID/KID for the
@@ -54,6 +54,16 @@ def summarize(seeds: dict[str, Path]) -> dict:
             "real_images": first["real_images"], "per_seed": per_seed, "arms": arms}
 
 
+def with_reference(summary: dict, reference: dict) -> dict:
+    """Adds the real-vs-real floor (python -m lmlab.core.gebm.evaluate --reference-split): checked to be on the
+    same extractor and real images as the seeds' scores."""
+    if (reference["extractor"], reference["real_images"]) != (summary["extractor"], summary["real_images"]):
+        raise SystemExit(f"the reference was scored on {reference['extractor']} / {reference['real_images']} real images, "
+                         f"the seeds on {summary['extractor']} / {summary['real_images']}")
+    return {**summary, "reference": {"split": reference["reference_split"], "images": reference["reference_images"],
+                                     "fid": reference["fid_real_reference"], "kid": reference["kid_real_reference"]}}
+
+
 def markdown(summary: dict) -> str:
     n = len(summary["seeds"])
     lines = [f"FID/KID on {summary['extractor']} features: {summary['fake_images']:,} samples against "
@@ -71,6 +81,10 @@ def markdown(summary: dict) -> str:
         else:
             dfid = dkid = below = ""
         lines.append(f"| {a['arm']} | {fid} | {kid} | {dfid} | {dkid} | {below} |")
+    ref = summary.get("reference")
+    if ref:  # the floor: what a sampler that drew real images would score with as many images
+        lines.append(f"| real {ref['split']} images ({ref['images']:,}): the floor | {ref['fid']:.3f} | "
+                     f"{1e3 * ref['kid']:.3f} |  |  |  |")
     lines += ["", "Per seed (FID): " + "; ".join(
         f"seed {s}: generator {r['fid_generator']:.3f}, ULA {r['fid_gebm_ula']:.3f}, KLA {r['fid_gebm_kla']:.3f}"
         for s, r in summary["per_seed"].items()) + "."]
@@ -99,6 +113,7 @@ def main() -> None:
     ap.add_argument("--seed", action="append", required=True, metavar="SEED=DIR")
     ap.add_argument("--figure", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument("--reference", default="", help="real images scored as a sampler would be (evaluate --reference-split)")
     args = ap.parse_args()
     seeds = {}
     for item in args.seed:
@@ -107,6 +122,8 @@ def main() -> None:
             raise SystemExit(f"--seed {item!r}: expected SEED=DIR")
         seeds[seed] = Path(run)
     summary = summarize(seeds)
+    if args.reference:
+        summary = with_reference(summary, json.loads(Path(args.reference).read_text()))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     if args.figure:

@@ -181,9 +181,16 @@ $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json): $(GEBM_TIER)/s%/scores.json: $
 	  --preset $(GEBM_TIER_PRESETS) --sampler $$s --device cpu > $(@D)/fid-$$s.json.tmp && mv $(@D)/fid-$$s.json.tmp $(@D)/fid-$$s.json || exit 1; done
 	cat $(@D)/fid-ula.json $(@D)/fid-kla.json > $@
 
-results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json)
+# the floor: GEBM_TIER_FID real training images scored against the same test statistics, as a sampler's samples are
+$(GEBM_TIER)/fid-reference.json: $(RUNS)/cifar10-classifier.pt | $(GEBM_TIER_FIRST)
+	$(EVAL) --real $(LMLAB_CIFAR10) --real-split test --real-count 10000 --real-stats $(GEBM_TIER_STATS) \
+	  --classifier $(RUNS)/cifar10-classifier.pt --reference-split train --reference-count $(GEBM_TIER_FID) --device cpu \
+	  > $@.tmp && mv $@.tmp $@
+
+results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json) $(GEBM_TIER)/fid-reference.json
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/gebm_tier.py $(foreach s,$(GEBM_TIER_SEEDS),--seed $(s)=$(GEBM_TIER)/s$(s)) --figure docs/figures/gebm-cifar10-cpu-tier.png \
+	  --reference $(GEBM_TIER)/fid-reference.json \
 	  --json $(GEBM_TIER)/summary.json > $(GEBM_TIER)/summary.md
 	$(RECORD) gebm-cifar10-cpu-tier --command '$(call made_by,gebm-cifar10-cpu-tier)' \
 	  $(foreach s,$(GEBM_TIER_SEEDS),--train s$(s)=$(GEBM_TIER)/s$(s).train.json) --json classifier=$(RUNS)/cifar10-classifier.json \

@@ -112,6 +112,29 @@ def test_command_line_trains_saves_and_reports(tmp_path, capsys):
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_real_reference_scores_real_images_against_the_saved_statistics(tmp_path, capsys):
+    """--reference-split: the FID/KID floor of a sampler, on the same features and statistics file."""
+    from lmlab.core.gebm import evaluate as ev
+    images, labels = _squares(120, 0)
+    for name, lo, hi in [(f"data_batch_{i}", 20 * (i - 1), 20 * i) for i in range(1, 6)] + [("test_batch", 100, 120)]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"labels": list(labels[lo:hi]), b"data": images[lo:hi].reshape(hi - lo, -1)}, f, protocol=2)
+    model, _ = clf.train_classifier(images[:100], labels[:100], epochs=1, batch_size=32, width=4)
+    clf.save_classifier(tmp_path / "c.pt", model, {})
+    common = ["--real", str(tmp_path), "--real-split", "test", "--real-count", "20", "--classifier", str(tmp_path / "c.pt"),
+              "--real-stats", str(tmp_path / "stats.npz"), "--kid-subset", "10"]
+    same = ev.main(common + ["--reference-split", "test", "--reference-count", "20"])
+    assert same["reference_images"] == 20 and abs(same["fid_real_reference"]) < 1e-9  # the very images: FID 0
+    assert (tmp_path / "stats.npz").exists()  # computed once and saved, as for the samplers' scores
+    other = ev.main(common + ["--reference-split", "train", "--reference-count", "100", "--out", str(tmp_path / "r.json")])
+    assert other["reference_images"] == 100 and other["fid_real_reference"] > 1e-7  # other images (tiny features here)
+    assert json.loads((tmp_path / "r.json").read_text())["fid_real_reference"] == other["fid_real_reference"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["--reference-split", "train"])
+    assert exc.value.code == 2 and "needs --real" in capsys.readouterr().err
+
+
 def test_a_stopped_classifier_run_resumes_from_its_last_epoch_bitwise(tmp_path):
     x, y = _squares(96, 0)
     kw = dict(epochs=3, batch_size=32, lr=0.05, width=4, seed=0)

@@ -55,3 +55,18 @@ def test_seeds_scored_on_different_extractors_are_refused(tmp_path):
     s2 = _seed_dir(tmp_path, "s2", 60.0, 61.5, 55.2, extractor="random-conv")
     out = _run("--seed", s1, "--seed", s2)
     assert out.returncode != 0 and "different feature extractors" in out.stderr
+
+
+def test_the_real_reference_is_the_tables_floor_row_and_must_match_the_seeds(tmp_path):
+    s1 = _seed_dir(tmp_path, "s1", 40.0, 39.0, 35.0)
+    ref = {"extractor": "classifier:abc", "real_images": 1000, "reference_images": 500, "reference_split": "train",
+           "fid_real_reference": 0.5, "kid_real_reference": 0.0004}
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    out = _run("--seed", s1, "--reference", str(tmp_path / "ref.json"), "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["reference"] == {"split": "train", "images": 500, "fid": 0.5,
+                                                                            "kid": 0.0004}
+    assert "| real train images (500): the floor | 0.500 | 0.400 |" in out.stdout
+    (tmp_path / "ref.json").write_text(json.dumps({**ref, "extractor": "random-conv"}))
+    out = _run("--seed", s1, "--reference", str(tmp_path / "ref.json"))
+    assert out.returncode != 0 and "reference was scored on random-conv" in out.stderr

@@ -164,6 +164,24 @@ def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
     return out
 
 
+def evaluate_real_reference(real, reference, *, inception: str | None = None, classifier: str | None = None,
+                            device: str = "auto", kid_subset: int = 1000, real_stats: str | None = None,
+                            real_meta: dict | None = None) -> dict:
+    """FID/KID of other real images (`reference`, e.g. CIFAR-10 training images; an array or a function returning
+    one) against `real`, on the same extractor and statistics as evaluate_images: the figure a perfect sampler
+    would reach with that many images, which gives a sampler's FID its scale."""
+    dev = pick_device(device)
+    extractor = make_extractor(inception, dev, classifier)
+    meta = {"extractor": extractor_id(inception, classifier), **(real_meta or {})}
+    mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
+    reference = reference() if callable(reference) else reference
+    f_ref = features(extractor, torch.as_tensor(gdata.to_float(reference)).float(), device=dev)
+    kid, kid_std = kernel_inception_distance(f_real, f_ref, subset_size=kid_subset)
+    return {"extractor": extractor_name(inception, classifier), "real_images": count, "real_stats": real_stats or None,
+            "reference_images": len(reference), "fid_real_reference": frechet_from_stats(mu_real, sigma_real, f_ref),
+            "kid_real_reference": kid, "kid_real_reference_std": kid_std}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`python -m lmlab.core.gebm.evaluate CKPT [--out r.json]`: test NLL (density) or FID/KID (images) as JSON.
 
@@ -174,13 +192,13 @@ def main(argv: list[str] | None = None) -> dict:
     exactly as `lmlab sample` resolves them.
     """
     import argparse
-    import json
     import sys
 
-    from lmlab.core.checkpoint import atomic_write_text, load_checkpoint
+    from lmlab.core.checkpoint import load_checkpoint
 
     ap = argparse.ArgumentParser(prog="python -m lmlab.core.gebm.evaluate", description=main.__doc__.splitlines()[0])
-    ap.add_argument("checkpoint")
+    ap.add_argument("checkpoint", nargs="?", default="", help="a GEBM checkpoint (optional with --reference-split "
+                    "and --real)")
     ap.add_argument("--split", default="test", help="density: train | valid | test")
     ap.add_argument("--is-samples", type=int, default=100000, help="density: base samples for log Z")
     ap.add_argument("--real", default="", help="images: real images (default: the run's data.path)")
@@ -193,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--classifier", default="", help="images: a CIFAR-10 classifier file (python -m "
                     "lmlab.core.gebm.classifier) whose penultimate features replace Inception's (the CPU tier)")
     ap.add_argument("--num-samples", type=int, default=1000, help="images: fake images for FID/KID")
+    ap.add_argument("--reference-split", default="", help="images: instead of sampling, score --reference-count real "
+                    "images of this split (e.g. train) against --real: the FID/KID floor on the same features")
+    ap.add_argument("--reference-count", type=int, default=10000)
     ap.add_argument("--preset", default="", help="images: presets whose [sample] tables set the sampler "
                     "(comma list); flags below override; unset flags keep SamplerConfig's defaults")
     d = SamplerConfig()
@@ -210,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="", help="also write the JSON here")
     args = ap.parse_args(argv)
     try:
+        if args.reference_split:
+            return _write(_real_reference_from_args(args), args.out)
+        if not args.checkpoint:
+            raise LmlabError("give a GEBM checkpoint (or --reference-split with --real)")
         state = load_checkpoint(args.checkpoint, "gebm")
         cfg = from_state(state, "cpu")[0]
         if cfg.data.kind == "density":
@@ -230,11 +255,35 @@ def main(argv: list[str] | None = None) -> dict:
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return _write(res, args.out)
+
+
+def _write(res: dict, out: str) -> dict:
+    """The result as JSON on stdout and, with --out, atomically in that file."""
+    import json
+
+    from lmlab.core.checkpoint import atomic_write_text
     text = json.dumps(res, indent=2)
     print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
+    if out:
+        atomic_write_text(out, text + "\n")
     return res
+
+
+def _real_reference_from_args(args) -> dict:
+    """--reference-split: real images of that split scored against --real (the FID/KID floor)."""
+    from lmlab.core.checkpoint import load_checkpoint
+    if not (args.real or args.checkpoint):
+        raise LmlabError("--reference-split needs --real (or a checkpoint whose data.path names the images)")
+    source = args.real or from_state(load_checkpoint(args.checkpoint, "gebm"), "cpu")[0].data.path
+    res = evaluate_real_reference(
+        lambda: gdata.load_cifar10(source, args.real_split, args.real_count, seed=args.seed),
+        lambda: gdata.load_cifar10(source, args.reference_split, args.reference_count, seed=args.seed),
+        inception=args.inception or None, classifier=args.classifier or None, device=args.device,
+        kid_subset=args.kid_subset, real_stats=args.real_stats or None,
+        real_meta={"source": str(Path(source).resolve()), "split": args.real_split, "requested": args.real_count,
+                   "seed": args.seed})
+    return {**res, "reference_split": args.reference_split}
 
 
 if __name__ == "__main__":
