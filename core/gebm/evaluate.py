@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     Density: NLL of Q (IS log Z from the base, with s.e.) and of the base B on --split.
     Images: FID/KID of the generator alone and of the GEBM sampled by --sampler against --real images
     (an image folder/tarball/pickle dir; --real-split, --real-count); --inception for Inception-v3 weights.
+    Floor: --reference-split train (no checkpoint needed with --real) scores real images of that split instead.
     The sampler settings are SamplerConfig's defaults <- --preset's [sample] table <- the sampler flags,
     exactly as `lmlab sample` resolves them.
     """
