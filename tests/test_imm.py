@@ -200,7 +200,11 @@ def test_objective_schedule_and_terms():
     assert obj.active and opt.param_groups[0]["lr"] == 0.5
 
     # call 1: the official single-sample term, lambda * CE((1 - g) onehot + g p_cont, Q)
+    projections, project = [], model.output.logits
+    model.output.logits = lambda h: projections.append(len(projections) + 1) or project(h)
     loss, _, m = obj(model, x, y, None, 3)
+    projections[:] = [len(projections)]
+    del model.output.logits
     logq = model(x)[0].log_softmax(-1).double()
     g = torch.from_numpy(kn.gamma)[x]
     target = (1 - g)[..., None] * nn.functional.one_hot(y, V) + g[..., None] * torch.from_numpy(kn.p_cont)
@@ -208,6 +212,7 @@ def test_objective_schedule_and_terms():
     smooth = float(smooth.detach())
     assert m["imm_smoothed_nats"] == pytest.approx(smooth, rel=1e-5)
     assert loss.item() == pytest.approx(m["loss_nats"] + 0.2 * smooth, rel=1e-5)
+    assert projections == [1]  # the shared forward: one output projection serves the CE and the smoothed term
     # call 2: sampled IMM on the last j=2 positions of each of the 4 rows
     loss, _, m = obj(model, x, y, None, 4)
     assert loss.item() == pytest.approx(m["loss_nats"] + 0.2 * m["imm_loss_nats"], rel=1e-5)

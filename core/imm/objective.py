@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.imm.induced import ContextIndex, imm_backward_carried, imm_backward_serialized, imm_loss_sampled
@@ -77,10 +78,19 @@ class IMMObjective:
 
     def __call__(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, step: int):
         h, new_state = model.hidden(inputs, state)  # (B, T, d)
-        nll = model.output.nll(h, targets)  # (B, T)
+        imm_on = self.active and model.training
+        smoothed_batch = imm_on and (self.calls + 1) % self.cfg.every != 0 and self.cfg.between == "smoothed"
+        logits = None
+        if smoothed_batch and self.cfg.smoothed_forward == "shared" and _plain_output(model):
+            # one output projection for both terms: the CE's logits are the smoothed term's Q (same pass, same masks)
+            logits = model.output.logits(h).float()  # (B, T, V)
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                  reduction="none").view(targets.shape)  # = model.output.nll(h, targets)
+        else:
+            nll = model.output.nll(h, targets)  # (B, T)
         ce = nll.mean()
         metrics = {"loss_nats": float(ce.detach()), "imm_active": float(self.active)}
-        if not (self.active and model.training):
+        if not imm_on:
             return ce, new_state, metrics
         self.calls += 1
         self.imm_in_update = True
@@ -98,7 +108,7 @@ class IMMObjective:
         if separate:  # the official single-sample graph: its own pass (own dropout masks) from the same carried state
             h, _ = model.hidden(inputs, state)
             nll = model.output.nll(h, targets)
-        smooth = self._smoothed_term(model, h, inputs, nll)
+        smooth = self._smoothed_term(model, h, inputs, nll, logits)
         metrics["imm_smoothed_nats"] = float(smooth.detach())
         if self.cfg.clip != "main":
             return ce + lam * smooth, new_state, metrics
@@ -139,9 +149,13 @@ class IMMObjective:
         to = dict(device=inputs.device)
         return contexts, torch.from_numpy(windows).to(**to), torch.from_numpy(found).to(**to), positions
 
-    def _smoothed_term(self, model, h: torch.Tensor, inputs: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
-        """Official code's non-sampled IMM batches: CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)), mean over (B, T)."""
-        logits = model.output.logits(h).float()  # (B, T, V)
+    def _smoothed_term(self, model, h: torch.Tensor, inputs: torch.Tensor, nll: torch.Tensor,
+                       logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Official code's non-sampled IMM batches: CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)), mean over (B, T).
+
+        logits: Q's logits when the caller already holds them (the shared forward), else computed from h."""
+        if logits is None:
+            logits = model.output.logits(h).float()  # (B, T, V)
         p_cont = self.kn.p_cont_tensor(logits.device)
         cross = torch.logsumexp(logits, -1) - logits @ p_cont  # -Σ_y p_cont(y) log Q(y | x): (B, T)
         gamma = self.kn.gamma_of(inputs)  # (B, T)
@@ -220,6 +234,12 @@ class IMMObjective:
         self.active = bool(state["active"])
         self.calls = int(state["calls"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+def _plain_output(model) -> bool:
+    """A full-softmax linear output whose nll() is cross-entropy on logits() (not chunked, not adaptive)."""
+    from lmlab.core.models.embeddings import LinearOutput
+    return isinstance(model.output, LinearOutput) and not model.output.loss_chunk
 
 
 def _check_finite(value: float, what: str) -> None:
