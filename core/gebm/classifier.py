@@ -215,12 +215,13 @@ def main(argv: list[str] | None = None) -> dict:
                                           lr=args.lr, width=args.width, seed=args.seed, log=log,
                                           resume=f"{args.out}.partial")
         earlier_s = train_s - (time.monotonic() - t_train)  # training time of the processes before a resume
-        result = {"test_accuracy": accuracy(model, x_test, y_test), "train_images": len(x_train),
+        test_accuracy = accuracy(model, x_test, y_test)
+        this_process_s = time.monotonic() - t0
+        result = {"test_accuracy": test_accuracy, "train_images": len(x_train),
                   "test_images": len(x_test), "epochs": args.epochs, "width": args.width,
                   "features": 4 * args.width, "params": sum(p.numel() for p in model.parameters()),
                   "seed": args.seed, "data": str(Path(args.data).resolve()), "train_s": round(train_s, 1),
-                  "wall_s": round(earlier_s + time.monotonic() - t0, 1),
-                  "wall_s_this_process": round(time.monotonic() - t0, 1)}
+                  "wall_s": round(earlier_s + this_process_s, 1), "wall_s_this_process": round(this_process_s, 1)}
         save_classifier(args.out, model, result)
     except LmlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -132,6 +132,24 @@ def real_features(real, extractor, dev, stats_path: str | None, meta: dict) -> t
     return f_real.mean(0), np.cov(f_real, rowvar=False), kid_pool(f_real), len(real)
 
 
+def _real_side(real, inception: str | None, classifier: str | None, dev, real_stats: str | None,
+               real_meta: dict | None) -> tuple:
+    """The feature extractor, the real images' (mu, sigma, KID features), and the result's first keys: what every
+    comparison against `real` shares."""
+    extractor = make_extractor(inception, dev, classifier)
+    meta = {"extractor": extractor_id(inception, classifier), **(real_meta or {})}
+    mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
+    head = {"extractor": extractor_name(inception, classifier), "real_images": count, "real_stats": real_stats or None}
+    return extractor, (mu_real, sigma_real, f_real), head
+
+
+def _distances(real_stats: tuple, f_other: np.ndarray, kid_subset: int, name: str) -> dict:
+    """fid_NAME, kid_NAME and kid_NAME_std of features f_other against the real statistics."""
+    mu_real, sigma_real, f_real = real_stats
+    kid, kid_std = kernel_inception_distance(f_real, f_other, subset_size=kid_subset)
+    return {f"fid_{name}": frechet_from_stats(mu_real, sigma_real, f_other), f"kid_{name}": kid, f"kid_{name}_std": kid_std}
+
+
 def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
                     inception: str | None = None, num_samples: int = 1000, seed: int = 0, device: str = "auto",
                     kid_subset: int = 1000, real_stats: str | None = None, real_meta: dict | None = None,
@@ -146,21 +164,15 @@ def evaluate_images(state: dict, real, cfg: SamplerConfig | None = None, *,
     """
     cfg = sampler_config(None, cfg, **overrides)
     dev = pick_device(device)
-    extractor = make_extractor(inception, dev, classifier)
-    meta = {"extractor": extractor_id(inception, classifier), **(real_meta or {})}
-    mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
-    out = {"extractor": extractor_name(inception, classifier), "real_images": count,
-           "real_stats": real_stats or None, "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
+    extractor, stats, head = _real_side(real, inception, classifier, dev, real_stats, real_meta)
+    out = {**head, "fake_images": num_samples, "sampler_config": dataclasses.asdict(cfg)}
     for name, which in (("generator", "none"), ("gebm_" + cfg.sampler, cfg.sampler)):
         if name != "generator" and (which == "none" or cfg.steps <= 0):
             continue
         progress = progress_lines(reporter, f"sampling {name}", every_s=60.0) if reporter else None
         fake = draw(state, dataclasses.replace(cfg, sampler=which), num_samples=num_samples, seed=seed,
                     device=str(dev), progress=progress)
-        f_fake = features(extractor, fake, device=dev)
-        kid, kid_std = kernel_inception_distance(f_real, f_fake, subset_size=kid_subset)
-        out[f"fid_{name}"] = frechet_from_stats(mu_real, sigma_real, f_fake)
-        out[f"kid_{name}"], out[f"kid_{name}_std"] = kid, kid_std
+        out.update(_distances(stats, features(extractor, fake, device=dev), kid_subset, name))
     return out
 
 
@@ -171,15 +183,10 @@ def evaluate_real_reference(real, reference, *, inception: str | None = None, cl
     one) against `real`, on the same extractor and statistics as evaluate_images: the figure a perfect sampler
     would reach with that many images, which gives a sampler's FID its scale."""
     dev = pick_device(device)
-    extractor = make_extractor(inception, dev, classifier)
-    meta = {"extractor": extractor_id(inception, classifier), **(real_meta or {})}
-    mu_real, sigma_real, f_real, count = real_features(real, extractor, dev, real_stats, meta)
+    extractor, stats, head = _real_side(real, inception, classifier, dev, real_stats, real_meta)
     reference = reference() if callable(reference) else reference
     f_ref = features(extractor, torch.as_tensor(gdata.to_float(reference)).float(), device=dev)
-    kid, kid_std = kernel_inception_distance(f_real, f_ref, subset_size=kid_subset)
-    return {"extractor": extractor_name(inception, classifier), "real_images": count, "real_stats": real_stats or None,
-            "reference_images": len(reference), "fid_real_reference": frechet_from_stats(mu_real, sigma_real, f_ref),
-            "kid_real_reference": kid, "kid_real_reference_std": kid_std}
+    return {**head, "reference_images": len(reference), **_distances(stats, f_ref, kid_subset, "real_reference")}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.imm.induced import ContextIndex, imm_backward_carried, imm_backward_serialized, imm_loss_sampled
@@ -84,8 +83,7 @@ class IMMObjective:
         if smoothed_batch and self.cfg.smoothed_forward == "shared" and _plain_output(model):
             # one output projection for both terms: the CE's logits are the smoothed term's Q (same pass, same masks)
             logits = model.output.logits(h).float()  # (B, T, V)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                  reduction="none").view(targets.shape)  # = model.output.nll(h, targets)
+            nll = model.output.nll_of_logits(logits, targets)  # = model.output.nll(h, targets)
         else:
             nll = model.output.nll(h, targets)  # (B, T)
         ce = nll.mean()
