@@ -171,6 +171,60 @@ def test_one_update_is_the_official_update(tmp_path, tiny_data, batch):
     assert _differs(step, [c + i for c, i in zip(clipped, g_imm)])
 
 
+@pytest.mark.parametrize("clip", ["main", "total"])
+def test_shared_forward_smoothed_update(tmp_path, tiny_data, clip):
+    """smoothed_forward = shared: the smoothed term on the CE's own pass (same dropout masks), taken as CE + δ
+    without a second output projection, gives the update of the official expression on that pass's logits."""
+    imm = {"every": 3, "smoothed_forward": "shared", "clip": clip}
+    if clip == "total":
+        imm["embedding_grad"] = "plain"
+    trainer = _trainer(tmp_path, tiny_data, imm=imm)
+    trainer.train_update()
+    state, model = trainer.state, copy.deepcopy(trainer.model).train()
+    x, y = trainer.batches.window(trainer.window)
+    emb = {id(p) for p in model.embed.parameters()}
+    params = list(model.parameters())
+    torch.manual_seed(3)
+    g_main, g_imm, _ = _official_grads(model, trainer.objective.kn, None, x, y, state, False, own_forward=False)
+    if clip == "main":
+        clipped, norm = _clip(g_main, 0.05)
+        official = [2 * c + i if id(p) in emb else c + i for p, c, i in zip(params, clipped, g_imm)]
+    else:
+        official, norm = _clip([a + b for a, b in zip(g_main, g_imm)], 0.05)
+    assert norm > 0.05  # the clip fires
+    torch.manual_seed(3)
+    metrics, _ = trainer.train_update()
+    assert "imm_smoothed_nats" in metrics
+    step = _step(trainer, model)
+    _same(step, official, f"shared, clip={clip}")
+    if clip == "main":  # without the CE part of the IMM gradient (the hooks) the update differs
+        delta_only = [2 * c + i - a * LAM if id(p) in emb else c + i - a * LAM
+                      for p, c, i, a in zip(params, clipped, g_imm, g_main)]
+        assert _differs(step, delta_only)
+        assert not trainer.objective._ce_hooks  # removed once the update is done
+    m, _ = trainer.train_update()  # the next (sampled) batch gets no CE copy from stale hooks
+    assert "imm_loss_nats" in m or "imm_smoothed_nats" in m
+
+
+def test_shared_forward_with_gradient_accumulation(tmp_path, tiny_data):
+    """Two smoothed windows in one update, shared forward, clip = main: each window's CE gradient joins the IMM
+    gradient once (unclipped, × λ), the CE gradients summed then clipped."""
+    trainer = _trainer(tmp_path, tiny_data, imm={"every": 5, "smoothed_forward": "shared"}, grad_accum=2)
+    model = copy.deepcopy(trainer.model).train()
+    kn, params = trainer.objective.kn, list(model.parameters())
+    emb = {id(p) for p in model.embed.parameters()}
+    torch.manual_seed(4)
+    x1, y1 = trainer.batches.window(0)
+    m1, i1, state = _official_grads(model, kn, None, x1, y1, None, False, own_forward=False)
+    x2, y2 = trainer.batches.window(1)
+    m2, i2, _ = _official_grads(model, kn, None, x2, y2, state, False, own_forward=False)
+    clipped, _ = _clip([(a + b) / 2 for a, b in zip(m1, m2)], 0.05)
+    official = [2 * c + (a + b) / 2 if id(p) in emb else c + (a + b) / 2 for p, c, a, b in zip(params, clipped, i1, i2)]
+    torch.manual_seed(4)
+    trainer.train_update()
+    _same(_step(trainer, model), official, "shared, grad_accum=2")
+
+
 @pytest.mark.parametrize("algorithm", ["sampled", "serialized"])
 def test_sum_time_scales_every_imm_part(tmp_path, tiny_data, algorithm):
     """lmlab's own variant (zero-start windows, one clip on the sum): under sum_time the IMM term gets the

@@ -17,9 +17,11 @@ objective back-propagates itself get the same factor. With j = all positions thi
 Parts back-propagated here (`.backward()` scaled by λ·T/optim.grad_accum, the rest returned as the loss):
 Algorithm 2, carried-state contexts (one BPTT position at a time), and with `imm.clip = "main"` every IMM
 part, whose gradient is then kept aside and added by `after_clip` once the trainer has clipped the CE
-gradient (the official code clips the main gradient only). The trainer must call `loss.backward()` before
-`optimizer.zero_grad()` (the usual order) and `after_clip` between clipping and the step. Not usable with
-fp16 loss scaling (those parts would escape the GradScaler).
+gradient (the official code clips the main gradient only). With the shared forward the smoothed term is
+CE + δ (δ linear in the logits), so only δ is back-propagated here and the CE part of the IMM gradient is
+copied, × λ, by parameter hooks during the trainer's own backward of this batch. The trainer must call
+`loss.backward()` before `optimizer.zero_grad()` (the usual order) and `after_clip` between clipping and the
+step. Not usable with fp16 loss scaling (those parts would escape the GradScaler).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.imm.induced import ContextIndex, imm_backward_carried, imm_backward_serialized, imm_loss_sampled
 from lmlab.core.imm.kn_bigram import KNBigram, load_or_build
+from lmlab.core.models.embeddings import LinearOutput
 
 
 class IMMObjective:
@@ -76,16 +79,10 @@ class IMMObjective:
     # -- the loss -------------------------------------------------------------------------------
 
     def __call__(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, step: int):
+        self._drop_ce_hooks()
         h, new_state = model.hidden(inputs, state)  # (B, T, d)
         imm_on = self.active and model.training
-        smoothed_batch = imm_on and (self.calls + 1) % self.cfg.every != 0 and self.cfg.between == "smoothed"
-        logits = None
-        if smoothed_batch and self.cfg.smoothed_forward == "shared" and _plain_output(model):
-            # one output projection for both terms: the CE's logits are the smoothed term's Q (same pass, same masks)
-            logits = model.output.logits(h).float()  # (B, T, V)
-            nll = model.output.nll_of_logits(logits, targets)  # = model.output.nll(h, targets)
-        else:
-            nll = model.output.nll(h, targets)  # (B, T)
+        nll = model.output.nll(h, targets)  # (B, T)
         ce = nll.mean()
         metrics = {"loss_nats": float(ce.detach()), "imm_active": float(self.active)}
         if not imm_on:
@@ -102,17 +99,36 @@ class IMMObjective:
             return (ce if imm is None else ce + lam * imm), new_state, metrics
         if self.cfg.between != "smoothed":
             return ce, new_state, metrics
-        separate = self.cfg.smoothed_forward == "separate"
-        if separate:  # the official single-sample graph: its own pass (own dropout masks) from the same carried state
+        if self.cfg.smoothed_forward == "shared" and isinstance(model.output, LinearOutput):
+            return self._shared_smoothed(model, h, inputs, targets, ce, new_state, metrics, scale)
+        if self.cfg.smoothed_forward == "separate":  # the official graph: its own pass (own dropout masks), same state
             h, _ = model.hidden(inputs, state)
             nll = model.output.nll(h, targets)
-        smooth = self._smoothed_term(model, h, inputs, nll, logits)
+        smooth = self._smoothed_term(model, h, inputs, nll)
         metrics["imm_smoothed_nats"] = float(smooth.detach())
         if self.cfg.clip != "main":
             return ce + lam * smooth, new_state, metrics
         _check_finite(metrics["imm_smoothed_nats"], "smoothed IMM term")
         with self._aside(model, keep_embedding=True):
-            (smooth * scale).backward(retain_graph=not separate)  # shared: the CE pass still needs its graph
+            (smooth * scale).backward(retain_graph=self.cfg.smoothed_forward == "shared")  # the CE still needs its graph
+        return ce, new_state, metrics
+
+    def _shared_smoothed(self, model, h, inputs, targets, ce, new_state, metrics, scale: float):
+        """The smoothed term on the CE's own pass, as CE + δ (`_smoothed_delta`), without a second output projection.
+
+        clip = total: the loss CE + λ (CE + δ). clip = main: δ is back-propagated here into the kept-aside gradient,
+        and λ × the CE gradient the trainer's backward computes joins it through parameter hooks (so the CE is
+        back-propagated once for both of its uses: clipped as the main gradient, unclipped inside the IMM one)."""
+        delta = self._smoothed_delta(model, h, inputs, targets)
+        smooth = ce + delta
+        metrics["imm_smoothed_nats"] = float(smooth.detach())
+        lam = self.cfg.weight
+        if self.cfg.clip != "main":
+            return ce + lam * smooth, new_state, metrics
+        _check_finite(metrics["imm_smoothed_nats"], "smoothed IMM term")
+        with self._aside(model, keep_embedding=True):
+            (delta * scale).backward(retain_graph=True)  # the trainer's CE backward still needs the pass's graph
+        self._keep_ce_gradient(model, lam)
         return ce, new_state, metrics
 
     def _sampled(self, model, inputs: torch.Tensor, state, scale: float):
@@ -147,17 +163,44 @@ class IMMObjective:
         to = dict(device=inputs.device)
         return contexts, torch.from_numpy(windows).to(**to), torch.from_numpy(found).to(**to), positions
 
-    def _smoothed_term(self, model, h: torch.Tensor, inputs: torch.Tensor, nll: torch.Tensor,
-                       logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Official code's non-sampled IMM batches: CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)), mean over (B, T).
-
-        logits: Q's logits when the caller already holds them (the shared forward), else computed from h."""
-        if logits is None:
-            logits = model.output.logits(h).float()  # (B, T, V)
+    def _smoothed_term(self, model, h: torch.Tensor, inputs: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        """Official code's non-sampled IMM batches: CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)), mean over (B, T)."""
+        logits = model.output.logits(h).float()  # (B, T, V)
         p_cont = self.kn.p_cont_tensor(logits.device)
         cross = torch.logsumexp(logits, -1) - logits @ p_cont  # -Σ_y p_cont(y) log Q(y | x): (B, T)
         gamma = self.kn.gamma_of(inputs)  # (B, T)
         return ((1 - gamma) * nll.float() + gamma * cross).mean()
+
+    def _smoothed_delta(self, model, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The smoothed term minus the CE, mean over (B, T): (1-γ) nll + γ cross - nll = γ (z_y - p_cont · z) for
+        logits z = W h + b. The log-normaliser cancels, so it is linear in z and needs only the target rows of W
+        and p_cont W, never the (B, T, V) logits."""
+        out = model.output
+        p_cont = self.kn.p_cont_tensor(h.device)  # (V,)
+        w_cont = p_cont.to(out.weight.dtype) @ out.weight  # (d,) = p_cont W
+        margin = (h * (out.weight[targets] - w_cont)).sum(-1).float()  # (B, T): z_y - p_cont · z without the bias
+        if out.bias is not None:
+            margin = margin + (out.bias[targets] - out.bias @ p_cont.to(out.bias.dtype)).float()
+        return (self.kn.gamma_of(inputs) * margin).mean()
+
+    def _keep_ce_gradient(self, model, factor: float) -> None:
+        """Add factor × the gradient of the trainer's next backward (this batch's CE) to the kept-aside gradient."""
+        params = list(model.parameters())
+        if self.pending is None:
+            self.pending = [None] * len(params)
+
+        def keep(n):
+            def hook(grad):
+                kept = grad * factor
+                self.pending[n] = kept if self.pending[n] is None else self.pending[n] + kept
+                return grad
+            return hook
+        self._ce_hooks = [p.register_hook(keep(n)) for n, p in enumerate(params) if p.requires_grad]
+
+    def _drop_ce_hooks(self) -> None:
+        for handle in getattr(self, "_ce_hooks", ()):
+            handle.remove()
+        self._ce_hooks = []
 
     # -- the official clipping: IMM gradient kept aside, added after the CE gradient is clipped ----
 
@@ -185,6 +228,7 @@ class IMMObjective:
         """Called by the trainer between clipping and the optimizer step: with imm.clip = main, add the
         IMM gradient kept aside (unclipped), and with imm.embedding_grad = official double the clipped CE
         gradient of the input embedding first."""
+        self._drop_ce_hooks()
         pending, self.pending = self.pending, None
         imm_on, self.imm_in_update = self.imm_in_update, False
         if not imm_on or self.cfg.clip != "main":
@@ -232,12 +276,6 @@ class IMMObjective:
         self.active = bool(state["active"])
         self.calls = int(state["calls"])
         self.rng.bit_generator.state = json.loads(state["rng"])
-
-
-def _plain_output(model) -> bool:
-    """A full-softmax linear output whose nll() is cross-entropy on logits() (not chunked, not adaptive)."""
-    from lmlab.core.models.embeddings import LinearOutput
-    return isinstance(model.output, LinearOutput) and not model.output.loss_chunk
 
 
 def _check_finite(value: float, what: str) -> None:
