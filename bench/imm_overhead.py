@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo,cpu,demo-imm")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per kind (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=15, help="timed rounds (one step of each kind per round, after one warm-up)")
     args = ap.parse_args()
     cfg = resolve(TrainConfig, "train-lm", [args.preset], parse_overrides(args.set))
     cfg.imm.start_below_ppl = 0.0
@@ -53,31 +53,36 @@ def main() -> None:
         state = model.detach_state(state)
     j = min(cfg.imm.j or T, T)
 
-    def timed(objective, calls_mod):
-        times = []
-        for i in range(args.steps + 1):
-            x, y = batch()
-            if calls_mod is not None:
-                imm.calls = calls_mod  # the next call is call calls_mod + 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            loss, _, _ = objective(model, x, y, state, i)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            if hasattr(objective, "after_clip"):  # imm.clip = main: the IMM gradient joins after clipping
-                objective.after_clip(model)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+    def step(objective, calls_mod) -> float:
+        x, y = batch()
+        if calls_mod is not None:
+            imm.calls = calls_mod  # the next call is call calls_mod + 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss, _, _ = objective(model, x, y, state, 0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if hasattr(objective, "after_clip"):  # imm.clip = main: the IMM gradient joins after clipping
+            objective.after_clip(model)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
-    plain = timed(CrossEntropy(), None)
-    sampled = timed(imm, cfg.imm.every - 1)
-    smoothed = timed(imm, 0) if cfg.imm.every > 1 else plain
+    kinds = {"plain": (CrossEntropy(), None), "sampled": (imm, cfg.imm.every - 1)}
+    if cfg.imm.every > 1:
+        kinds["smoothed"] = (imm, 0)
+    for objective, calls_mod in kinds.values():  # warm-up
+        step(objective, calls_mod)
+    times = {kind: [] for kind in kinds}
+    for _ in range(args.steps):  # round by round, so that load drifting during the run hits every kind alike
+        for kind, (objective, calls_mod) in kinds.items():
+            times[kind].append(step(objective, calls_mod))
+    median = {kind: float(np.median(t)) for kind, t in times.items()}
+    plain, sampled = median["plain"], median["sampled"]
+    smoothed = median.get("smoothed", plain)
     every = cfg.imm.every
     amortised = (sampled + (every - 1) * smoothed) / every
     print(json.dumps({
