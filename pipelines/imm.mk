@@ -182,6 +182,43 @@ imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's con
 	@$(RESULTS_DOC) --print imm-ptb-cpu-control
 .PHONY: imm-ptb-cpu-control
 
+# Ablations of the departures that need a training run (docs/imm.md), each an arm of the CPU tier that differs from
+# its base arm by one preset, paired on IMM_ABLATION_SEEDS (seeds whose base run dirs this machine holds):
+#   tfinit: dropout-only with the official TF1 bias init (departure 4), against dropout-only.
+IMM_ABLATION_SEEDS ?= 3
+$(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
+results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+	@mkdir -p $(@D)
+	{ echo "Departure 4, initialisation: the official TF1 bias init (tfinit) vs the tier's uniform biases (dropout-only):"; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base dropout --arm tfinit --claim none \
+	    --json $(IMM_CPU_RUNS)/ablation-tfinit.json; } > $(IMM_CPU_RUNS)/ablations.md
+	$(RECORD) imm-ptb-cpu-ablations --command '$(call made_by,imm-ptb-cpu-ablations)' \
+	  $(foreach s,$(IMM_ABLATION_SEEDS),--train 'tfinit-s$(s)=$(IMM_CPU_RUNS)/tfinit-s$(s).train.json') \
+	  --json tfinit=$(IMM_CPU_RUNS)/ablation-tfinit.json --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'
+	$(RESULTS_DOC)
+imm-ptb-cpu-ablations: results/imm-ptb-cpu-ablations.json  ## IMM departures that need training, as paired arms of the CPU tier (CPU, ~1 h an arm a seed) [IMM_ABLATION_SEEDS=3]
+	@$(RESULTS_DOC) --print imm-ptb-cpu-ablations
+.PHONY: imm-ptb-cpu-ablations
+
+# Measured rows for the departures from the official code that need no training run (docs/imm.md, departures 6
+# and 8): the KN bigram counted both ways, and the test perplexity of the tier's checkpoints of seed
+# IMM_DEPARTURE_SEED read as the official reads it (one stream) beside eval-ppl's default.
+IMM_DEPARTURE_SEED ?= 3
+IMM_DEPARTURE_RUNS = $(foreach a,dropout imm,$(IMM_CPU_RUNS)/$(a)-s$(IMM_DEPARTURE_SEED))
+$(IMM_CPU_RUNS)/%/eval-test-b1.json: $(IMM_CPU_RUNS)/%/eval-test.json
+	$(LMLAB) eval-ppl -c $(IMM_CPU_RUNS)/$*/checkpoints/best.pt --split test --batch-size 1 -q > $@.tmp && mv $@.tmp $@
+results/imm-departures.json: data/ptb/meta.json $(IMM_CPU_DATA)/meta.json $(foreach r,$(IMM_DEPARTURE_RUNS),$(r)/eval-test-b1.json)
+	@mkdir -p $(@D) $(IMM_WORK)
+	$(PYTHON) -m lmlab.core.machine > $(IMM_WORK)/departures-start.json
+	$(PYTHON) bench/imm_departures.py --data data/ptb $(IMM_CPU_DATA) --runs $(IMM_DEPARTURE_RUNS) \
+	  --json $(IMM_WORK)/departures.json > $(IMM_WORK)/departures.md
+	$(RECORD) imm-departures --command '$(call made_by,imm-departures)' --since $(IMM_WORK)/departures-start.json \
+	  --json departures=$(IMM_WORK)/departures.json --markdown $(IMM_WORK)/departures.md
+	$(RESULTS_DOC)
+imm-departures: results/imm-departures.json  ## measured rows for the IMM departures that need no training (KN bigram counting, test-set reading) [IMM_DEPARTURE_SEED=3]
+	@$(RESULTS_DOC) --print imm-departures
+.PHONY: imm-departures
+
 # The same protocol on a 2-layer Transformer LM (item 4 of the IMM issue): same data, seeds and IMM settings.
 IMM_TF_RUNS ?= runs/imm-transformer-ptb-cpu
 $(eval $(call imm_cpu_tier,imm-transformer-ptb-cpu,$(IMM_TF_RUNS),ptb ptb-transformer-small-dropout,ptb-transformer-small-imm))

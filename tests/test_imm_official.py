@@ -363,6 +363,30 @@ def test_forget_bias_is_tensorflows_constant():
     torch.testing.assert_close(out[:, 0], torch.sigmoid(o) * torch.tanh(c))
 
 
+def test_tensorflow_bias_init_is_the_official_one():
+    """bias_init = tensorflow: BasicLSTMCell's zero gate biases (the forget constant then on top) and the output bias
+    U(±init_range) like softmax_b under the official variable scope; the weights are drawn as under uniform."""
+    def build(bias_init):
+        torch.manual_seed(0)
+        m = ModelConfig(kind="lstm", d_model=8, n_layers=2)
+        m.lstm.hidden_size, m.lstm.init_range, m.lstm.dropout, m.lstm.forget_bias = 8, 0.1, 0.0, 1.0
+        m.lstm.bias_init = bias_init
+        m.output.tie = False
+        return build_language_model(m, 11)
+    uniform, tf = build("uniform"), build("tensorflow")
+    for (n, a), b in zip(uniform.named_parameters(), tf.parameters()):
+        if "bias_hh" in n:
+            assert not b.any() and a.abs().max() > 0.05
+        elif "bias_ih" in n:  # 0 + the forget constant on the forget slice
+            assert torch.equal(b, torch.cat([torch.zeros(8), torch.ones(8), torch.zeros(16)]))
+        elif n == "output.bias":
+            assert not a.any() and 0.05 < b.abs().max() <= 0.1
+        else:
+            assert torch.equal(a, b), n
+    assert _preset("ptb-lstm-large").model.lstm.bias_init == "tensorflow"
+    assert _preset("ptb,ptb-lstm-small-dropout").model.lstm.bias_init == "uniform"  # the recorded CPU tier's init
+
+
 def test_paired_seed_statistics_by_hand(tmp_path):
     """bench/imm_paired.py: best validation ppl per run, mean ± sd per arm, paired difference ± SE."""
     import importlib.util

@@ -19,6 +19,9 @@ class LSTMConfig:
     weight_init: str = option("uniform", "LSTM weights: uniform in ±init_range (Zaremba, the IMM code) or torch's default U(±1/sqrt(hidden)) (AWD-LSTM, which sets only the embedding and output to ±init_range)",
                               choices=("uniform", "torch"))
     init_range: float = option(0.05, "uniform init range of all weights (Zaremba: 0.05 medium, 0.04 large)", check=greater_than(0))
+    bias_init: str = option("uniform", "biases at init: uniform = like the weights (weight_init), each of torch's two LSTM bias vectors, the output bias 0; "
+                            "tensorflow = the official IMM code's TF1 init: LSTM gate biases 0 (BasicLSTMCell's own zero initializer), the output bias "
+                            "U(±init_range) (its variable scope's initializer)", choices=("uniform", "tensorflow"))
     forget_bias: float = option(0.0, "added to each layer's forget-gate bias after init (TensorFlow BasicLSTMCell and the official IMM code: 1.0)")
     last_hidden_size: int = option(0, "output width of the last LSTM layer (0: d_model); AWD-LSTM with tied weights makes it the tied table's width, e.g. DeFINE's map n")
 

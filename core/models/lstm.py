@@ -53,6 +53,11 @@ class LSTMBody(nn.Module):
         if cfg.weight_init == "uniform":  # else nn.LSTM's own init stands (AWD-LSTM)
             for p in self.parameters():
                 nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+        if cfg.bias_init == "tensorflow":  # TF1 BasicLSTMCell: one bias per gate, zero-initialised
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.bias_ih_l0.zero_()
+                    layer.bias_hh_l0.zero_()
         if cfg.forget_bias:  # TF's BasicLSTMCell adds a constant to the forget-gate pre-activation: the same as a bias offset
             with torch.no_grad():
                 for layer in self.layers:
