@@ -87,7 +87,7 @@ def main() -> None:
     amortised = (sampled + (every - 1) * smoothed) / every
     print(json.dumps({
         "device": str(device), "model": f"{cfg.model.kind} d={cfg.model.d_model} L={cfg.model.n_layers}",
-        "batch": B, "bptt": T, "k": cfg.imm.k, "j": j, "every": every, "algorithm": cfg.imm.algorithm,
+        "batch": B, "bptt": T, "k": cfg.imm.k, "j": j, "every": every, "algorithm": cfg.imm.algorithm, "clip": cfg.imm.clip,
         "sampled_start": cfg.imm.sampled_start, "smoothed_forward": cfg.imm.smoothed_forward,
         "windows_per_sampled_step": B * j * cfg.imm.k, "plain_tokens_per_s": round(B * T / plain),
         "plain_step_s": round(plain, 4), "sampled_step_s": round(sampled, 4), "smoothed_step_s": round(smoothed, 4),

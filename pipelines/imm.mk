@@ -44,6 +44,7 @@ results/imm-bench.json: data/demo/kn_bigram.safetensors
 	$(PYTHON) -m lmlab.core.machine > $(IMM_WORK)/bench-start.json
 	$(PYTHON) bench/imm_overhead.py --preset demo,$(HW),demo-imm --set imm.j=1 > $(IMM_WORK)/bench.jsonl
 	$(PYTHON) bench/imm_overhead.py --preset demo,$(HW),demo-imm --set imm.j=5 >> $(IMM_WORK)/bench.jsonl
+	$(PYTHON) bench/imm_overhead.py --preset demo,$(HW),demo-imm --set imm.j=1 --set imm.clip=main >> $(IMM_WORK)/bench.jsonl
 	$(RECORD) imm-bench --command '$(call made_by,imm-bench)' --since $(IMM_WORK)/bench-start.json --jsonl steps=$(IMM_WORK)/bench.jsonl
 	$(RESULTS_DOC)
 
