@@ -11,6 +11,7 @@ import typer
 from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, exit_if_interrupted, handle_errors, make_reporter,
                               nested, print_config, resolve_config, strict_json)
 from lmlab.core import distributed
+from lmlab.core.config import parse_overrides
 from lmlab.core.errors import LmlabError
 from lmlab.core.train.config import TrainConfig
 
@@ -75,6 +76,9 @@ def train_lm(
     else:
         extra.update({"model.embedding.kind": embedding, "schedule.max_steps": steps, "schedule.epochs": epochs})
     cfg = resolve_config(cls, "train-lm", preset, set_, nested(extra))
+    if task == "lm" and cfg.schedule.epochs and "max_steps" in parse_overrides(set_).get("schedule", {}):
+        raise LmlabError(f"--set schedule.max_steps has no effect while schedule.epochs = {cfg.schedule.epochs} (a preset "
+                         "or --epochs sets it): use --steps N, which trains N updates, or add --set schedule.epochs=0")
     if print_cfg:
         _print_with_params(cfg, task)
         return

@@ -86,6 +86,9 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, tiny_data, trained,
     assert_one_line_error(invoke("train-lm", "--data", str(tmp_path / "nometa"), "--run-dir", str(tmp_path / "r")), "no meta.json")
     assert_one_line_error(invoke("train-lm", "--preset", "nope"), "unknown preset 'nope'")
     assert_one_line_error(invoke("train-lm", "--set", "optim.lr"), "--set")
+    # a length the preset's epochs would silently override
+    assert_one_line_error(invoke("train-lm", "--data", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--epochs", "2",
+                                 "--set", "schedule.max_steps=6"), "schedule.max_steps has no effect", "--steps")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(trained.read_bytes()[:1000])
     assert_one_line_error(invoke("eval-ppl", "-c", str(broken)), "broken.pt", "truncated or corrupt")
