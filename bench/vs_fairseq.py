@@ -305,6 +305,9 @@ def main() -> None:
     sizes = MODES[args.mode]
     if args.reps:
         sizes = dataclasses.replace(sizes, prep_reps=args.reps, train_reps=args.reps, eval_reps=args.reps, lstm_reps=args.reps)
+    if not (bench_data.WT2 / "train.txt").exists():  # before the ceiling's seconds of matmuls
+        sys.exit(f"bench: WikiText-2 not found at {bench_data.WT2} (train/valid/test.txt); point LMLAB_WIKITEXT2 (or "
+                 "make's LMLAB_DATA) at it")
     try:
         text = Bench(args, sizes).run()
     except FileNotFoundError as exc:  # missing benchmark data: one line, not a traceback

@@ -73,6 +73,9 @@ bench-beam: results/bench-beam.json  ## beam-5 decoding vs fairseq-generate on t
 # gebm-cifar10 needs INCEPTION=weights (never downloaded; without it the check reports the preset's error line).
 # residual-paper runs on PTB with the dropout-only IMM LSTM's checkpoint as its base LM (the paper's data is not here).
 # imm-ptb-imm's limit includes building the KN bigram. bench runs in quick mode (no record; the fairseq column is skipped where no fairseq environment is).
+# Raw data comes from LMLAB_DATA (../shared/data here). A device that gets only the repository needs the raw sets
+# copied in and named, e.g. cp -r ../shared/data/{ptb,wikitext-2} data/raw/, carried, and make gpu-check
+# LMLAB_DATA=data/raw: bench-quick failed in 11 s on the first device run for want of WikiText-2.
 GPU_CHECK_SECONDS ?= 50
 GPU_CHECK_DIR ?= /tmp/lmlab-gpu-check
 GPU_CHECK_GOALS ?= imm-ptb-dropout=runs/ptb-lstm-large.train.json imm-ptb-imm@90=runs/ptb-lstm-imm.train.json \

@@ -199,3 +199,16 @@ def test_conversion_gives_the_same_logits_in_fairseq_layout():
     lm["output.bias"] = torch.ones(V)
     with pytest.raises(ValueError, match="bias"):
         fairseq_convert.convert_state(lm, template)
+
+
+def test_missing_wikitext2_is_one_line_before_any_measuring(tmp_path):
+    """No WikiText-2 (a device that got only the repository): one line naming the variable, within seconds, not
+    after the FLOP ceiling's matmuls (the first GPU check failed this way, 11 s in, with only make's line to show)."""
+    import os
+    import subprocess
+    env = {**os.environ, "LMLAB_WIKITEXT2": str(tmp_path / "absent")}
+    proc = subprocess.run([sys.executable, str(Path(bench_data.__file__).parent / "vs_fairseq.py"), "--mode", "quick"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WikiText-2 not found" in lines[0] and "LMLAB_WIKITEXT2" in lines[0]  # no "ceiling" line
