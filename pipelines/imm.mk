@@ -116,10 +116,11 @@ $(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
 	  $(LMLAB) prep --train - --valid $(LMLAB_PTB)/ptb.valid.txt --test $(LMLAB_PTB)/ptb.test.txt \
 	  --tokenizer data/ptb/tokenizer.json --out $(IMM_CPU_DATA) --force
 
-# $(call imm_cpu_arm,RUNS,ARM,PRESETS,SEED): the stamp RUNS/ARM-sSEED.train.json, trained by train_lm (lm.mk)
+# $(call imm_cpu_arm,RUNS,ARM,PRESETS,SEED[,DATA[,ARGS]]): the stamp RUNS/ARM-sSEED.train.json, trained by train_lm
+# (lm.mk) on DATA (default IMM_CPU_DATA) with ARGS added to TRAIN_ARGS
 define imm_cpu_arm
-$(1)/$(2)-s$(4).train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $(4)
-$(1)/$(2)-s$(4).train.json: $(IMM_CPU_DATA)/meta.json $(if $(filter imm,$(2)),$(IMM_CPU_DATA)/kn_bigram.safetensors)
+$(1)/$(2)-s$(4).train.json: override TRAIN_ARGS += --data $(or $(5),$(IMM_CPU_DATA)) --seed $(4)$(if $(6), $(6))
+$(1)/$(2)-s$(4).train.json: $(or $(5),$(IMM_CPU_DATA))/meta.json $(if $(filter imm,$(2)),$(or $(5),$(IMM_CPU_DATA))/kn_bigram.safetensors)
 	$$(call train_lm,$(3),$(1)/$(2)-s$(4))
 endef
 
@@ -133,12 +134,13 @@ imm_cpu_hash := \#
 imm_cpu_run = $(if $(filter $(4),$(IMM_CPU_RECORDED_SEEDS)),results/$(1).json$(imm_cpu_hash)train-$(3)-s$(4),$(2)/$(3)-s$(4))
 imm_cpu_summary = $(call imm_cpu_run,$(1),$(2),$(3),$(4))$(if $(filter $(4),$(IMM_CPU_RECORDED_SEEDS)),,.train.json)
 
-# $(call imm_cpu_tier,NAME,RUNS,BASE_PRESETS,IMM_PRESET[,PAPER_VAR]): both arms for every seed in IMM_CPU_SEEDS, their
-# test perplexities, and results/NAME.json (bench/imm_paired.py pairs the seeds and prints the paper's figures held in
-# the variable PAPER_VAR beside them; the figure plots every valid curve)
+# $(call imm_cpu_tier,NAME,RUNS,BASE_PRESETS,IMM_PRESET[,PAPER_VAR[,DATA[,IMM_ARGS]]]): both arms for every seed in
+# IMM_CPU_SEEDS on DATA (default IMM_CPU_DATA), the IMM arm with IMM_ARGS added, their test perplexities, and
+# results/NAME.json (bench/imm_paired.py pairs the seeds and prints the paper's figures held in the variable PAPER_VAR
+# beside them; the figure plots every valid curve)
 define imm_cpu_tier
-$(foreach s,$(IMM_CPU_SEEDS),$(call imm_cpu_arm,$(2),dropout,$(3),$(s))
-$(call imm_cpu_arm,$(2),imm,$(3) $(4),$(s))
+$(foreach s,$(IMM_CPU_SEEDS),$(call imm_cpu_arm,$(2),dropout,$(3),$(s),$(6))
+$(call imm_cpu_arm,$(2),imm,$(3) $(4),$(s),$(6),$(7))
 )
 $(2)/%/eval-test.json: $(2)/%.train.json
 	$$(LMLAB) eval-ppl -c $(2)/$$*/checkpoints/best.pt --split test -q > $$@
@@ -161,6 +163,18 @@ IMM_PTB_PAPER = --paper-base 81.6 --paper-arm 76 --paper-source "official code R
 $(eval $(call imm_cpu_tier,imm-ptb-cpu,$(IMM_CPU_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER))
 .PHONY: imm-ptb-cpu imm-transformer-ptb-cpu
 imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
+
+# The same pair on all of PTB's training text (the issue's main tier; the quarter above is its reduced fraction):
+# same presets and seeds, the switch-on threshold scaled as on the quarter, 1.1 x the dropout-only best of seed 1
+# on this data, which IMM_FULL_START_BELOW must hold before an IMM arm trains (the dropout arms need it not).
+# CPU, hours: an epoch is four of the quarter's.
+IMM_FULL_RUNS ?= runs/imm-ptb-cpu-full
+IMM_FULL_START_BELOW ?=
+IMM_FULL_IMM_ARGS = --set imm.start_below_ppl=$(or $(IMM_FULL_START_BELOW),$(error IMM_FULL_START_BELOW is unset: \
+  train the dropout-only arm of seed 1 first (make $(IMM_FULL_RUNS)/dropout-s1.train.json) and set it to 1.1 x that run's best valid ppl))
+$(eval $(call imm_cpu_tier,imm-ptb-cpu-full,$(IMM_FULL_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER,data/ptb,$$(IMM_FULL_IMM_ARGS)))
+imm-ptb-cpu-full:  ## dropout-only vs + IMM, 2x200 LSTM on all of PTB, seeds 1-3 paired (CPU, many hours) [IMM_FULL_START_BELOW=x IMM_CPU_SEEDS='1 2 3']
+.PHONY: imm-ptb-cpu-full
 
 # The control arm: dropout-only with IMM's switch-on lr event alone (ptb-lstm-small-lrcontrol), paired with both
 # arms of the same seeds: dropout-only -> control measures the lr event, control -> IMM measures IMM itself.
