@@ -22,9 +22,9 @@ from lmlab.core.errors import LmlabError
 
 RESUME_CHOICES = ("auto", "never", "must")
 # Keys that may change between a run and its resumption without changing the experiment: where and
-# how it runs, and its length (rerun with more --steps/--epochs to train on).
+# how it runs, and its length (rerun with more --steps/--epochs to train on, or with a later plateau stop).
 VOLATILE_KEYS = ("run", "hardware.compile", "hardware.device", "hardware.threads", "hardware.dist_timeout_s",
-                 "schedule.max_steps", "schedule.epochs", "derived")
+                 "schedule.max_steps", "schedule.epochs", "schedule.min_lr", "schedule.max_decays", "derived")
 
 
 class RunDir:

@@ -198,18 +198,31 @@ imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's con
 .PHONY: imm-ptb-cpu-control
 
 # Ablations of the departures that need a training run (docs/imm.md), each an arm of the CPU tier that differs from
-# its base arm by one preset, paired on IMM_ABLATION_SEEDS (seeds whose base run dirs this machine holds):
-#   tfinit: dropout-only with the official TF1 bias init (departure 4), against dropout-only.
+# its base arm in one respect, paired on IMM_ABLATION_SEEDS (seeds whose base run dirs this machine holds):
+#   tfinit:  dropout-only with the official TF1 bias init (departure 4), against dropout-only;
+#   decays8: the IMM arm stopped as the official counts, at the 8th lr decay in all (the tier's lr floor stops it
+#            at the 7th, its lr restarting at 0.5 on switch-on; departure 3): a copy of the finished IMM run dir
+#            resumed to the later stop, against the IMM arm.
 IMM_ABLATION_SEEDS ?= 3
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
-results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+$(IMM_CPU_RUNS)/decays8-s%.train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $* --set schedule.min_lr=0 --set schedule.max_decays=8
+$(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
+	[ -d $(IMM_CPU_RUNS)/decays8-s$* ] || { rm -rf $(IMM_CPU_RUNS)/decays8-s$*.copy && \
+	  cp -r $(IMM_CPU_RUNS)/imm-s$* $(IMM_CPU_RUNS)/decays8-s$*.copy && rm -f $(IMM_CPU_RUNS)/decays8-s$*.copy/eval-test*.json && \
+	  mv $(IMM_CPU_RUNS)/decays8-s$*.copy $(IMM_CPU_RUNS)/decays8-s$*; }
+	$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(IMM_CPU_RUNS)/decays8-s$*)
+results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit imm decays8,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
 	@mkdir -p $(@D)
 	{ echo "Departure 4, initialisation: the official TF1 bias init (tfinit) vs the tier's uniform biases (dropout-only):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base dropout --arm tfinit --claim none \
-	    --json $(IMM_CPU_RUNS)/ablation-tfinit.json; } > $(IMM_CPU_RUNS)/ablations.md
+	    --json $(IMM_CPU_RUNS)/ablation-tfinit.json; echo; \
+	  echo "Departure 3, stop rule: the IMM arm stopped at the 8th decay in all (decays8, the official count) vs at the tier's lr floor (imm):"; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base imm --arm decays8 --claim none \
+	    --json $(IMM_CPU_RUNS)/ablation-decays8.json; } > $(IMM_CPU_RUNS)/ablations.md
 	$(RECORD) imm-ptb-cpu-ablations --command '$(call made_by,imm-ptb-cpu-ablations)' \
-	  $(foreach s,$(IMM_ABLATION_SEEDS),--train 'tfinit-s$(s)=$(IMM_CPU_RUNS)/tfinit-s$(s).train.json') \
-	  --json tfinit=$(IMM_CPU_RUNS)/ablation-tfinit.json --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'
+	  $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,tfinit decays8,--train '$(a)-s$(s)=$(IMM_CPU_RUNS)/$(a)-s$(s).train.json')) \
+	  --json tfinit=$(IMM_CPU_RUNS)/ablation-tfinit.json --json decays8=$(IMM_CPU_RUNS)/ablation-decays8.json \
+	  --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'
 	$(RESULTS_DOC)
 imm-ptb-cpu-ablations: results/imm-ptb-cpu-ablations.json  ## IMM departures that need training, as paired arms of the CPU tier (CPU, ~1 h an arm a seed) [IMM_ABLATION_SEEDS=3]
 	@$(RESULTS_DOC) --print imm-ptb-cpu-ablations

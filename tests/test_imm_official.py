@@ -294,6 +294,8 @@ def test_presets_carry_the_official_settings():
         assert (cfg.optim.lr, cfg.optim.clip, cfg.optim.loss_reduction) == (1.0, 5.0, "sum_time")
         assert cfg.data.eval_batch_size == 20 and cfg.model.lstm.forget_bias == 1.0
         assert (cfg.schedule.name, cfg.schedule.decay, cfg.schedule.patience, cfg.schedule.reload_best) == ("plateau", 2.0, 0, True)
+        assert (cfg.schedule.max_decays, cfg.schedule.min_lr) == (21, 0.0)  # decay_count > max_decays = 20, in all
+        assert cfg.model.lstm.bias_init == "tensorflow"
     i = imm.imm
     assert (imm.objective, i.weight, i.k, i.j, i.every, i.start_below_ppl, i.lr_at_start) == ("imm", 0.2, 10, 0, 5, 90.0, 0.5)
     assert (i.sampled_start, i.clip, i.embedding_grad, i.smoothed_forward, i.algorithm) == \
@@ -301,6 +303,31 @@ def test_presets_carry_the_official_settings():
     # the pair differs by IMM alone
     assert {k: v for k, v in to_dict(base).items() if k not in ("objective", "imm", "run")} == \
         {k: v for k, v in to_dict(imm).items() if k not in ("objective", "imm", "run")}
+
+
+def test_max_decays_counts_every_decay_across_the_switch_on_reset():
+    """The official stop: after the 21st decay in all, IMM's lr reset to 0.5 not restarting the count (an lr floor
+    would stop the IMM arm at another count: the departure the old min_lr = 5e-7 made)."""
+    from lmlab.core.train.config import ScheduleConfig
+    from lmlab.core.train.optim import LRSchedule
+    s = LRSchedule(ScheduleConfig(name="plateau", decay=2.0, patience=0, max_decays=21), 1.0, 1)
+    s.on_eval(5.0)
+    for _ in range(3):  # three decays before IMM switches on
+        s.on_eval(6.0)
+    s.set_lr(0.5)  # imm.lr_at_start
+    n = 3
+    while not s.finished():
+        s.on_eval(6.0)
+        n += 1
+    assert n == s.decays == 21 and s.lr == 0.5 / 2 ** 18
+    floor = LRSchedule(ScheduleConfig(name="plateau", decay=2.0, patience=0, min_lr=5e-7), 1.0, 1)
+    floor.on_eval(5.0)
+    for _ in range(3):
+        floor.on_eval(6.0)
+    floor.set_lr(0.5)
+    while not floor.finished():
+        floor.on_eval(6.0)
+    assert floor.decays == 23  # 3 + the 20 that take 0.5 under 5e-7
 
 
 def test_cpu_pair_differs_by_imm_alone():

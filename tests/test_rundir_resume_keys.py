@@ -33,3 +33,12 @@ def test_other_keys_still_refused(tmp_path):
     _started(tmp_path, _config("ce"))
     with pytest.raises(LmlabError, match="optim.lr"):
         RunDir(tmp_path / "run").prepare(_config("ce", lr=2.0))
+
+
+def test_a_plateau_stop_may_move_on_resume(tmp_path):
+    """The stop rules of the plateau schedule set a run's length, like epochs: a stopped run may go on to a later
+    stop (e.g. the official count of decays in all after an lr floor stopped it)."""
+    config = {**_config("ce"), "schedule": {"name": "plateau", "min_lr": 0.005, "max_decays": 0}}
+    _started(tmp_path, config)
+    later = {**config, "schedule": {"name": "plateau", "min_lr": 0.0, "max_decays": 8}}
+    assert RunDir(tmp_path / "run").prepare(later) is True

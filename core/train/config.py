@@ -67,6 +67,8 @@ class ScheduleConfig:
     patience: int = option(0, "plateau: evaluations without improvement before decaying", check=at_least(0))
     reload_best: bool = option(False, "plateau: reload the best checkpoint's weights when decaying (official IMM code)")
     min_lr: float = option(0.0, "stop when the lr decays below this (0: never)", check=at_least(0))
+    max_decays: int = option(0, "stop at this many lr decays in all, counted across any lr reset such as IMM's switch-on "
+                             "(0: never); the official IMM code stops once decay_count > max_decays = 20, at the 21st", check=at_least(0))
     set_lr_below_ppl: float = option(0.0, "once validation perplexity first falls below this, set the lr to set_lr_to (0: never); "
                                      "a control arm for IMM's lr at switch-on (imm.lr_at_start) without IMM", check=at_least(0))
     set_lr_to: float = option(0.0, "the lr set when validation perplexity first falls below set_lr_below_ppl", check=at_least(0))

@@ -106,7 +106,8 @@ class LRSchedule:
         self.lr = lr
 
     def finished(self) -> bool:
-        return self.cfg.min_lr > 0 and self.lr < self.cfg.min_lr
+        c = self.cfg
+        return (c.min_lr > 0 and self.lr < c.min_lr) or (c.max_decays > 0 and self.decays >= c.max_decays)
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "best": self.best, "bad_evals": self.bad_evals, "decays": self.decays, "lr_set": self.lr_set}
