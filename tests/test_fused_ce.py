@@ -19,13 +19,19 @@ def _plain(h, w, b, t):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
-def test_fused_equals_plain_loss_and_gradients(bias, chunk):
+@pytest.mark.parametrize("reduction", ["mean", "weighted"])
+def test_fused_equals_plain_loss_and_gradients(bias, chunk, reduction, monkeypatch):
+    """mean: the gradients taken in forward, only scaled in backward; weighted (a different upstream gradient per
+    row): dW and db by the recomputing pass. Either way the logits of a chunk are computed once (mean) or twice."""
+    import lmlab.core.models.fused_ce as fused_ce
     torch.manual_seed(0)
     h = torch.randn(3, 40, 16, requires_grad=True)
     w = (torch.randn(500, 16) * 0.3).requires_grad_()
     b = (torch.randn(500) * 0.1).requires_grad_() if bias else None
     t = torch.randint(0, 500, (3, 40))
-    weights = torch.rand(3, 40)  # a weighted sum exercises grad_nll per row
+    weights = torch.rand(3, 40) if reduction == "weighted" else torch.full((3, 40), 1 / 120)
+    calls, logits = [], fused_ce._logits
+    monkeypatch.setattr(fused_ce, "_logits", lambda *a: calls.append(1) or logits(*a))
     plain = _plain(h, w, b, t)
     (plain * weights).sum().backward()
     grads = [x.grad.clone() for x in (h, w, b) if x is not None]
@@ -38,6 +44,10 @@ def test_fused_equals_plain_loss_and_gradients(bias, chunk):
     (fused * weights).sum().backward()
     for got, want in zip([x.grad for x in (h, w, b) if x is not None], grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    chunks = -(-120 // chunk)
+    assert len(calls) == (chunks if reduction == "mean" else 2 * chunks)
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(chunked_linear_cross_entropy(h, w, b, t, chunk), plain.detach(), rtol=1e-6, atol=1e-6)
 
 
 def test_model_with_loss_chunk_trains_as_the_plain_one():

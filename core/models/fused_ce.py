@@ -1,10 +1,13 @@
 """Output layer + cross-entropy without materialising the (tokens x vocabulary) logits (issue #20).
 
-Per chunk of `chunk` token rows, forward computes logits = h W^T + b, keeps only their logsumexp (one float a row)
-and returns nll = logsumexp - logit[target]; backward recomputes the chunk's logits and applies
-d nll / d logits = softmax - onehot(target), accumulating dW, db and writing dh. Peak extra memory is one chunk's
-logits instead of all of them; the arithmetic is the unfused path's, in another order (loss equal to ~1e-6
-relative, gradients ~1e-5: tests/test_fused_ce.py).
+Per chunk of `chunk` token rows, forward computes logits = h W^T + b and their logsumexp and returns
+nll = logsumexp - logit[target]. When gradients are wanted it also takes the chunk's d nll / d logits =
+softmax - onehot(target) while the logits are at hand and turns it into the chunk's rows of dh and its share of dW
+and db: the backward then only scales them by the upstream gradient (dh row by row; dW and db by the one value a
+mean or sum over tokens gives every row), so no logits are recomputed and no (tokens x V) tensor ever exists.
+An upstream gradient that differs between rows (a weighted loss) gets dW and db by the recomputing pass instead.
+Peak extra memory is one chunk's logits plus dW; the arithmetic is the unfused path's in another order (loss equal
+to ~1e-6 relative, gradients ~1e-5: tests/test_fused_ce.py).
 """
 
 from __future__ import annotations
@@ -14,37 +17,67 @@ import torch
 
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk):  # h (N, d), weight (V, d), bias (V,) | None, targets (N,)
+    def forward(ctx, h, weight, bias, targets, chunk, eager):  # h (N, d), weight (V, d), bias (V,) | None, targets (N,)
         lse = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
         nll = torch.empty_like(lse)
+        want_h, want_w, want_b = eager and ctx.needs_input_grad[0], eager and ctx.needs_input_grad[1], \
+            eager and bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if want_b else None
+        w32 = weight.float() if eager else None
         for i in range(0, h.size(0), chunk):
-            logits = _logits(h[i:i + chunk], weight, bias)  # (c, V) fp32
-            lse[i:i + chunk] = torch.logsumexp(logits, dim=-1)
-            nll[i:i + chunk] = lse[i:i + chunk] - logits.gather(1, targets[i:i + chunk, None]).squeeze(1)
-        ctx.save_for_backward(h, weight, bias if bias is not None else torch.empty(0), targets, lse)
-        ctx.chunk, ctx.has_bias = chunk, bias is not None
+            h_c, t_c = h[i:i + chunk], targets[i:i + chunk, None]
+            logits = _logits(h_c, weight, bias)  # (c, V) fp32
+            lse_c = torch.logsumexp(logits, dim=-1)
+            lse[i:i + chunk] = lse_c
+            nll[i:i + chunk] = lse_c - logits.gather(1, t_c).squeeze(1)
+            if eager:  # d nll / d logits of each row, in place of the logits
+                g = logits.sub_(lse_c[:, None]).exp_()  # softmax (c, V)
+                g.scatter_add_(1, t_c, torch.full_like(lse_c[:, None], -1.0))
+                if grad_h is not None:
+                    torch.mm(g, w32, out=grad_h[i:i + chunk])
+                if grad_w is not None:
+                    grad_w.addmm_(g.t(), h_c.float())
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(h, weight, bias if bias is not None else torch.empty(0), targets, lse,
+                              *(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
+        ctx.chunk, ctx.has_bias, ctx.eager = chunk, bias is not None, eager
         return nll
 
     @staticmethod
     def backward(ctx, grad_nll):
-        h, weight, bias, targets, lse = ctx.saved_tensors
+        h, weight, bias, targets, lse, eager_h, eager_w, eager_b = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_nll = grad_nll.float()
+        uniform = ctx.eager and grad_nll.numel() > 0 and bool((grad_nll == grad_nll[0]).all())
+        grad_h = grad_w = grad_b = None
+        if ctx.eager and ctx.needs_input_grad[0]:
+            grad_h = (eager_h * grad_nll[:, None]).to(h.dtype)  # dh of a row scales with that row's upstream gradient
+        if uniform:
+            scale = grad_nll[0]
+            grad_w = (eager_w * scale).to(weight.dtype) if ctx.needs_input_grad[1] else None
+            grad_b = (eager_b * scale).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+            return grad_h, grad_w, grad_b, None, None, None
+        # recompute the logits chunk by chunk (no eager gradients, or rows weighted unequally)
+        want_h = ctx.needs_input_grad[0] and grad_h is None
+        grad_h = torch.empty_like(h) if want_h else grad_h
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
         for i in range(0, h.size(0), ctx.chunk):
             h_c = h[i:i + ctx.chunk]
             g = torch.exp(_logits(h_c, weight, bias) - lse[i:i + ctx.chunk, None])  # softmax (c, V)
             g.scatter_add_(1, targets[i:i + ctx.chunk, None], torch.full_like(lse[i:i + ctx.chunk, None], -1.0))
-            g.mul_(grad_nll[i:i + ctx.chunk, None].float())  # d loss / d logits
-            if grad_h is not None:
+            g.mul_(grad_nll[i:i + ctx.chunk, None])  # d loss / d logits
+            if want_h:
                 grad_h[i:i + ctx.chunk] = (g @ weight.float()).to(h.dtype)
             if grad_w is not None:
                 grad_w.addmm_(g.t(), h_c.float())
             if grad_b is not None:
                 grad_b += g.sum(0)
         return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None)
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -56,5 +89,6 @@ def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: to
                                  targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """-log softmax(h W^T + b)[target] per row: h (..., d), targets (...) -> (...) fp32, `chunk` rows at a time."""
     shape = targets.shape
-    nll = _ChunkedLinearCE.apply(h.reshape(-1, h.size(-1)), weight, bias, targets.reshape(-1), chunk)
+    eager = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, weight, bias))
+    nll = _ChunkedLinearCE.apply(h.reshape(-1, h.size(-1)), weight, bias, targets.reshape(-1), chunk, eager)
     return nll.view(shape)
