@@ -29,12 +29,16 @@ class _ChunkedLinearCE(torch.autograd.Function):
         for i in range(0, h.size(0), chunk):
             h_c, t_c = h[i:i + chunk], targets[i:i + chunk, None]
             logits = _logits(h_c, weight, bias)  # (c, V) fp32
-            lse_c = torch.logsumexp(logits, dim=-1)
-            lse[i:i + chunk] = lse_c
-            nll[i:i + chunk] = lse_c - logits.gather(1, t_c).squeeze(1)
-            if eager:  # d nll / d logits of each row, in place of the logits
-                g = logits.sub_(lse_c[:, None]).exp_()  # softmax (c, V)
-                g.scatter_add_(1, t_c, torch.full_like(lse_c[:, None], -1.0))
+            target_logit = logits.gather(1, t_c).squeeze(1)
+            if not eager:
+                lse[i:i + chunk] = torch.logsumexp(logits, dim=-1)
+                nll[i:i + chunk] = lse[i:i + chunk] - target_logit
+            else:  # d nll / d logits of each row = softmax - onehot (one log_softmax pass, then exp in place)
+                g = torch.log_softmax(logits, dim=-1)
+                nll[i:i + chunk] = -g.gather(1, t_c).squeeze(1)
+                lse[i:i + chunk] = target_logit + nll[i:i + chunk]
+                del logits
+                g.exp_().scatter_add_(1, t_c, torch.full_like(target_logit[:, None], -1.0))
                 if grad_h is not None:
                     torch.mm(g, w32, out=grad_h[i:i + chunk])
                 if grad_w is not None:
@@ -81,8 +85,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = h.float() @ weight.float().t()
-    return out + bias.float() if bias is not None else out
+    if bias is not None:
+        return torch.addmm(bias.float(), h.float(), weight.float().t())  # the bias added inside the GEMM
+    return h.float() @ weight.float().t()
 
 
 def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
