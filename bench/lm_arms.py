@@ -20,6 +20,7 @@ LN2 = math.log(2)
 # The Transformer LM both toolkits train: 4 pre-LN layers x 256, 4 heads, FFN 1024 (GELU), learned
 # positions, 256-token samples, tied input/output table, 32 samples = 8192 tokens per update, AdamW.
 TF = {"d": 256, "layers": 4, "heads": 4, "ffn": 1024, "context": 256, "dropout": 0.1, "lr": 5e-4, "clip": 1.0}
+TF_LOSS_CHUNK = 1024  # token rows per chunk of the fused output layer (model.output.loss_chunk) on the CPU
 # pytorch/examples word_language_model defaults: 2 x 200 LSTM, dropout 0.2, batch 20, bptt 35, SGD lr 20, clip 0.25
 LSTM = {"d": 200, "layers": 2, "dropout": 0.2, "batch": 20, "bptt": 35, "lr": 20.0, "clip": 0.25}
 
@@ -131,6 +132,8 @@ def train_lmlab_transformer(data_dir: Path, run_dir: Path, updates: int, warmup:
             f"optim.lr={TF['lr']}", "optim.weight_decay=0.0", f"optim.clip={TF['clip']}", "schedule.name=constant",
             f"schedule.warmup_steps={warmup}", "run.eval_interval=1000000", f"hardware.device={device}",
             f"hardware.precision={precision}", f"hardware.threads={threads}", "seed=1"]
+    if device == "cpu":  # the fused output layer + loss: on this CPU faster than the logits path at this vocabulary
+        sets.append(f"model.output.loss_chunk={TF_LOSS_CHUNK}")  # (bench/fused_ce.py); on a GPU not measured
     return _lmlab_train(data_dir, run_dir, updates, warmup, sets)
 
 
