@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmlab.core.models.lm import LanguageModel
 
@@ -155,8 +156,14 @@ def eval_sliding(model: LanguageModel, stream: np.ndarray, context: int, stride:
         for length, ws in by_len.items():
             x = torch.stack([data[s:e] for s, e, _ in ws]).to(device)
             y = torch.stack([data[s + 1:e + 1] for s, e, _ in ws]).to(device)
+            firsts = {first for _, _, first in ws}
             with autocast() if autocast else _null():
-                nll, _ = model(x, y)
+                h, _ = model.hidden(x)  # (B, L, d)
+                if len(firsts) == 1:  # the output layer only where tokens are scored (a full window: its last stride)
+                    skip = firsts.pop()
+                    nll = F.pad(model.output.nll(h[:, skip:], y[:, skip:]), (skip, 0))  # (B, L), 0 where unscored
+                else:
+                    nll = model.output.nll(h, y)
             for row, (_, _, first) in enumerate(ws):
                 total += nll[row, first:].double().sum().item()
                 count += length - first

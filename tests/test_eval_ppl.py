@@ -116,6 +116,32 @@ def test_transformer_windows_do_not_depend_on_the_batch_size(valid):
         assert r["nats_per_token"] == pytest.approx(rs[0]["nats_per_token"], rel=1e-6)
 
 
+def test_transformer_windows_project_only_the_scored_positions(valid):
+    """The output layer sees the scored tokens alone (a full window's last stride, not its context positions), and
+    each token's NLL is what the whole window's projection gives it."""
+    from lmlab.core.config import merge
+    from lmlab.core.evaluate import eval_sliding
+    from lmlab.core.models.builders import build_language_model
+    from lmlab.core.models.config import ModelConfig
+    torch.manual_seed(0)
+    cfg = merge(ModelConfig(), {"kind": "transformer", "d_model": 16, "n_layers": 1, "transformer": {"n_heads": 2, "context": 32}})
+    model = build_language_model(cfg, int(valid.max()) + 1).eval()
+    rows, nll = [], model.output.nll
+    model.output.nll = lambda h, y: rows.append(h.shape[0] * h.shape[1]) or nll(h, y)
+    got = eval_sliding(model, valid, 32, 16, batch_size=4)
+    del model.output.nll
+    assert sum(rows) == got["tokens"] == len(valid) - 1  # not the ~2x the windows' positions
+    data = torch.from_numpy(np.asarray(valid, dtype=np.int64))
+    total = 0.0
+    with torch.no_grad():  # by hand: every window projected whole, its scored tail summed
+        for begin in range(0, len(valid) - 1, 16):
+            end = min(begin + 16, len(valid) - 1)
+            start = max(0, end - 32)
+            full, _ = model(data[start:end][None], data[start + 1:end + 1][None])
+            total += full[0, begin - start:].double().sum().item()
+    assert got["nats_per_token"] == pytest.approx(total / (len(valid) - 1), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_text_input_is_one_stream(trained):
     outs = [json.loads(invoke("eval-ppl", "-c", str(trained), "-i", "-", "-q", "--batch-size", str(b),
