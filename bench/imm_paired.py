@@ -45,7 +45,18 @@ def _recorded(path: Path, base: str, arms: list[str], seeds: list[str], flag: st
                and all(arm in (v.get("base"), v.get("arm")) for arm in arms)]
     if not entries:
         raise SystemExit(f"imm_paired: {flag} {path}: no paired entry of arm(s) {', '.join(arms)} with base arm '{base}'")
-    out: dict = {"commit": record.get("commit")}
+    # the commit each seed was trained at: the record's own, or, for seeds it read in turn from an earlier record,
+    # that one's (so a chain of records keeps naming the code that trained them); one string when they agree
+    earlier = entries[0].get("record") or entries[0].get("base_record") or {}
+
+    def trained_at(seed: str):
+        if seed not in earlier.get("seeds", []):
+            return record.get("commit")
+        commit = earlier.get("commit")
+        return commit.get(seed) if isinstance(commit, dict) else commit
+    commit_of = {s: trained_at(s) for s in seeds}
+    commit_of = next(iter(commit_of.values())) if len(set(commit_of.values())) == 1 else commit_of
+    out: dict = {"commit": commit_of}
     for metric in ("valid_ppl", "test_ppl"):
         per_seed = entries[0].get(metric, {}).get("per_seed", {})
         out[metric] = {arm: {s: per_seed[s][arm] for s in seeds if s in per_seed} for arm in arms}
@@ -128,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
     if recorded:
-        commit = (out[source_key]["commit"] or "unknown")[:7]
+        by_commit: dict[str, list[str]] = {}
+        for s_ in sorted(recorded):
+            c = out[source_key]["commit"]
+            by_commit.setdefault(((c.get(s_) if isinstance(c, dict) else c) or "unknown")[:7], []).append(s_)
+        commit = "; ".join(f"{c}" if len(by_commit) == 1 else f"{' '.join(ss)} at {c}" for c, ss in by_commit.items())
         arms, verb = (f"The {args.base} arm", "is") if args.base_record else (f"Both arms ({args.base}, {args.arm})", "are")
         print(f"{arms} of seed(s) {' '.join(sorted(recorded))} {verb} read from {source} (trained at commit {commit}; "
               f"{'its' if args.base_record else 'their'} run dirs are not rerun).\n")

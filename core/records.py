@@ -27,12 +27,18 @@ from lmlab.core.machine import machine_info
 RESULTS_DIR = Path(os.environ.get("LMLAB_RESULTS", "results"))
 
 
+# What a pipeline writes before its record (figures, regenerated docs, the records themselves): not code, so a
+# change there does not make the commit's code differ from what ran.
+OUTPUT_PATHS = ("results/", "docs/")
+
+
 def git_commit(cwd: str | Path = ".") -> tuple[str | None, bool]:
-    """(commit hash, whether the work tree had uncommitted changes to tracked files)."""
+    """(commit hash, whether the work tree had uncommitted changes to tracked files outside OUTPUT_PATHS)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                                    text=True, check=True).stdout.strip())
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+        dirty = any(not line[3:].strip('"').startswith(OUTPUT_PATHS) for line in status if line.strip())
         return commit, dirty
     except (OSError, subprocess.CalledProcessError):
         return None, False

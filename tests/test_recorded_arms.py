@@ -141,3 +141,17 @@ def test_a_third_seed_joins_both_arms_of_the_recorded_seeds(earlier, tmp_path):
     assert out["record"]["seeds"] == ["1", "2"] and out["valid_ppl"]["difference"]["n"] == 3
     with pytest.raises(SystemExit, match="give one"):
         paired.main([str(runs), "--seeds", "1", "--record", str(record), "--base-record", str(record)])
+
+
+def test_a_chain_of_records_keeps_the_commit_each_seed_was_trained_at(earlier, tmp_path):
+    """Seeds 1-2 read from a record that itself read seed 1 from an earlier one: seed 1 keeps that earlier commit."""
+    record, _ = earlier
+    data = json.loads(record.read_text())
+    data["commit"] = "b" * 40
+    data["metrics"]["paired"]["record"] = {"path": "results/older.json", "commit": "a" * 40, "seeds": ["1"]}
+    record.write_text(json.dumps(data))
+    paired = _paired_module()
+    new = tmp_path / "runs" / "new"
+    assert paired.main([str(new), "--seeds", "1", "2", "--record", str(record), "--json", str(new.parent / "c.json")]) == 0
+    out = json.loads((new.parent / "c.json").read_text())
+    assert out["record"]["commit"] == {"1": "a" * 40, "2": "b" * 40}

@@ -282,3 +282,22 @@ def test_a_residual_energys_train_summary_names_its_energy_and_a_gebms_names_no_
     assert records.train_summary_facts({"run_dir": str(run)})["model"] == "BIT energy, 2 layers x 64"
     (run / "config.json").write_text(json.dumps({"model": {"energy": "flow-combined", "generator": "dcgan"}}))
     assert "model" not in records.train_summary_facts({"run_dir": str(run)})
+
+
+def test_dirty_means_code_changed_not_the_pipelines_own_outputs(tmp_path):
+    """A pipeline writes its figure and docs before its record: those leave the record clean; a code change does not."""
+    import subprocess
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    for rel in ("core/x.py", "docs/figures/f.png", "results/r.json", "docs/a.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("0\n")
+    git("add", "-A")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x")
+    for rel in ("docs/figures/f.png", "results/r.json", "docs/a.md"):
+        (tmp_path / rel).write_text("1\n")
+    (tmp_path / "results/r.json").unlink()
+    assert records.git_commit(tmp_path)[1] is False
+    (tmp_path / "core/x.py").write_text("1\n")
+    assert records.git_commit(tmp_path)[1] is True
