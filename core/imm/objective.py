@@ -72,6 +72,7 @@ class IMMObjective:
         self.active = c.start_below_ppl <= 0
         self.calls = 0
         self.pending: list[torch.Tensor | None] | None = None  # IMM gradient kept aside (clip = main)
+        self._ce_hooks: list = []  # parameter hooks copying λ × this batch's CE gradient into `pending` (shared forward)
         self.imm_in_update = False
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         self.rng = np.random.default_rng([cfg.seed, 7919, rank])  # each data-parallel rank draws its own contexts
@@ -198,7 +199,7 @@ class IMMObjective:
         self._ce_hooks = [p.register_hook(keep(n)) for n, p in enumerate(params) if p.requires_grad]
 
     def _drop_ce_hooks(self) -> None:
-        for handle in getattr(self, "_ce_hooks", ()):
+        for handle in self._ce_hooks:
             handle.remove()
         self._ce_hooks = []
 
