@@ -206,6 +206,7 @@ imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's con
 IMM_ABLATION_SEEDS ?= 3
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
 $(IMM_CPU_RUNS)/decays8-s%.train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $* --set schedule.min_lr=0 --set schedule.max_decays=8
+.PRECIOUS: $(IMM_CPU_RUNS)/decays8-s%.train.json  # a pattern rule's target: kept, not removed as intermediate
 $(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
 	[ -d $(IMM_CPU_RUNS)/decays8-s$* ] || { rm -rf $(IMM_CPU_RUNS)/decays8-s$*.copy && \
 	  cp -r $(IMM_CPU_RUNS)/imm-s$* $(IMM_CPU_RUNS)/decays8-s$*.copy && rm -f $(IMM_CPU_RUNS)/decays8-s$*.copy/eval-test*.json && \
