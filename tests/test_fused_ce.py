@@ -69,3 +69,29 @@ def test_model_with_loss_chunk_trains_as_the_plain_one():
         losses.append((nll.detach(), model.embed.table.weight.grad.clone()))
     torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(losses[1][1], losses[0][1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "weighted"])
+def test_fused_under_bf16_autocast_is_the_autocast_plain_path(reduction):
+    """Under autocast the matmuls run in bf16 as the plain path's linear does, the softmax in fp32 (the bias too, where
+    the plain path adds it in bf16): loss and gradients agree with the autocast plain path to bf16 rounding (it failed
+    with a dtype error before)."""
+    torch.manual_seed(0)
+    h = torch.randn(64, 16, requires_grad=True)
+    w = (torch.randn(100, 16) * 0.3).requires_grad_()
+    b = (torch.randn(100) * 0.1).requires_grad_()
+    t = torch.randint(0, 100, (64,))
+    weights = torch.rand(64) if reduction == "weighted" else torch.full((64,), 1 / 64)
+    grads = []
+    for fused in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = chunked_linear_cross_entropy(h, w, b, t, 24) if fused else \
+                F.cross_entropy(F.linear(h, w, b).float(), t, reduction="none")
+        assert nll.dtype == torch.float32
+        (nll * weights).sum().backward()
+        grads.append((nll.detach(), [x.grad.clone() for x in (h, w, b)]))
+        for x in (h, w, b):
+            x.grad = None
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-2, atol=1e-2)
+    for got, want in zip(grads[1][1], grads[0][1]):
+        assert float((got - want).norm()) <= 1e-2 * float(want.norm())

@@ -17,7 +17,7 @@ import torch
 
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk, eager):  # h (N, d), weight (V, d), bias (V,) | None, targets (N,)
+    def forward(ctx, h, weight, bias, targets, chunk, eager, mm_dtype):  # h (N, d), weight (V, d), bias (V,) | None
         lse = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
         nll = torch.empty_like(lse)
         want_h, want_w, want_b = eager and ctx.needs_input_grad[0], eager and ctx.needs_input_grad[1], \
@@ -25,10 +25,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if want_b else None
-        w32 = weight.float() if eager else None
+        w_mm = weight.to(mm_dtype)
         for i in range(0, h.size(0), chunk):
             h_c, t_c = h[i:i + chunk], targets[i:i + chunk, None]
-            logits = _logits(h_c, weight, bias)  # (c, V) fp32
+            logits = _logits(h_c, w_mm, bias)  # (c, V) fp32
             target_logit = logits.gather(1, t_c).squeeze(1)
             if not eager:
                 lse[i:i + chunk] = torch.logsumexp(logits, dim=-1)
@@ -39,15 +39,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 lse[i:i + chunk] = target_logit + nll[i:i + chunk]
                 del logits
                 g.exp_().scatter_add_(1, t_c, torch.full_like(target_logit[:, None], -1.0))
-                if grad_h is not None:
-                    torch.mm(g, w32, out=grad_h[i:i + chunk])
-                if grad_w is not None:
-                    grad_w.addmm_(g.t(), h_c.float())
-                if grad_b is not None:
-                    grad_b += g.sum(0)
+                _accumulate(g, h_c, w_mm, grad_h, grad_w, grad_b, i)
         ctx.save_for_backward(h, weight, bias if bias is not None else torch.empty(0), targets, lse,
                               *(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
-        ctx.chunk, ctx.has_bias, ctx.eager = chunk, bias is not None, eager
+        ctx.chunk, ctx.has_bias, ctx.eager, ctx.mm_dtype = chunk, bias is not None, eager, mm_dtype
         return nll
 
     @staticmethod
@@ -63,37 +58,60 @@ class _ChunkedLinearCE(torch.autograd.Function):
             scale = grad_nll[0]
             grad_w = (eager_w * scale).to(weight.dtype) if ctx.needs_input_grad[1] else None
             grad_b = (eager_b * scale).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-            return grad_h, grad_w, grad_b, None, None, None
+            return grad_h, grad_w, grad_b, None, None, None, None
         # recompute the logits chunk by chunk (no eager gradients, or rows weighted unequally)
         want_h = ctx.needs_input_grad[0] and grad_h is None
-        grad_h = torch.empty_like(h) if want_h else grad_h
+        grad_h32 = torch.empty(h.shape, dtype=torch.float32, device=h.device) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
-        for i in range(0, h.size(0), ctx.chunk):
-            h_c = h[i:i + ctx.chunk]
-            g = torch.exp(_logits(h_c, weight, bias) - lse[i:i + ctx.chunk, None])  # softmax (c, V)
-            g.scatter_add_(1, targets[i:i + ctx.chunk, None], torch.full_like(lse[i:i + ctx.chunk, None], -1.0))
-            g.mul_(grad_nll[i:i + ctx.chunk, None])  # d loss / d logits
-            if want_h:
-                grad_h[i:i + ctx.chunk] = (g @ weight.float()).to(h.dtype)
-            if grad_w is not None:
-                grad_w.addmm_(g.t(), h_c.float())
-            if grad_b is not None:
-                grad_b += g.sum(0)
+        w_mm = weight.to(ctx.mm_dtype)
+        with torch.autocast(h.device.type, enabled=False):
+            for i in range(0, h.size(0), ctx.chunk):
+                h_c = h[i:i + ctx.chunk]
+                g = torch.exp(_logits(h_c, w_mm, bias) - lse[i:i + ctx.chunk, None])  # softmax (c, V)
+                g.scatter_add_(1, targets[i:i + ctx.chunk, None], torch.full_like(lse[i:i + ctx.chunk, None], -1.0))
+                g.mul_(grad_nll[i:i + ctx.chunk, None])  # d loss / d logits
+                _accumulate(g, h_c, w_mm, grad_h32, grad_w, grad_b, i)
+        grad_h = grad_h32.to(h.dtype) if want_h else grad_h
         return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None)
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if bias is not None:
-        return torch.addmm(bias.float(), h.float(), weight.float().t())  # the bias added inside the GEMM
-    return h.float() @ weight.float().t()
+def _logits(h: torch.Tensor, w_mm: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(c, V) fp32 logits: the matmul in w_mm's dtype (fp32, or the autocast dtype), the bias added in fp32."""
+    if w_mm.dtype == torch.float32:
+        if bias is not None:
+            return torch.addmm(bias.float(), h.float(), w_mm.t())  # the bias added inside the GEMM
+        return h.float() @ w_mm.t()
+    out = (h.to(w_mm.dtype) @ w_mm.t()).float()
+    return out + bias.float() if bias is not None else out
+
+
+def _accumulate(g, h_c, w_mm, grad_h, grad_w, grad_b, i: int) -> None:
+    """Add one chunk's d loss / d logits g (c, V) fp32 to the fp32 gradients: rows i.. of dh, dW, db."""
+    if w_mm.dtype == torch.float32:
+        if grad_h is not None:
+            torch.mm(g, w_mm, out=grad_h[i:i + g.size(0)])
+        if grad_w is not None:
+            grad_w.addmm_(g.t(), h_c.float())
+    else:  # the matmuls in the autocast dtype, as autocast would run them, accumulated in fp32
+        g_mm = g.to(w_mm.dtype)
+        if grad_h is not None:
+            grad_h[i:i + g.size(0)] = (g_mm @ w_mm).float()
+        if grad_w is not None:
+            grad_w += (g_mm.t() @ h_c.to(w_mm.dtype)).float()
+    if grad_b is not None:
+        grad_b += g.sum(0)
 
 
 def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                  targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """-log softmax(h W^T + b)[target] per row: h (..., d), targets (...) -> (...) fp32, `chunk` rows at a time."""
+    """-log softmax(h W^T + b)[target] per row: h (..., d), targets (...) -> (...) fp32, `chunk` rows at a time.
+    Under autocast the matmuls run in its dtype (as the plain path's linear would) and the softmax in fp32."""
     shape = targets.shape
+    device = h.device.type
+    mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
     eager = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, weight, bias))
-    nll = _ChunkedLinearCE.apply(h.reshape(-1, h.size(-1)), weight, bias, targets.reshape(-1), chunk, eager)
+    with torch.autocast(device, enabled=False):  # the dtypes are chosen here, not per op
+        nll = _ChunkedLinearCE.apply(h.reshape(-1, h.size(-1)), weight, bias, targets.reshape(-1), chunk, eager, mm_dtype)
     return nll.view(shape)
