@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
     if recorded:
+        commit_of = out[source_key]["commit"]
+        if not isinstance(commit_of, dict):
+            commit_of = dict.fromkeys(recorded, commit_of)
         by_commit: dict[str, list[str]] = {}
         for s_ in sorted(recorded):
-            c = out[source_key]["commit"]
-            by_commit.setdefault(((c.get(s_) if isinstance(c, dict) else c) or "unknown")[:7], []).append(s_)
+            by_commit.setdefault((commit_of.get(s_) or "unknown")[:7], []).append(s_)
         commit = "; ".join(f"{c}" if len(by_commit) == 1 else f"{' '.join(ss)} at {c}" for c, ss in by_commit.items())
         arms, verb = (f"The {args.base} arm", "is") if args.base_record else (f"Both arms ({args.base}, {args.arm})", "are")
         print(f"{arms} of seed(s) {' '.join(sorted(recorded))} {verb} read from {source} (trained at commit {commit}; "

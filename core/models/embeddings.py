@@ -59,10 +59,6 @@ class LinearOutput(nn.Module):
         if self.loss_chunk:  # never all the logits at once (core/models/fused_ce.py)
             from lmlab.core.models.fused_ce import chunked_linear_cross_entropy
             return chunked_linear_cross_entropy(h, self.weight, self.bias, targets, self.loss_chunk)
-        return self.nll_of_logits(self.logits(h), targets)
-
-    @staticmethod
-    def nll_of_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token NLL in fp32 of logits (..., V) already computed: (...,) like targets."""
+        logits = self.logits(h)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                reduction="none").view(targets.shape)
