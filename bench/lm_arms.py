@@ -128,7 +128,8 @@ def train_lmlab_transformer(data_dir: Path, run_dir: Path, updates: int, warmup:
     sets = [f"model.kind=transformer", f"model.d_model={TF['d']}", f"model.n_layers={TF['layers']}",
             f"model.transformer.n_heads={TF['heads']}", f"model.transformer.ffn_dim={TF['ffn']}",
             f"model.transformer.context={TF['context']}", f"model.transformer.dropout={TF['dropout']}",
-            "model.output.tie=true", f"data.batch_size={batch}", f"data.bptt={TF['context']}", "optim.name=adamw",
+            "model.output.tie=true", "model.output.bias=false",  # fairseq's tied output has no bias: the same model
+            f"data.batch_size={batch}", f"data.bptt={TF['context']}", "optim.name=adamw",
             f"optim.lr={TF['lr']}", "optim.weight_decay=0.0", f"optim.clip={TF['clip']}", "schedule.name=constant",
             f"schedule.warmup_steps={warmup}", "run.eval_interval=1000000", f"hardware.device={device}",
             f"hardware.precision={precision}", f"hardware.threads={threads}", "seed=1"]

@@ -38,7 +38,7 @@ def main() -> None:
     cfg = ModelConfig(kind="transformer", d_model=TF["d"], n_layers=TF["layers"])
     cfg.transformer.n_heads, cfg.transformer.ffn_dim = TF["heads"], TF["ffn"]
     cfg.transformer.context, cfg.transformer.dropout = TF["context"], TF["dropout"]
-    cfg.output.tie = True
+    cfg.output.tie, cfg.output.bias = True, False  # make bench's model: fairseq's tied output has no bias
     cfg.output.loss_chunk = args.loss_chunk
     model = build_language_model(cfg, args.vocab).train()
     opt = torch.optim.AdamW(model.parameters(), lr=TF["lr"], betas=(0.9, 0.98), weight_decay=0.0)

@@ -31,7 +31,7 @@ def test_fused_equals_plain_loss_and_gradients(bias, chunk, reduction, monkeypat
     t = torch.randint(0, 500, (3, 40))
     weights = torch.rand(3, 40) if reduction == "weighted" else torch.full((3, 40), 1 / 120)
     calls, logits = [], fused_ce._logits
-    monkeypatch.setattr(fused_ce, "_logits", lambda *a: calls.append(1) or logits(*a))
+    monkeypatch.setattr(fused_ce, "_logits", lambda *a, **k: calls.append(k["out"]) or logits(*a, **k))
     plain = _plain(h, w, b, t)
     (plain * weights).sum().backward()
     grads = [x.grad.clone() for x in (h, w, b) if x is not None]
@@ -46,6 +46,8 @@ def test_fused_equals_plain_loss_and_gradients(bias, chunk, reduction, monkeypat
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     chunks = -(-120 // chunk)
     assert len(calls) == (chunks if reduction == "mean" else 2 * chunks)
+    # every chunk's logits in one buffer (no fresh 100 MB tensor and its page faults per chunk); calls holds them all
+    assert len({out.untyped_storage().data_ptr() for out in calls[:chunks]}) == 1
     with torch.no_grad():  # evaluation: the loss alone
         torch.testing.assert_close(chunked_linear_cross_entropy(h, w, b, t, chunk), plain.detach(), rtol=1e-6, atol=1e-6)
 

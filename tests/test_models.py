@@ -50,6 +50,20 @@ def test_tied_output_shares_the_embedding_table():
     assert model.output.weight is model.embed.table.weight
 
 
+def test_output_bias_off_leaves_the_tied_output_without_one():
+    """model.output.bias=false (fairseq's tied transformer_lm output): no bias parameter, V fewer parameters, and the
+    logits are h W^T alone."""
+    cfg = ModelConfig(kind="transformer", d_model=16, n_layers=1)
+    cfg.transformer.n_heads, cfg.transformer.context, cfg.output.tie = 2, 32, True
+    with_bias = build_language_model(cfg, 40)
+    cfg.output.bias = False
+    without = build_language_model(cfg, 40)
+    assert "output.bias" in with_bias.state_dict() and "output.bias" not in without.state_dict()
+    assert sum(p.numel() for p in with_bias.parameters()) - sum(p.numel() for p in without.parameters()) == 40
+    h = torch.randn(3, 16)
+    torch.testing.assert_close(without.output.logits(h), h @ without.embed.table.weight.t())
+
+
 def test_transformer_is_causal():
     model = _model("transformer").eval()
     x = torch.randint(0, 40, (1, 10))

@@ -35,7 +35,7 @@ def build_linear_output(cfg: OutputConfig, vocab_size: int, d_model: int, embed:
             raise LmlabError(f"model.output.tie=true: the tied table is {tied.size(1)} wide but the context model's "
                              f"output is {d_model} (model.lstm.last_hidden_size): make them equal")
     init_range = model.lstm.init_range if model.kind == "lstm" else None
-    output = LinearOutput(d_model, vocab_size, tied_weight=tied, init_range=init_range)
+    output = LinearOutput(d_model, vocab_size, tied_weight=tied, bias=cfg.bias, init_range=init_range)
     if model.kind == "lstm" and model.lstm.bias_init == "tensorflow" and output.bias is not None:
         nn.init.uniform_(output.bias, -init_range, init_range)  # the official softmax_b: the scope's U(±init_scale)
     output.loss_chunk = cfg.loss_chunk

@@ -73,6 +73,8 @@ class EmbeddingConfig:
 class OutputConfig:
     kind: str = option("linear", "output layer: full softmax or adaptive softmax", choices=("linear", "adaptive"))
     tie: bool = option(False, "tie output weights to the input embedding (Press & Wolf 2017)")
+    bias: bool = option(True, "linear output: a bias per word (false: none, as fairseq's transformer_lm with a tied "
+                        "output has)")
     loss_chunk: int = option(0, "linear output: compute the loss this many tokens at a time with a fused output "
                              "layer + cross-entropy that never holds all the logits (less memory; equal to the plain "
                              "path to ~1e-6, not bitwise); 0: off", check=at_least(0))

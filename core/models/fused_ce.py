@@ -26,20 +26,18 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if want_b else None
         w_mm = weight.to(mm_dtype)
+        buf = torch.empty(min(chunk, h.size(0)), weight.size(0), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), chunk):
             h_c, t_c = h[i:i + chunk], targets[i:i + chunk, None]
-            logits = _logits(h_c, w_mm, bias)  # (c, V) fp32
-            target_logit = logits.gather(1, t_c).squeeze(1)
-            if not eager:
-                lse[i:i + chunk] = torch.logsumexp(logits, dim=-1)
-                nll[i:i + chunk] = lse[i:i + chunk] - target_logit
-            else:  # d nll / d logits of each row = softmax - onehot (one log_softmax pass, then exp in place)
-                g = torch.log_softmax(logits, dim=-1)
-                nll[i:i + chunk] = -g.gather(1, t_c).squeeze(1)
-                lse[i:i + chunk] = target_logit + nll[i:i + chunk]
-                del logits
-                g.exp_().scatter_add_(1, t_c, torch.full_like(target_logit[:, None], -1.0))
-                _accumulate(g, h_c, w_mm, grad_h, grad_w, grad_b, i)
+            e = _logits(h_c, w_mm, bias, out=buf[:h_c.size(0)])  # (c, V) fp32, one buffer for every chunk
+            target_logit = e.gather(1, t_c).squeeze(1)
+            row_max = e.amax(dim=1, keepdim=True)
+            total = e.sub_(row_max).exp_().sum(dim=1)  # e = exp(logits - max), in place
+            lse[i:i + chunk] = row_max.squeeze(1) + total.log()
+            nll[i:i + chunk] = lse[i:i + chunk] - target_logit
+            if eager:  # d nll / d logits = softmax - onehot = (e - total * onehot) / total, the 1/total taken after the matmuls
+                e.scatter_add_(1, t_c, -total[:, None])
+                _accumulate(e, h_c, w_mm, grad_h, grad_w, grad_b, i, row_scale=total.reciprocal())
         ctx.save_for_backward(h, weight, bias if bias is not None else torch.empty(0), targets, lse,
                               *(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
         ctx.chunk, ctx.has_bias, ctx.eager, ctx.mm_dtype = chunk, bias is not None, eager, mm_dtype
@@ -65,10 +63,11 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
         w_mm = weight.to(ctx.mm_dtype)
+        buf = torch.empty(min(ctx.chunk, h.size(0)), weight.size(0), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
             for i in range(0, h.size(0), ctx.chunk):
                 h_c = h[i:i + ctx.chunk]
-                g = torch.exp(_logits(h_c, w_mm, bias) - lse[i:i + ctx.chunk, None])  # softmax (c, V)
+                g = _logits(h_c, w_mm, bias, out=buf[:h_c.size(0)]).sub_(lse[i:i + ctx.chunk, None]).exp_()  # softmax (c, V)
                 g.scatter_add_(1, targets[i:i + ctx.chunk, None], torch.full_like(lse[i:i + ctx.chunk, None], -1.0))
                 g.mul_(grad_nll[i:i + ctx.chunk, None])  # d loss / d logits
                 _accumulate(g, h_c, w_mm, grad_h32, grad_w, grad_b, i)
@@ -77,31 +76,42 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
 
 
-def _logits(h: torch.Tensor, w_mm: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(c, V) fp32 logits: the matmul in w_mm's dtype (fp32, or the autocast dtype), the bias added in fp32."""
+def _logits(h: torch.Tensor, w_mm: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(c, V) fp32 logits: the matmul in w_mm's dtype (fp32, or the autocast dtype), the bias added in fp32. Written
+    into `out` where given: a buffer reused chunk after chunk is memory the process already has (a fresh 100 MB
+    tensor per chunk costs its page faults every time)."""
     if w_mm.dtype == torch.float32:
         if bias is not None:
-            return torch.addmm(bias.float(), h.float(), w_mm.t())  # the bias added inside the GEMM
-        return h.float() @ w_mm.t()
-    out = (h.to(w_mm.dtype) @ w_mm.t()).float()
-    return out + bias.float() if bias is not None else out
+            return torch.addmm(bias.float(), h.float(), w_mm.t(), out=out)  # the bias added inside the GEMM
+        return torch.mm(h.float(), w_mm.t(), out=out)
+    low = h.to(w_mm.dtype) @ w_mm.t()
+    out = low.float() if out is None else out.copy_(low)
+    return out.add_(bias.float()) if bias is not None else out
 
 
-def _accumulate(g, h_c, w_mm, grad_h, grad_w, grad_b, i: int) -> None:
-    """Add one chunk's d loss / d logits g (c, V) fp32 to the fp32 gradients: rows i.. of dh, dW, db."""
+def _accumulate(g, h_c, w_mm, grad_h, grad_w, grad_b, i: int, row_scale: torch.Tensor | None = None) -> None:
+    """Add one chunk's d loss / d logits, row r being row_scale[r] * g[r] (row_scale None: 1), (c, V) fp32, to the
+    fp32 gradients: rows i.. of dh, dW, db. The row scale goes on the (c, d) side of each product, never over g."""
+    rows = slice(i, i + g.size(0))
+    h_scaled = h_c.float() if row_scale is None else h_c.float() * row_scale[:, None]
     if w_mm.dtype == torch.float32:
         if grad_h is not None:
-            torch.mm(g, w_mm, out=grad_h[i:i + g.size(0)])
+            torch.mm(g, w_mm, out=grad_h[rows])
         if grad_w is not None:
-            grad_w.addmm_(g.t(), h_c.float())
+            grad_w.addmm_(g.t(), h_scaled)
     else:  # the matmuls in the autocast dtype, as autocast would run them, accumulated in fp32
         g_mm = g.to(w_mm.dtype)
         if grad_h is not None:
-            grad_h[i:i + g.size(0)] = (g_mm @ w_mm).float()
+            grad_h[rows] = (g_mm @ w_mm).float()
         if grad_w is not None:
-            grad_w += (g_mm.t() @ h_c.to(w_mm.dtype)).float()
+            grad_w += (g_mm.t() @ h_scaled.to(w_mm.dtype)).float()
+    if grad_h is not None and row_scale is not None:
+        grad_h[rows] *= row_scale[:, None]
     if grad_b is not None:
-        grad_b += g.sum(0)
+        if row_scale is None:
+            grad_b += g.sum(0)
+        else:
+            grad_b.addmv_(g.t(), row_scale)
 
 
 def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
