@@ -4,6 +4,9 @@
   built on the data dir's training split and scored on validation and test. And lmlab gives a word never seen as a
   continuation the mass of one (the formula, hence the official, gives it 0): the rows count such words and the
   p_cont mass they get. (The official's unused `<_>` token has no count, so it changes no other word's P̂.)
+- 2, the validation windows: the official validates on windows 1 .. n-1 of the (batch x 35) layout, from a zero
+  state at window 1 (it never runs window 0 and drops the last partial one); lmlab's validation scores every window
+  from window 0 with the state carried. For each run dir given, its best checkpoint's validation ppl both ways.
 - 8, the final test perplexity: the official scores the test set as one stream (batch 1 x unroll 1); `eval-ppl`'s
   default reads 10 segments in parallel, each after the first warmed up on the 35 tokens before it. For each run dir
   given, RUN/eval-test.json (the default) is set beside RUN/eval-test-b1.json (`eval-ppl --batch-size 1`).
@@ -17,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lmlab.core.data import DataDir
+from lmlab.core.evaluate import batchify, eval_recurrent
+from lmlab.core.generate import load_lm
 from lmlab.core.imm.kn_bigram import KNBigram
 
 
@@ -58,13 +65,41 @@ def eval_rows(runs: list[str]) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def official_windows_ppl(model, stream: np.ndarray, columns: int, bptt: int) -> float:
+    """exp(mean nll) over windows 1 .. n-1 of `columns` rows x `bptt` steps, n = (row length - 1) // bptt full
+    windows, the state zero at window 1: the official code's validation loop (departure 2)."""
+    data = batchify(stream, columns)
+    state, total, count = model.init_state(columns, "cpu"), 0.0, 0
+    for w in range(1, (data.size(1) - 1) // bptt):
+        x, y = data[:, w * bptt:(w + 1) * bptt], data[:, w * bptt + 1:(w + 1) * bptt + 1]
+        nll, state = model(x, y, state)
+        total, count = total + nll.double().sum().item(), count + y.numel()
+    return math.exp(total / count)
+
+
+def window_rows(runs: list[str]) -> list[dict]:
+    rows = []
+    for run in runs:
+        model, _, info = load_lm(Path(run) / "checkpoints" / "best.pt")
+        data_cfg = info["config"]["data"]
+        columns, bptt = int(data_cfg["eval_batch_size"]), int(data_cfg["bptt"])
+        valid = np.asarray(DataDir(data_cfg["dir"]).split("valid"))
+        ours = eval_recurrent(model, valid, columns=columns, bptt=bptt)["ppl"]
+        official = official_windows_ppl(model, valid, columns, bptt)
+        rows.append({"departure": 2, "what": f"{run} best valid ppl: every window from window 0 (lmlab) vs windows "
+                     f"1..n-1 from a zero state (official), {columns} x {bptt}", "lmlab": ours, "official": official,
+                     "difference": ours - official})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", nargs="+", required=True, help="prepped data dirs (each train split counts a bigram)")
     ap.add_argument("--runs", nargs="*", default=[], help="run dirs holding eval-test.json and eval-test-b1.json")
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
-    rows = [r for d in args.data for r in kn_rows(d)] + eval_rows(args.runs)
+    rows = [r for d in args.data for r in kn_rows(d)] + window_rows(args.runs) + eval_rows(args.runs)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     print("| departure | measured | lmlab | official | lmlab − official |")

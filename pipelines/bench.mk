@@ -38,7 +38,7 @@ bench: .installed  ## lmlab vs fairseq speed benchmarks (< 20 min on 2 quiet cor
 # backward, at two shapes: one PTB 2x650 update (700 x 650 x 10k) and the bench's WikiText-2 Transformer batch
 # (32 x 256 tokens, d 256, V 33,280: 1.1 GB of fp32 logits). Needs quiet cores (~5 min).
 FUSED_CE_WORK ?= $(BENCH_DIR)/fused-ce
-results/bench-fused-ce.json: .installed
+results/bench-fused-ce.json: bench/fused_ce.py core/models/fused_ce.py | .installed
 	@mkdir -p $(@D) $(FUSED_CE_WORK)
 	$(PYTHON) -m lmlab.core.machine > $(FUSED_CE_WORK)/start.json
 	$(PYTHON) bench/fused_ce.py --tokens 700 --dim 650 --vocab 10000 --chunk 1024 --steps 10 --rounds 5 > $(FUSED_CE_WORK)/ptb.json

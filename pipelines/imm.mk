@@ -236,7 +236,7 @@ IMM_DEPARTURE_SEED ?= 3
 IMM_DEPARTURE_RUNS = $(foreach a,dropout imm,$(IMM_CPU_RUNS)/$(a)-s$(IMM_DEPARTURE_SEED))
 $(IMM_CPU_RUNS)/%/eval-test-b1.json: $(IMM_CPU_RUNS)/%/eval-test.json
 	$(LMLAB) eval-ppl -c $(IMM_CPU_RUNS)/$*/checkpoints/best.pt --split test --batch-size 1 -q > $@.tmp && mv $@.tmp $@
-results/imm-departures.json: data/ptb/meta.json $(IMM_CPU_DATA)/meta.json $(foreach r,$(IMM_DEPARTURE_RUNS),$(r)/eval-test-b1.json)
+results/imm-departures.json: bench/imm_departures.py data/ptb/meta.json $(IMM_CPU_DATA)/meta.json $(foreach r,$(IMM_DEPARTURE_RUNS),$(r)/eval-test-b1.json)
 	@mkdir -p $(@D) $(IMM_WORK)
 	$(PYTHON) -m lmlab.core.machine > $(IMM_WORK)/departures-start.json
 	$(PYTHON) bench/imm_departures.py --data data/ptb $(IMM_CPU_DATA) --runs $(IMM_DEPARTURE_RUNS) \
