@@ -19,7 +19,8 @@ def plot(
     logy: Optional[bool] = typer.Option(None, "--logy/--linear-y", help="y-axis scale (default: log for a *ppl* metric, linear otherwise)."),
     title: str = typer.Option("", "--title", help="Figure title."),
 ):
-    """Overlay METRIC of each RUN_DIR in one PNG; legend labels are the run dir names.
+    """Overlay METRIC of each RUN_DIR in one PNG; legend labels are the run dir names. Runs named ARM-sSEED
+    (the paired tiers: dropout-s1 imm-s1 dropout-s2 ...) get one colour per arm and one line style per seed.
 
     Prints the path written on stdout.
 

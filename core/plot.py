@@ -9,6 +9,7 @@ Three layers, each usable on its own:
 - :func:`plot_runs` overlays one metric of several run dirs (``lmlab plot``): labels from the run
   dir names, x = update (or epoch, or any key the rows carry), log-y for perplexities. A result
   record's kept validation curve (``results/X.json#train-KEY``) stands in for a run dir that is gone.
+  Runs named ARM-sSEED (a paired tier) are drawn one colour per arm and one line style per seed.
 
 Every file is written atomically (temp file in the same directory, then rename), so a reader never
 sees half a PNG. Errors are :class:`LmlabError` with one line naming the run dir or metric.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -57,6 +59,7 @@ def plot_series(series: Series, path: str | Path, *, xlabel: str = "step", ylabe
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    styles = seed_styles(list(series))
     drawn = 0
     for label, points in series.items():
         pts = sorted(_finite(points, logy))
@@ -66,7 +69,7 @@ def plot_series(series: Series, path: str | Path, *, xlabel: str = "step", ylabe
         show_markers = markers if markers is not None else len(pts) <= 30
         dense = len(pts) > 200  # a per-update training curve: thinner, so sparser curves stay visible on it
         ax.plot(xs, ys, label=label, linewidth=1.0 if dense else 1.5, alpha=0.8 if dense else 1.0,
-                marker="o" if show_markers else None, markersize=4, zorder=2 if dense else 3)
+                marker="o" if show_markers else None, markersize=4, zorder=2 if dense else 3, **styles.get(label, {}))
         drawn += 1
     if drawn == 0:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.4")
@@ -96,6 +99,24 @@ def plot_series(series: Series, path: str | Path, *, xlabel: str = "step", ylabe
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_SEEDED = re.compile(r"(?P<arm>.+)-s(?P<seed>\d+)")
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def seed_styles(labels: Sequence[str]) -> dict[str, dict]:
+    """Paired seeds drawn as pairs: where every label reads ARM-sSEED and some arm has several seeds, each arm gets
+    one colour and each seed one line style (dropout-s1 and imm-s1 solid, the -s2 runs dashed, ...); {} otherwise."""
+    found = [_SEEDED.fullmatch(label.rpartition("/")[2]) for label in labels]
+    if not labels or not all(found):
+        return {}
+    arms = list(dict.fromkeys(m["arm"] for m in found))
+    seeds = list(dict.fromkeys(int(m["seed"]) for m in found))
+    if len(seeds) == len(labels):  # one run per seed: nothing to pair
+        return {}
+    return {label: {"color": f"C{arms.index(m['arm']) % 10}", "linestyle": _LINESTYLES[seeds.index(int(m["seed"])) % 4]}
+            for label, m in zip(labels, found)}
 
 
 def write_curves_png(path: str | Path, series: Series, *, title: str = "", xlabel: str = "step",

@@ -126,7 +126,7 @@ results/$(DEFINE_CPU_NAME).json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_
 	$(PYTHON) bench/imm_paired.py $(DEFINE_CPU_RUNS) --base-dir $(DEFINE_CPU_BASE) --base dropout --arm define --claim not-above \
 	  $(if $(define_cpu_recorded),--base-record $(DEFINE_CPU_BASE_RECORD) --recorded-seeds $(define_cpu_recorded)) \
 	  --seeds $(DEFINE_CPU_SEEDS) --json $(DEFINE_CPU_RUNS)/paired.json > $(DEFINE_CPU_RUNS)/paired.md
-	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),'$(call define_cpu_standard,$(s))' $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch -o docs/figures/$(DEFINE_CPU_NAME).png
+	$(LMLAB) plot $(foreach s,$(DEFINE_CPU_SEEDS),'$(call define_cpu_standard,$(s))' $(DEFINE_CPU_RUNS)/define-s$(s)) --x epoch --title "$(DEFINE_CPU_NAME): validation perplexity, standard vs DeFINE embedding" -o docs/figures/$(DEFINE_CPU_NAME).png
 	$(RECORD) $(DEFINE_CPU_NAME) --command '$(call made_by,define-ptb-cpu)' \
 	  $(foreach s,$(DEFINE_CPU_SEEDS),--train 'standard-s$(s)=$(call define_cpu_standard,$(s))$(if $(filter $(s),$(DEFINE_CPU_RECORDED_SEEDS)),,.train.json)' --train define-s$(s)=$(DEFINE_CPU_RUNS)/define-s$(s).train.json) \
 	  --json paired=$(DEFINE_CPU_RUNS)/paired.json --markdown $(DEFINE_CPU_RUNS)/paired.md --seed '$(DEFINE_CPU_SEEDS)'

@@ -149,7 +149,7 @@ results/$(1).json: $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_
 	@mkdir -p $$(@D)
 	$$(PYTHON) bench/imm_paired.py $(2) --seeds $$(IMM_CPU_SEEDS) $(if $(5),$$($(5))) --json $(2)/paired.json \
 	  $(if $(IMM_CPU_RECORDED_SEEDS),--record results/$(1).json --recorded-seeds $(IMM_CPU_RECORDED_SEEDS)) > $(2)/paired.md
-	$$(LMLAB) plot $(foreach s,$(IMM_CPU_SEEDS),'$(call imm_cpu_run,$(1),$(2),dropout,$(s))' '$(call imm_cpu_run,$(1),$(2),imm,$(s))') --x epoch -o docs/figures/$(1).png
+	$$(LMLAB) plot $(foreach s,$(IMM_CPU_SEEDS),'$(call imm_cpu_run,$(1),$(2),dropout,$(s))' '$(call imm_cpu_run,$(1),$(2),imm,$(s))') --x epoch --title "$(1): validation perplexity, dropout-only vs + IMM" -o docs/figures/$(1).png
 	$$(RECORD) $(1) --command '$$(call made_by,$(1))' $(foreach s,$(IMM_CPU_SEEDS),--train 'dropout-s$(s)=$(call imm_cpu_summary,$(1),$(2),dropout,$(s))' --train 'imm-s$(s)=$(call imm_cpu_summary,$(1),$(2),imm,$(s))') \
 	  --json paired=$(2)/paired.json --markdown $(2)/paired.md --seed '$$(IMM_CPU_SEEDS)'
 	$$(RESULTS_DOC)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lmlab.cli.main import app
 from lmlab.core.errors import LmlabError
-from lmlab.core.plot import metric_series, plot_runs, plot_series, run_labels, write_curves_png
+from lmlab.core.plot import metric_series, plot_runs, plot_series, run_labels, seed_styles, write_curves_png
 
 runner = CliRunner()
 
@@ -85,6 +85,21 @@ def test_two_run_dirs_overlaid(two_runs, tmp_path):
 def test_labels_are_run_dir_names_with_parents_only_to_tell_them_apart(tmp_path):
     assert run_labels([tmp_path / "runs/baseline", tmp_path / "runs/imm/"]) == ["baseline", "imm"]
     assert run_labels([tmp_path / "a/lm", tmp_path / "b/lm"]) == ["a/lm", "b/lm"]
+
+
+def test_paired_seeds_get_a_colour_per_arm_and_a_line_style_per_seed(tmp_path):
+    styles = seed_styles(["dropout-s1", "imm-s1", "dropout-s2", "runs/x/imm-s2"])
+    assert styles["dropout-s1"]["color"] == styles["dropout-s2"]["color"] != styles["imm-s1"]["color"]
+    assert styles["imm-s1"]["color"] == styles["runs/x/imm-s2"]["color"]
+    assert styles["dropout-s1"]["linestyle"] == styles["imm-s1"]["linestyle"] != styles["dropout-s2"]["linestyle"]
+    assert seed_styles(["dropout-s1", "imm-s2"]) == {}  # one run per seed: nothing paired, the default cycle
+    assert seed_styles(["dropout-s1", "imm-s1", "baseline"]) == {}  # a label outside the ARM-sSEED scheme
+    # drawn: the two seeds of one arm in one colour (the PNG's pixels of C0 and C1 only, no C2 of a third line)
+    out = plot_series({"a-s1": [(0, 1), (1, 2)], "a-s2": [(0, 2), (1, 3)], "b-s1": [(0, 3), (1, 1)]},
+                      tmp_path / "p.png", markers=False)
+    pixels = mpimg.imread(out)[..., :3].reshape(-1, 3)
+    green = np.array([0x2c, 0xa0, 0x2c]) / 255  # matplotlib's C2: the third line's colour without pairing
+    assert not (np.abs(pixels - green).max(axis=1) < 0.02).any()
 
 
 def test_errors_name_the_run_dir_or_metric(two_runs, tmp_path):
