@@ -106,8 +106,8 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 
 def seed_styles(labels: Sequence[str]) -> dict[str, dict]:
-    """Paired seeds drawn as pairs: where every label reads ARM-sSEED and some arm has several seeds, each arm gets
-    one colour and each seed one line style (dropout-s1 and imm-s1 solid, the -s2 runs dashed, ...); {} otherwise."""
+    """Paired seeds drawn as pairs: where every label reads ARM-sSEED and some seed has runs of several arms, each arm
+    gets one colour and each seed one line style (dropout-s1 and imm-s1 solid, the -s2 runs dashed, ...); {} otherwise."""
     found = [_SEEDED.fullmatch(label.rpartition("/")[2]) for label in labels]
     if not labels or not all(found):
         return {}
