@@ -129,3 +129,53 @@ def test_activation_regularisers_train_through_the_trainer_and_need_an_lstm(tmp_
     assert all(r["activation_reg"] > 0 for r in rows if "train_loss_nats" in r)
     with pytest.raises(LmlabError, match="model.kind = lstm"):
         train_lm(merge(tiny_train_config(tiny_data, tmp_path / "t"), {**awd, "model": {"kind": "transformer"}}), NullReporter())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_is_torchs_fused_kernel_and_the_same_update(name):
+    """hardware.fused_optimizer: torch's fused SGD / AdamW (its param groups say fused=True), the same update as the
+    default to float rounding over a few steps; off, torch keeps its own choice (fused=None, not a forced loop)."""
+    import torch
+
+    from lmlab.core.train.config import OptimConfig
+    from lmlab.core.train.optim import build_optimizer
+    cfg = OptimConfig(name=name, lr=0.1 if name == "sgd" else 1e-2, momentum=0.9 if name == "sgd" else 0.0, weight_decay=0.01)
+    weights = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+        opt = build_optimizer(cfg, model, fused=fused)
+        assert all(g["fused"] is (True if fused else None) for g in opt.param_groups)
+        x = torch.randn(16, 5)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_and_gpu_presets_take_the_fused_optimizer(tiny_data, tmp_path):
+    from conftest import tiny_train_config
+
+    from lmlab.core.config import merge
+    from lmlab.core.train.lm_trainer import LMTrainer
+    from lmlab.core.config import read_preset
+    trainer = LMTrainer(merge(tiny_train_config(tiny_data, tmp_path / "run"), {"hardware": {"fused_optimizer": True}}))
+    assert all(g["fused"] for g in trainer.optimizer.param_groups)
+    for hardware in ("gpu", "dgx8", "slurm"):
+        assert read_preset(hardware)["train-lm"]["hardware"]["fused_optimizer"] is True
+
+
+def test_translation_optimizer_takes_the_fused_kernel_too():
+    import torch
+
+    from lmlab.core.config import merge
+    from lmlab.core.seq2seq.config import Config
+    from lmlab.core.seq2seq.train import build_optimizer
+    model = torch.nn.Linear(3, 2)
+    for name in ("adamw", "sgd"):
+        cfg = merge(Config(), {"optim": {"name": name}, "hardware": {"fused_optimizer": True}})
+        assert all(g["fused"] for g in build_optimizer(cfg, model).param_groups)
+        assert all(g["fused"] is None for g in build_optimizer(merge(cfg, {"hardware": {"fused_optimizer": False}}), model).param_groups)

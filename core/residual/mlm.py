@@ -51,13 +51,13 @@ class MLMPretrainer:
     """Masked-LM updates of `energy`'s encoder (plus a throwaway vocabulary head), one `update()` at a time."""
 
     def __init__(self, energy: BiTEnergy, windows: Windows, *, steps: int, batch_size: int, lr: float, mask_prob: float,
-                 seed: int, device, warmup_steps: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int, device, warmup_steps: int = 0, rank: int = 0, world_size: int = 1, fused: bool = False):
         self.energy, self.windows, self.steps, self.batch_size = energy, windows, steps, batch_size
         self.rank, self.world_size = rank, world_size
         self.mask_prob, self.seed, self.device = mask_prob, seed, device
         self.head = nn.Linear(energy.tok.embedding_dim, energy.vocab_size).to(device)
         self.params = list(energy.parameters()) + list(self.head.parameters())
-        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=fused or None)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, _warmup_linear_decay(warmup_steps, steps))
         self.step = 0
         self.gen = torch.Generator(device=device)

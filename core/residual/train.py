@@ -96,7 +96,7 @@ class ResidualTrainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.hardware.precision == "fp16" else None
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.energy.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay)
+                                           weight_decay=o.weight_decay, fused=cfg.hardware.fused_optimizer or None)
         sch = cfg.schedule
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(sch.warmup_steps, sch.max_steps))
         n = cfg.negatives
@@ -120,7 +120,8 @@ class ResidualTrainer:
         self.mlm = (None if self.mlm_done else
                     MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or cfg.data.batch_size,
                                   lr=m.lr, mask_prob=m.mask_prob, seed=cfg.seed, device=self.device,
-                                  warmup_steps=m.warmup_steps, rank=self.dist.rank, world_size=self.dist.world_size))
+                                  warmup_steps=m.warmup_steps, rank=self.dist.rank, world_size=self.dist.world_size,
+                                  fused=cfg.hardware.fused_optimizer))
         self._valid_set = None
         max_steps = cfg.schedule.max_steps
         eval_every, save_every = cfg.run.eval_interval or max(1, max_steps // 10), cfg.run.save_interval

@@ -44,10 +44,11 @@ def inverse_sqrt(cfg: Seq2SeqScheduleConfig, peak_lr: float):
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
+    o, fused = cfg.optim, cfg.hardware.fused_optimizer
     if o.name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                 fused=fused or None)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused or None)
 
 
 @torch.no_grad()

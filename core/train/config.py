@@ -92,6 +92,9 @@ class HardwareConfig:
     precision: str = option("fp32", "autocast precision for the forward pass", choices=("fp32", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile the model")
     threads: int = option(0, "CPU threads for torch (0: torch's default)", check=at_least(0))
+    fused_optimizer: bool = option(False, "torch's fused SGD / AdamW kernel: one update for all parameters instead of "
+                                   "a loop over tensors (faster, most on GPUs; the weights' last bits differ from the "
+                                   "loop's, so a run keeps the setting it started with)")
     dist_timeout_s: float = option(300.0, "collective timeout: a dead rank stops the job after this long instead of hanging", check=greater_than(0))
 
 

@@ -73,7 +73,7 @@ class LMTrainer:
         self.variable_bptt = VariableBPTT(cfg.data.bptt, cfg.seed) if cfg.data.variable_bptt else None
         self.windows_per_epoch = (math.ceil(self.batches.positions / expected_window_length(cfg.data.bptt))
                                   if self.variable_bptt else self.batches.windows_per_epoch)
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.optimizer = build_optimizer(cfg.optim, self.model, fused=cfg.hardware.fused_optimizer)
         updates_per_epoch = max(1, self.windows_per_epoch // cfg.optim.grad_accum)
         self.total_updates = cfg.schedule.epochs * updates_per_epoch if cfg.schedule.epochs else cfg.schedule.max_steps
         self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, self.total_updates)

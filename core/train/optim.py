@@ -10,14 +10,16 @@ import torch
 from lmlab.core.train.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; `fused` (hardware.fused_optimizer): torch's fused kernel. Off, torch
+    chooses (fused=None: its foreach kernel on GPUs, the per-tensor loop on CPU); fused=False would force the loop."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name in ("sgd", "nt-asgd"):  # nt-asgd starts as plain SGD (Merity et al. 2018, Sec. 3)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name in ("sgd", "nt-asgd"):  # nt-asgd starts as plain SGD (Merity et al. 2018, Sec. 3); ASGD has no fused kernel
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]  # biases and norms are not decayed
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def build_asgd(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
