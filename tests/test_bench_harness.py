@@ -212,3 +212,19 @@ def test_missing_wikitext2_is_one_line_before_any_measuring(tmp_path):
     assert proc.returncode != 0 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "WikiText-2 not found" in lines[0] and "LMLAB_WIKITEXT2" in lines[0]  # no "ceiling" line
+
+
+def test_the_bench_transformer_arm_trains_fairseqs_model_without_an_output_bias(monkeypatch, tmp_path):
+    """fairseq's tied transformer_lm output has no bias: lmlab's arm must train the same function (equal work), so its
+    --set list turns the output bias off."""
+    from lmlab.core.config import merge, parse_overrides
+    from lmlab.core.models.builders import build_language_model
+    from lmlab.core.train.config import TrainConfig
+    captured = {}
+    monkeypatch.setattr(lm_arms, "_lmlab_train", lambda data, run, updates, warmup, sets, preset=None: captured.setdefault("sets", sets))
+    lm_arms.train_lmlab_transformer(tmp_path, tmp_path / "run", 5, 2, 32, "cpu", "fp32")
+    cfg = merge(TrainConfig(), parse_overrides(captured["sets"]))
+    cfg.model.transformer.context = 8  # a small model of the same build: no output bias, tied table
+    model = build_language_model(cfg.model, 50)
+    state = {k: v for k, v in model.state_dict().items()}
+    assert "output.bias" not in state and model.output.weight is model.embed.table.weight
