@@ -7,6 +7,7 @@ trainers' summaries say `stopped_by` on SIGTERM/SIGUSR1 (tests/test_kill_resume.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -229,3 +230,15 @@ def test_recipes_read_the_data_variables_and_pythons_python(ws):
     assert "< /m/test_2016_flickr.de" in plan and "bleu /m/test_2016_flickr.en" in plan
     assert "--real /c.tgz" in plan and f"test -f {ws / 'wine'}/winequality-red.csv" in plan  # WINE= from make()
     assert f"{sys.executable} -m lmlab.core.gebm.evaluate" in plan and "\npython -m" not in plan
+
+
+def test_each_transformer_imm_arm_switches_on_below_its_own_seeds_dropout_best(ws):
+    """make imm-transformer-ptb-cpu: the IMM arm of seed N waits for dropout-sN and gets round(1.1 x its best)."""
+    runs = ws / "runs" / "imm-transformer-ptb-cpu"
+    runs.mkdir(parents=True)
+    for seed, best in ((1, 266.6949616558575), (2, 286.5502131209096)):
+        (runs / f"dropout-s{seed}.train.json").write_text(json.dumps({"best_valid_ppl": best}))
+    for seed, threshold in ((1, "293.0"), (2, "315.0")):
+        plan = make(ws, "-n", f"runs/imm-transformer-ptb-cpu/imm-s{seed}.train.json", check=True).stdout
+        line = plan.splitlines()[_train_line(plan, f"runs/imm-transformer-ptb-cpu/imm-s{seed}")]
+        assert f"--set imm.start_below_ppl={threshold} " in line and f"--seed {seed}" in line, line
