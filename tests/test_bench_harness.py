@@ -226,5 +226,4 @@ def test_the_bench_transformer_arm_trains_fairseqs_model_without_an_output_bias(
     cfg = merge(TrainConfig(), parse_overrides(captured["sets"]))
     cfg.model.transformer.context = 8  # a small model of the same build: no output bias, tied table
     model = build_language_model(cfg.model, 50)
-    state = {k: v for k, v in model.state_dict().items()}
-    assert "output.bias" not in state and model.output.weight is model.embed.table.weight
+    assert "output.bias" not in model.state_dict() and model.output.weight is model.embed.table.weight

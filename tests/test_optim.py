@@ -159,9 +159,8 @@ def test_fused_optimizer_is_torchs_fused_kernel_and_the_same_update(name):
 def test_trainer_and_gpu_presets_take_the_fused_optimizer(tiny_data, tmp_path):
     from conftest import tiny_train_config
 
-    from lmlab.core.config import merge
+    from lmlab.core.config import merge, read_preset
     from lmlab.core.train.lm_trainer import LMTrainer
-    from lmlab.core.config import read_preset
     trainer = LMTrainer(merge(tiny_train_config(tiny_data, tmp_path / "run"), {"hardware": {"fused_optimizer": True}}))
     assert all(g["fused"] for g in trainer.optimizer.param_groups)
     for hardware in ("gpu", "dgx8", "slurm"):

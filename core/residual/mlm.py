@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from lmlab.core import distributed
 from lmlab.core.residual.energy import BiTEnergy
 from lmlab.core.residual.windows import Windows
+from lmlab.core.train.optim import torch_fused
 
 
 def mask_tokens(tokens: torch.Tensor, mask_id: int, vocab_size: int, prob: float,
@@ -57,7 +58,7 @@ class MLMPretrainer:
         self.mask_prob, self.seed, self.device = mask_prob, seed, device
         self.head = nn.Linear(energy.tok.embedding_dim, energy.vocab_size).to(device)
         self.params = list(energy.parameters()) + list(self.head.parameters())
-        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=fused or None)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=torch_fused(fused))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, _warmup_linear_decay(warmup_steps, steps))
         self.step = 0
         self.gen = torch.Generator(device=device)

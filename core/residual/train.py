@@ -45,6 +45,7 @@ from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
 from lmlab.core.train.loop import TrainLoop
+from lmlab.core.train.optim import torch_fused
 from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
@@ -96,7 +97,7 @@ class ResidualTrainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.hardware.precision == "fp16" else None
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.energy.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay, fused=cfg.hardware.fused_optimizer or None)
+                                           weight_decay=o.weight_decay, fused=torch_fused(cfg.hardware.fused_optimizer))
         sch = cfg.schedule
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(sch.warmup_steps, sch.max_steps))
         n = cfg.negatives

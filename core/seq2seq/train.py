@@ -28,6 +28,7 @@ from lmlab.core.seq2seq.config import Config, Seq2SeqScheduleConfig
 from lmlab.core.seq2seq.data import collate, epoch_order, load_split, load_tokenizers, read_meta, token_batches
 from lmlab.core.seq2seq.model import build_seq2seq, label_smoothed_nll
 from lmlab.core.train.loop import TrainLoop
+from lmlab.core.train.optim import torch_fused
 
 KIND = "seq2seq"
 
@@ -47,8 +48,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     o, fused = cfg.optim, cfg.hardware.fused_optimizer
     if o.name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                                 fused=fused or None)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused or None)
+                                 fused=torch_fused(fused))
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=torch_fused(fused))
 
 
 @torch.no_grad()

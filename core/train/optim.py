@@ -10,16 +10,21 @@ import torch
 from lmlab.core.train.config import OptimConfig, ScheduleConfig
 
 
+def torch_fused(on: bool) -> bool | None:
+    """torch.optim's `fused` argument for hardware.fused_optimizer: True, or None when off, so torch keeps its own
+    choice (its foreach kernel on GPUs, the per-tensor loop on CPU); fused=False would force the loop on GPUs too."""
+    return True if on else None
+
+
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters; `fused` (hardware.fused_optimizer): torch's fused kernel. Off, torch
-    chooses (fused=None: its foreach kernel on GPUs, the per-tensor loop on CPU); fused=False would force the loop."""
+    """SGD or AdamW over the trainable parameters; `fused` (hardware.fused_optimizer): torch's fused kernel."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name in ("sgd", "nt-asgd"):  # nt-asgd starts as plain SGD (Merity et al. 2018, Sec. 3); ASGD has no fused kernel
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=torch_fused(fused))
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]  # biases and norms are not decayed
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=torch_fused(fused))
 
 
 def build_asgd(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
