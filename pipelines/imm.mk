@@ -120,7 +120,7 @@ $(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
 # (lm.mk) on DATA (default IMM_CPU_DATA) with ARGS added to TRAIN_ARGS
 define imm_cpu_arm
 $(1)/$(2)-s$(4).train.json: override TRAIN_ARGS += --data $(or $(5),$(IMM_CPU_DATA)) --seed $(4)$(if $(6), $(6))
-$(1)/$(2)-s$(4).train.json: $(or $(5),$(IMM_CPU_DATA))/meta.json $(if $(filter imm,$(2)),$(or $(5),$(IMM_CPU_DATA))/kn_bigram.safetensors)
+$(1)/$(2)-s$(4).train.json: $(or $(5),$(IMM_CPU_DATA))/meta.json $(if $(filter %-imm,$(3)),$(or $(5),$(IMM_CPU_DATA))/kn_bigram.safetensors)
 	$$(call train_lm,$(3),$(1)/$(2)-s$(4))
 endef
 
@@ -202,9 +202,14 @@ imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's con
 #   tfinit:  dropout-only with the official TF1 bias init (departure 4), against dropout-only;
 #   decays8: the IMM arm stopped as the official counts, at the 8th lr decay in all (the tier's lr floor stops it
 #            at the 7th, its lr restarting at 0.5 on switch-on; departure 3): a copy of the finished IMM run dir
-#            resumed to the later stop, against the IMM arm.
+#            resumed to the later stop, against the IMM arm;
+#   draws:   the IMM arm drawing as the official code does (departures 1 and 7: the sampled term on the batches of
+#            the official epoch phase, the single-sample pass's dropout masks drawn before the CE pass's), against
+#            the IMM arm: both change which random draws a run makes, not their distribution.
 IMM_ABLATION_SEEDS ?= 3
+IMM_OFFICIAL_DRAWS = --set imm.sample_phase=epoch --set imm.mask_order=smoothed_first
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
+$(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),draws,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(s),,$(IMM_OFFICIAL_DRAWS))))
 $(IMM_CPU_RUNS)/decays8-s%.train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $* --set schedule.min_lr=0 --set schedule.max_decays=8
 .PRECIOUS: $(IMM_CPU_RUNS)/decays8-s%.train.json  # a pattern rule's target: kept, not removed as intermediate
 $(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
@@ -212,17 +217,21 @@ $(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
 	  cp -r $(IMM_CPU_RUNS)/imm-s$* $(IMM_CPU_RUNS)/decays8-s$*.copy && rm -f $(IMM_CPU_RUNS)/decays8-s$*.copy/eval-test*.json && \
 	  mv $(IMM_CPU_RUNS)/decays8-s$*.copy $(IMM_CPU_RUNS)/decays8-s$*; }
 	$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(IMM_CPU_RUNS)/decays8-s$*)
-results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit imm decays8,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit imm decays8 draws,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
 	@mkdir -p $(@D)
 	{ echo "Departure 4, initialisation: the official TF1 bias init (tfinit) vs the tier's uniform biases (dropout-only):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base dropout --arm tfinit --claim none \
 	    --json $(IMM_CPU_RUNS)/ablation-tfinit.json; echo; \
 	  echo "Departure 3, stop rule: the IMM arm stopped at the 8th decay in all (decays8, the official count) vs at the tier's lr floor (imm):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base imm --arm decays8 --claim none \
-	    --json $(IMM_CPU_RUNS)/ablation-decays8.json; } > $(IMM_CPU_RUNS)/ablations.md
+	    --json $(IMM_CPU_RUNS)/ablation-decays8.json; echo; \
+	  echo "Departures 1 and 7, random draws: the sampled term on the official epoch phase's batches and the single-sample masks drawn first (draws) vs lmlab's order (imm):"; echo; \
+	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base imm --arm draws --claim none \
+	    --json $(IMM_CPU_RUNS)/ablation-draws.json; } > $(IMM_CPU_RUNS)/ablations.md
 	$(RECORD) imm-ptb-cpu-ablations --command '$(call made_by,imm-ptb-cpu-ablations)' \
-	  $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,tfinit decays8,--train '$(a)-s$(s)=$(IMM_CPU_RUNS)/$(a)-s$(s).train.json')) \
+	  $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,tfinit decays8 draws,--train '$(a)-s$(s)=$(IMM_CPU_RUNS)/$(a)-s$(s).train.json')) \
 	  --json tfinit=$(IMM_CPU_RUNS)/ablation-tfinit.json --json decays8=$(IMM_CPU_RUNS)/ablation-decays8.json \
+	  --json draws=$(IMM_CPU_RUNS)/ablation-draws.json \
 	  --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'
 	$(RESULTS_DOC)
 imm-ptb-cpu-ablations: results/imm-ptb-cpu-ablations.json  ## IMM departures that need training, as paired arms of the CPU tier (CPU, ~1 h an arm a seed) [IMM_ABLATION_SEEDS=3]

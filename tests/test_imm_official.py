@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_train_config
 from lmlab.core.config import merge, resolve, to_dict
+from lmlab.core.errors import LmlabError
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.config import ModelConfig
 from lmlab.core.train.config import TrainConfig
@@ -44,7 +45,10 @@ def _trainer(tmp_path, data, *, imm: dict, clip=0.05, grad_accum=1, dropout=0.3,
                       "model": {"n_layers": 2, "lstm": {"hidden_size": 16, "dropout": dropout, "forget_bias": 1.0}},
                       "optim": {"name": "sgd", "lr": 1.0, "clip": clip, "loss_reduction": reduction, "grad_accum": grad_accum},
                       "objective": "imm", "schedule": schedule or {},
-                      "imm": {**OFFICIAL_IMM, "k": K, "weight": LAM, "start_below_ppl": 0.0, **imm}})
+                      # which batch is sampled and which pass draws its masks first are tested on their own
+                      # (test_sample_phase_*, test_smoothed_first_*); the rest fix them to lmlab's defaults
+                      "imm": {**OFFICIAL_IMM, "sample_phase": "switch_on", "mask_order": "main_first",
+                              "k": K, "weight": LAM, "start_below_ppl": 0.0, **imm}})
     return LMTrainer(cfg)
 
 
@@ -83,17 +87,24 @@ def _smoothed_imm(model, kn, x, y, state, logits=None):
     return LAM * -(target * logits.log_softmax(-1)).sum() / x.shape[0]
 
 
-def _official_grads(model, kn, windows_of, x, y, state, sampled: bool, start="carried", own_forward=True, seed=None):
-    """(∇main, ∇IMM, new state) of one window, the main loss summed over time / batch."""
+def _official_grads(model, kn, windows_of, x, y, state, sampled: bool, start="carried", own_forward=True, seed=None,
+                    smoothed_first=False):
+    """(∇main, ∇IMM, new state) of one window, the main loss summed over time / batch. smoothed_first: the
+    single-sample term's own pass draws its dropout masks before the main pass (the official order)."""
     params = list(model.parameters())
+    if smoothed_first:
+        g_first = torch.autograd.grad(_smoothed_imm(model, kn, x, y, state), params, allow_unused=True)
     logits, new_state = model(x, None, state)  # dropout masks: this pass first, as in the objective
     nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
     g_main = torch.autograd.grad(nll.sum(1).mean(), params, retain_graph=True)
-    if sampled:
-        imm = _sampled_imm(model, kn, x, state, windows_of(x), start)
+    if smoothed_first:
+        g_imm = g_first
     else:
-        imm = _smoothed_imm(model, kn, x, y, state, None if own_forward else logits)
-    g_imm = torch.autograd.grad(imm, params, allow_unused=True)
+        if sampled:
+            imm = _sampled_imm(model, kn, x, state, windows_of(x), start)
+        else:
+            imm = _smoothed_imm(model, kn, x, y, state, None if own_forward else logits)
+        g_imm = torch.autograd.grad(imm, params, allow_unused=True)
     g_imm = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_imm)]
     return list(g_main), g_imm, [(h.detach(), c.detach()) for h, c in new_state]
 
@@ -169,6 +180,63 @@ def test_one_update_is_the_official_update(tmp_path, tiny_data, batch):
     assert _differs(step, [t + (c if id(p) in emb else 0) for p, t, c in zip(params, total, clipped)])
     assert _differs(step, [2 * c + i / T if id(p) in emb else c + i / T for p, c, i in zip(params, clipped, g_imm)])
     assert _differs(step, [c + i for c, i in zip(clipped, g_imm)])
+
+
+@pytest.mark.parametrize("clip", ["main", "total"])
+def test_smoothed_first_is_the_official_mask_order(tmp_path, tiny_data, clip):
+    """imm.mask_order = smoothed_first (departure 7): the single-sample term's own pass draws its dropout masks
+    before the CE pass, as the official code builds the IMM gradients first; the default order gives another update."""
+    imm = {"every": 3, "mask_order": "smoothed_first", "clip": clip}
+    if clip == "total":
+        imm["embedding_grad"] = "plain"
+    trainer = _trainer(tmp_path, tiny_data, imm=imm)
+    trainer.train_update()  # a nonzero carried state
+    state, model = trainer.state, copy.deepcopy(trainer.model).train()
+    x, y = trainer.batches.window(trainer.window)
+    emb = {id(p) for p in model.embed.parameters()}
+    params = list(model.parameters())
+
+    def expected(smoothed_first):
+        torch.manual_seed(3)
+        g_main, g_imm, _ = _official_grads(model, trainer.objective.kn, None, x, y, state, False, smoothed_first=smoothed_first)
+        if clip == "main":
+            clipped, _ = _clip(g_main, 0.05)
+            return [2 * c + i if id(p) in emb else c + i for p, c, i in zip(params, clipped, g_imm)]
+        return _clip([a + b for a, b in zip(g_main, g_imm)], 0.05)[0]
+
+    official = expected(True)
+    torch.manual_seed(3)
+    metrics, _ = trainer.train_update()
+    assert "imm_smoothed_nats" in metrics
+    step = _step(trainer, model)
+    _same(step, official, f"smoothed first, clip={clip}")
+    assert _differs(step, expected(False))
+
+
+def test_mask_order_needs_the_separate_forward(tmp_path, tiny_data):
+    with pytest.raises(LmlabError, match="smoothed_forward=separate"):
+        _trainer(tmp_path, tiny_data, imm={"mask_order": "smoothed_first", "smoothed_forward": "shared"})
+
+
+@pytest.mark.parametrize("phase", ["epoch", "switch_on"])
+def test_sample_phase_picks_the_official_batches(tmp_path, tiny_data, phase):
+    """imm.sample_phase = epoch (departure 1): window w of epoch e (from 0) gets the sampled term when
+    w mod every = e mod every, the official code's phase; switch_on counts IMM-on batches across epochs."""
+    every = 3
+    trainer = _trainer(tmp_path, tiny_data, imm={"every": every, "sample_phase": phase}, dropout=0.0)
+    n = trainer.batches.windows_per_epoch
+    assert n % every != 0  # so that the two rules part in the second epoch
+    sampled = set()
+    for _ in range(2 * n + every):
+        epoch, window = trainer.epoch, trainer.window
+        metrics, _ = trainer.train_update()
+        if "imm_loss_nats" in metrics:
+            sampled.add((epoch, window))
+    seen = [(e, w) for e in range(2) for w in range(n)] + [(2, w) for w in range(every)]
+    official = {(e, w) for e, w in seen if w % every == e % every}
+    counted = {(e, w) for i, (e, w) in enumerate(seen) if (i + 1) % every == 0}
+    assert sampled == (official if phase == "epoch" else counted)
+    assert official != counted
 
 
 @pytest.mark.parametrize("clip", ["main", "total"])
@@ -300,6 +368,7 @@ def test_presets_carry_the_official_settings():
     assert (imm.objective, i.weight, i.k, i.j, i.every, i.start_below_ppl, i.lr_at_start) == ("imm", 0.2, 10, 0, 5, 90.0, 0.5)
     assert (i.sampled_start, i.clip, i.embedding_grad, i.smoothed_forward, i.algorithm) == \
         ("carried", "main", "official", "separate", "sampled")
+    assert (i.sample_phase, i.mask_order) == ("epoch", "smoothed_first")
     # the pair differs by IMM alone
     assert {k: v for k, v in to_dict(base).items() if k not in ("objective", "imm", "run")} == \
         {k: v for k, v in to_dict(imm).items() if k not in ("objective", "imm", "run")}

@@ -26,6 +26,12 @@ class IMMConfig:
     between: str = option("smoothed", "on the other IMM-on batches: smoothed = the official code's single-sample term, lambda * CE((1-gamma(v)) onehot(y) + gamma(v) p_cont, Q); none = plain CE",
                           choices=("smoothed", "none"))
     every: int = option(5, "apply the sampled IMM term (k contexts per restricted context) on one batch in this many (official code: 5)")
+    sample_phase: str = option("switch_on", "which IMM-on batches get the sampled term: switch_on = every `every`-th one counted from the "
+                               "switch-on, across epochs; epoch = the official code: window w of epoch e (both from 0) when w mod every = "
+                               "e mod every, so the phase moves each epoch", choices=("switch_on", "epoch"))
+    mask_order: str = option("main_first", "with smoothed_forward = separate, which pass draws its dropout masks first: main_first = the CE "
+                             "pass; smoothed_first = the official code (it builds the IMM gradients before the main loss)",
+                             choices=("main_first", "smoothed_first"))
     start_below_ppl: float = option(90.0, "switch IMM on once validation perplexity falls below this (0: from the start)")
     lr_at_start: float = option(0.5, "learning rate set when IMM switches on (<= 0: keep the current one)")
     algorithm: str = option("sampled", "Algorithm 1 (sampled, batched) or Algorithm 2 (serialized, one context at a time)", choices=("sampled", "serialized"))

@@ -4,7 +4,7 @@ Schedule, as in the official LSTM code (uicdice/imm-language-modeling, lm.py):
 - IMM is off until validation perplexity drops below `imm.start_below_ppl`; then the lr is set to
   `imm.lr_at_start` once (`on_eval`).
 - While on, one batch in `imm.every` adds the sampled IMM term (Algorithm 1, or Algorithm 2 with
-  `imm.algorithm = "serialized"`) for the restricted contexts x̄ = the input tokens at the last `imm.j`
+  `imm.algorithm = "serialized"`; which batch: `imm.sample_phase`) for the restricted contexts x̄ = the input tokens at the last `imm.j`
   positions (0: all) of every sequence, each with `imm.k` full contexts drawn from the training stream.
 - The other batches add (with `imm.between = "smoothed"`) the official code's single-sample term:
   λ · CE((1-γ(x̄)) onehot(y) + γ(x̄) p_cont, Q(· | x)) on the batch itself, γ and p_cont from the bigram.
@@ -69,8 +69,13 @@ class IMMObjective:
         self.device = device
         self.sum_time = cfg.optim.loss_reduction == "sum_time"
         self.grad_scale = 1.0 / max(cfg.optim.grad_accum, 1)
+        if c.mask_order == "smoothed_first" and c.smoothed_forward != "separate":
+            raise LmlabError("imm.mask_order=smoothed_first orders two passes: it needs imm.smoothed_forward=separate")
+        if c.sample_phase == "epoch" and cfg.data.variable_bptt:
+            raise LmlabError("imm.sample_phase=epoch counts fixed windows of an epoch; it cannot run with data.variable_bptt")
         self.active = c.start_below_ppl <= 0
         self.calls = 0
+        self.window: tuple[int, int] | None = None  # (epoch, window) of the next batch, from the trainer (`at_window`)
         self.pending: list[torch.Tensor | None] | None = None  # IMM gradient kept aside (clip = main)
         self._ce_hooks: list = []  # parameter hooks copying λ × this batch's CE gradient into `pending` (shared forward)
         self.imm_in_update = False
@@ -79,21 +84,41 @@ class IMMObjective:
 
     # -- the loss -------------------------------------------------------------------------------
 
+    def at_window(self, epoch: int, window: int) -> None:
+        """The trainer's position before each batch: epoch and window index in it, both from 0."""
+        self.window = (epoch, window)
+
+    def _sampled_due(self) -> bool:
+        every = self.cfg.every
+        if self.cfg.sample_phase == "epoch":  # official lm.py: batch k of epoch e when k % every == e % every
+            if self.window is None:
+                raise LmlabError("imm.sample_phase=epoch needs the batch's (epoch, window) from the trainer (at_window)")
+            epoch, window = self.window
+            return window % every == epoch % every
+        return self.calls % every == 0
+
     def __call__(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, step: int):
         self._drop_ce_hooks()
-        h, new_state = model.hidden(inputs, state)  # (B, T, d)
         imm_on = self.active and model.training
+        sampled = smoothed_first = False
+        if imm_on:
+            self.calls += 1
+            sampled = self._sampled_due()  # sampled IMM (Algorithm 1 / 2) on one batch in `every`
+            smoothed_first = (not sampled and self.cfg.between == "smoothed" and self.cfg.smoothed_forward == "separate"
+                              and self.cfg.mask_order == "smoothed_first")
+        lam = self.cfg.weight
+        # the factor the trainer puts on a returned loss, for the parts back-propagated here
+        scale = lam * (inputs.shape[1] if self.sum_time else 1) * self.grad_scale
+        if smoothed_first:  # the official order: the single-sample pass draws its dropout masks before the CE pass
+            smooth, smooth_nats = self._separate_smoothed(model, inputs, targets, state, scale)
+        h, new_state = model.hidden(inputs, state)  # (B, T, d)
         nll = model.output.nll(h, targets)  # (B, T)
         ce = nll.mean()
         metrics = {"loss_nats": float(ce.detach()), "imm_active": float(self.active)}
         if not imm_on:
             return ce, new_state, metrics
-        self.calls += 1
         self.imm_in_update = True
-        lam = self.cfg.weight
-        # the factor the trainer puts on a returned loss, for the parts back-propagated here
-        scale = lam * (inputs.shape[1] if self.sum_time else 1) * self.grad_scale
-        if self.calls % self.cfg.every == 0:  # sampled IMM (Algorithm 1 / 2) on one batch in `every`
+        if sampled:
             extra, imm = self._sampled(model, inputs, state, scale)
             metrics.update(extra)
             _check_finite(extra["imm_loss_nats"], "sampled IMM")
@@ -103,16 +128,28 @@ class IMMObjective:
         if self.cfg.smoothed_forward == "shared" and isinstance(model.output, LinearOutput):
             return self._shared_smoothed(model, h, inputs, targets, ce, new_state, metrics, scale)
         if self.cfg.smoothed_forward == "separate":  # the official graph: its own pass (own dropout masks), same state
-            h, _ = model.hidden(inputs, state)
-            nll = model.output.nll(h, targets)
+            if not smoothed_first:
+                smooth, smooth_nats = self._separate_smoothed(model, inputs, targets, state, scale)
+        else:  # shared forward through an output layer without a weight matrix: the term on the CE's pass
+            smooth, smooth_nats = self._smoothed(model, h, inputs, nll, scale, retain_graph=True)  # the CE still needs its graph
+        metrics["imm_smoothed_nats"] = smooth_nats
+        return (ce if smooth is None else ce + lam * smooth), new_state, metrics
+
+    def _separate_smoothed(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, scale: float):
+        """The single-sample term on its own forward from the same carried state (own dropout masks)."""
+        h, _ = model.hidden(inputs, state)
+        return self._smoothed(model, h, inputs, model.output.nll(h, targets), scale, retain_graph=False)
+
+    def _smoothed(self, model, h, inputs, nll, scale: float, retain_graph: bool):
+        """(the term to add to the loss × λ, or None when back-propagated here (clip = main); its value)."""
         smooth = self._smoothed_term(model, h, inputs, nll)
-        metrics["imm_smoothed_nats"] = float(smooth.detach())
+        value = float(smooth.detach())
         if self.cfg.clip != "main":
-            return ce + lam * smooth, new_state, metrics
-        _check_finite(metrics["imm_smoothed_nats"], "smoothed IMM term")
+            return smooth, value
+        _check_finite(value, "smoothed IMM term")
         with self._aside(model, keep_embedding=True):
-            (smooth * scale).backward(retain_graph=self.cfg.smoothed_forward == "shared")  # the CE still needs its graph
-        return ce, new_state, metrics
+            (smooth * scale).backward(retain_graph=retain_graph)
+        return None, value
 
     def _shared_smoothed(self, model, h, inputs, targets, ce, new_state, metrics, scale: float):
         """The smoothed term on the CE's own pass, as CE + δ (`_smoothed_delta`), without a second output projection.

@@ -221,6 +221,8 @@ class LMTrainer:
         epoch_ended = False
         lengths = []  # the windows' lengths (variable_bptt scales the lr by them)
         for _ in range(cfg.optim.grad_accum):
+            if hasattr(self.objective, "at_window"):  # IMM's official sampled-batch phase needs it
+                self.objective.at_window(self.epoch, self.window)
             x, y, ended = self._next_window()
             with self.autocast() if self.autocast else contextlib.nullcontext():
                 loss, self.state, metrics = self.objective(self.model, x, y, self.state, self.step)
