@@ -1,6 +1,7 @@
 """Paired seeds of a two-arm comparison (dropout-only vs + IMM): best validation perplexity of each run
 (test perplexity too where RUN/eval-test.json exists), mean ± sd per arm, and the paired difference
-(IMM − dropout-only) with its standard error, as Markdown; --json writes the same numbers. The paper's claim is
+(IMM − dropout-only) with its standard error, as Markdown, and the epochs each trained run took (its best and its
+last evaluated: how long the stop rule let it run); --json writes the same numbers. The paper's claim is
 read as: the arm's mean below the base's by more than twice the paired standard error; the output says whether the
 measured seeds show it, and the paper's own figures (--paper-base/--paper-arm) are printed beside.
 
@@ -27,6 +28,16 @@ def best_valid_ppl(run: Path) -> float:
     if not ppl:
         raise SystemExit(f"{run}/metrics.jsonl has no validation record yet")
     return min(ppl)
+
+
+def epochs(run: Path) -> dict[str, int] | None:
+    """The epoch of the best validation perplexity and the last one evaluated (how long the stop rule let it run);
+    None for a run whose validation rows name no epoch."""
+    rows = [r for r in read_metrics(run) if r.get("valid_ppl") is not None]
+    if not rows or any(r.get("epoch") is None for r in rows):
+        return None
+    best = min(rows, key=lambda r: r["valid_ppl"])
+    return {"best": int(best["epoch"]), "last": int(rows[-1]["epoch"])}
 
 
 def test_ppl(run: Path) -> float | None:
@@ -138,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
         rows.append(f"| {metric} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
+    trained = [s for s in args.seeds if s not in recorded]
+    if trained:
+        dirs = {args.base: args.base_dir or args.runs, args.arm: args.runs}
+        read = {s: {arm: epochs(dirs[arm] / f"{arm}-s{s}") for arm in dirs} for s in trained}
+        if all(e is not None for arms in read.values() for e in arms.values()):
+            out["epochs"] = read
     if recorded:
         commit_of = out[source_key]["commit"]
         if not isinstance(commit_of, dict):
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| metric | seed | {args.base} | {args.arm} | {args.arm} − {args.base} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
+    if "epochs" in out:  # how long each run trained: the stop rule's doing, read beside the figures
+        cells = ["; ".join(f"{arm} {e['best']} / {e['last']}" for arm, e in out["epochs"][s].items()) for s in out["epochs"]]
+        print("\nEpochs, best / last evaluated: " + "; ".join(f"seed {s}: {c}" for s, c in zip(out["epochs"], cells)) + ".")
     for metric in ("valid_ppl", "test_ppl"):
         if metric in out and args.claim == "none":
             d = out[metric]["difference"]

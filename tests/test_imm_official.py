@@ -497,7 +497,8 @@ def test_paired_seed_statistics_by_hand(tmp_path):
         for seed, v in zip((1, 2, 3), values):
             run = tmp_path / f"{arm}-s{seed}"
             run.mkdir()
-            rows = [{"step": 1, "valid_ppl": v + 20}, {"step": 2, "train_loss_nats": 5.0}, {"step": 3, "valid_ppl": v}]
+            rows = [{"step": 1, "epoch": 1, "valid_ppl": v + 20}, {"step": 2, "train_loss_nats": 5.0},
+                    {"step": 3, "epoch": 2, "valid_ppl": v}, {"step": 4, "epoch": 3, "valid_ppl": v + seed}]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--json", str(tmp_path / "out.json")]) == 0
     out = json.loads((tmp_path / "out.json").read_text())["valid_ppl"]
@@ -507,6 +508,9 @@ def test_paired_seed_statistics_by_hand(tmp_path):
     assert d["se"] == pytest.approx(math.sqrt(7 / 3) / math.sqrt(3))
     assert "test_ppl" not in json.loads((tmp_path / "out.json").read_text())  # no eval-test.json yet
     assert d["below_by_2se"]  # -2.33 < -2 x 0.88
+    # how long each run trained: its best epoch and the last evaluated one
+    assert json.loads((tmp_path / "out.json").read_text())["epochs"]["2"] == {"dropout": {"best": 2, "last": 3},
+                                                                               "imm": {"best": 2, "last": 3}}
     # the arms swapped: IMM above by the same amount is not the claim; the paper's figures are printed beside
     assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--base", "imm", "--arm", "dropout", "--json",
                         str(tmp_path / "swap.json"), "--paper-base", "81.6", "--paper-arm", "76"]) == 0
