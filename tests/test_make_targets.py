@@ -242,3 +242,21 @@ def test_each_transformer_imm_arm_switches_on_below_its_own_seeds_dropout_best(w
         plan = make(ws, "-n", f"runs/imm-transformer-ptb-cpu/imm-s{seed}.train.json", check=True).stdout
         line = plan.splitlines()[_train_line(plan, f"runs/imm-transformer-ptb-cpu/imm-s{seed}")]
         assert f"--set imm.start_below_ppl={threshold} " in line and f"--seed {seed}" in line, line
+
+
+def test_full_data_imm_arms_switch_on_below_seed_1s_dropout_best(ws):
+    """make imm-ptb-cpu-full: every IMM arm waits for dropout-s1 and gets round(1.1 x its best); IMM_FULL_START_BELOW
+    overrides it and drops the wait."""
+    runs = ws / "runs" / "imm-ptb-cpu-full"
+    runs.mkdir(parents=True)
+    (runs / "dropout-s1.train.json").write_text(json.dumps({"best_valid_ppl": 120.31}))
+    for seed in (1, 3):
+        plan = make(ws, "-n", f"runs/imm-ptb-cpu-full/imm-s{seed}.train.json", check=True).stdout
+        line = plan.splitlines()[_train_line(plan, f"runs/imm-ptb-cpu-full/imm-s{seed}")]
+        assert "--set imm.start_below_ppl=132.0 " in line and f"--seed {seed}" in line and "--data data/ptb " in line, line
+    (runs / "dropout-s1.train.json").unlink()
+    plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", check=True).stdout
+    assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " in plan  # the threshold's run comes first
+    plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", "IMM_FULL_START_BELOW=150", check=True).stdout
+    assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " not in plan
+    assert "--set imm.start_below_ppl=150 " in plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/imm-s2")]
