@@ -238,7 +238,7 @@ results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach 
 	  --json draws=$(IMM_CPU_RUNS)/ablation-draws.json \
 	  --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'
 	$(RESULTS_DOC)
-imm-ptb-cpu-ablations: results/imm-ptb-cpu-ablations.json  ## IMM departures that need training, as paired arms of the CPU tier (CPU, ~1 h an arm a seed) [IMM_ABLATION_SEEDS=3]
+imm-ptb-cpu-ablations: results/imm-ptb-cpu-ablations.json  ## IMM departures that need training, as paired arms of the CPU tier (CPU, 1 to 2.5 h an arm a seed at one thread) [IMM_ABLATION_SEEDS=3]
 	@$(RESULTS_DOC) --print imm-ptb-cpu-ablations
 .PHONY: imm-ptb-cpu-ablations
 
