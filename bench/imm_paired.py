@@ -1,7 +1,8 @@
 """Paired seeds of a two-arm comparison (dropout-only vs + IMM): best validation perplexity of each run
 (test perplexity too where RUN/eval-test.json exists), mean ± sd per arm, and the paired difference
 (IMM − dropout-only) with its standard error, as Markdown, and the epochs each trained run took (its best and its
-last evaluated: how long the stop rule let it run); --json writes the same numbers. The paper's claim is
+last evaluated: how long the stop rule let it run) with the arm's best up to the last epoch its base arm evaluated
+(the difference that does not come from one arm training longer); --json writes the same numbers. The paper's claim is
 read as: the arm's mean below the base's by more than twice the paired standard error; the output says whether the
 measured seeds show it, and the paper's own figures (--paper-base/--paper-arm) are printed beside.
 
@@ -38,6 +39,11 @@ def epochs(run: Path) -> dict[str, int] | None:
         return None
     best = min(rows, key=lambda r: r["valid_ppl"])
     return {"best": int(best["epoch"]), "last": int(rows[-1]["epoch"])}
+
+
+def best_valid_until(run: Path, epoch: int) -> float:
+    """The best validation perplexity over the evaluations up to and including `epoch`."""
+    return min(r["valid_ppl"] for r in read_metrics(run) if r.get("valid_ppl") is not None and r["epoch"] <= epoch)
 
 
 def test_ppl(run: Path) -> float | None:
@@ -155,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         read = {s: {arm: epochs(dirs[arm] / f"{arm}-s{s}") for arm in dirs} for s in trained}
         if all(e is not None for arms in read.values() for e in arms.values()):
             out["epochs"] = read
+            # the arm cut where its base arm stopped: what of the difference does not come from training longer
+            base_best = {s: out["valid_ppl"]["per_seed"][s][args.base] for s in trained}
+            cut = {s: best_valid_until(dirs[args.arm] / f"{args.arm}-s{s}", read[s][args.base]["last"]) for s in trained}
+            out["valid_ppl_arm_cut_at_base_last_epoch"] = {
+                "per_seed": cut, "difference": paired([base_best[s] for s in trained], [cut[s] for s in trained])}
     if recorded:
         commit_of = out[source_key]["commit"]
         if not isinstance(commit_of, dict):
@@ -172,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     if "epochs" in out:  # how long each run trained: the stop rule's doing, read beside the figures
         cells = ["; ".join(f"{arm} {e['best']} / {e['last']}" for arm, e in out["epochs"][s].items()) for s in out["epochs"]]
         print("\nEpochs, best / last evaluated: " + "; ".join(f"seed {s}: {c}" for s, c in zip(out["epochs"], cells)) + ".")
+        cut = out["valid_ppl_arm_cut_at_base_last_epoch"]
+        per_seed = "; ".join(f"seed {s}: {v:.2f} ({v - out['valid_ppl']['per_seed'][s][args.base]:+.2f})"
+                             for s, v in cut["per_seed"].items())
+        d = cut["difference"]
+        print(f"\nThe {args.arm} arm's best valid_ppl up to the last epoch its {args.base} arm evaluated: {per_seed}; "
+              f"{args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds).")
     for metric in ("valid_ppl", "test_ppl"):
         if metric in out and args.claim == "none":
             d = out[metric]["difference"]

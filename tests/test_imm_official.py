@@ -511,6 +511,17 @@ def test_paired_seed_statistics_by_hand(tmp_path):
     # how long each run trained: its best epoch and the last evaluated one
     assert json.loads((tmp_path / "out.json").read_text())["epochs"]["2"] == {"dropout": {"best": 2, "last": 3},
                                                                                "imm": {"best": 2, "last": 3}}
+    # an arm that trains past its base arm's last epoch: the cut reads only the epochs the base arm had
+    with open(tmp_path / "imm-s1" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "epoch": 4, "valid_ppl": 100.0}) + "\n")
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--json", str(tmp_path / "long.json")]) == 0
+    long = json.loads((tmp_path / "long.json").read_text())
+    assert long["valid_ppl"]["per_seed"]["1"]["imm"] == 100.0 and long["epochs"]["1"]["imm"] == {"best": 4, "last": 4}
+    cut = long["valid_ppl_arm_cut_at_base_last_epoch"]
+    assert cut["per_seed"] == {"1": 138.0, "2": 146.0, "3": 144.0}
+    assert cut["difference"]["mean"] == pytest.approx(-7 / 3)
+    (tmp_path / "imm-s1" / "metrics.jsonl").write_text("".join(
+        line for line in (tmp_path / "imm-s1" / "metrics.jsonl").read_text().splitlines(keepends=True) if '"epoch": 4' not in line))
     # the arms swapped: IMM above by the same amount is not the claim; the paper's figures are printed beside
     assert paired.main([str(tmp_path), "--seeds", "1", "2", "3", "--base", "imm", "--arm", "dropout", "--json",
                         str(tmp_path / "swap.json"), "--paper-base", "81.6", "--paper-arm", "76"]) == 0
