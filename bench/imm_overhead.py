@@ -25,6 +25,13 @@ from lmlab.core.train.config import TrainConfig
 from lmlab.core.train.objectives import CrossEntropy
 
 
+def position(imm, calls_mod: int) -> None:
+    """Make the objective's next call IMM-on batch calls_mod + 1 and window calls_mod + 1 of epoch 0: a sampled batch
+    under either imm.sample_phase exactly when (calls_mod + 1) mod imm.every = 0."""
+    imm.calls = calls_mod
+    imm.at_window(0, calls_mod + 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo,cpu,demo-imm")
@@ -56,7 +63,7 @@ def main() -> None:
     def step(objective, calls_mod) -> float:
         x, y = batch()
         if calls_mod is not None:
-            imm.calls = calls_mod  # the next call is call calls_mod + 1
+            position(imm, calls_mod)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

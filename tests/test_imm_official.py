@@ -239,6 +239,25 @@ def test_sample_phase_picks_the_official_batches(tmp_path, tiny_data, phase):
     assert official != counted
 
 
+@pytest.mark.parametrize("phase", ["epoch", "switch_on"])
+def test_imm_bench_times_a_sampled_and_a_smoothed_batch_under_either_phase(tmp_path, tiny_data, phase):
+    """bench/imm_overhead.py positions the objective's next batch; under both sample phases its 'sampled' kind runs
+    the sampled term and its 'smoothed' kind the single-sample one."""
+    import importlib.util
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("imm_overhead", REPO / "bench" / "imm_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    every = 3
+    trainer = _trainer(tmp_path, tiny_data, imm={"every": every, "sample_phase": phase}, dropout=0.0)
+    x, y = trainer.batches.window(0)
+    for calls_mod, kind in ((every - 1, "imm_loss_nats"), (0, "imm_smoothed_nats")):
+        bench.position(trainer.objective, calls_mod)
+        _, _, metrics = trainer.objective(trainer.model, x, y, None, 0)
+        trainer.objective.after_clip(trainer.model)
+        assert kind in metrics, (calls_mod, metrics)
+
+
 @pytest.mark.parametrize("clip", ["main", "total"])
 def test_shared_forward_smoothed_update(tmp_path, tiny_data, clip):
     """smoothed_forward = shared: the smoothed term on the CE's own pass (same dropout masks), taken as CE + δ
