@@ -44,9 +44,9 @@ from lmlab.core.residual.negatives import NegativeSampler, NegativesFile
 from lmlab.core.residual.windows import Windows
 from lmlab.core.rundir import RunDir
 from lmlab.core.signals import StopFlag
+from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.loop import TrainLoop
 from lmlab.core.train.optim import torch_fused
-from lmlab.core.train.batches import batch_not_divisible
 from lmlab.core.train.lm_trainer import autocast_factory, rng_state, seed_everything, set_rng_state
 
 
