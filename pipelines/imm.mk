@@ -211,6 +211,9 @@ imm-ptb-cpu-control: results/imm-ptb-cpu-control.json  ## the IMM CPU pair's con
 #            the official epoch phase, the single-sample pass's dropout masks drawn before the CE pass's), against
 #            the IMM arm: both change which random draws a run makes, not their distribution.
 IMM_ABLATION_SEEDS ?= 3
+# $(call imm_ablation_summary,ARM,SEED): the arm's training summary, or its facts in the earlier record when the file
+# is gone (an older make removed decays8's as an intermediate file; its eval-test.json then kept it from being remade)
+imm_ablation_summary = $(or $(wildcard $(IMM_CPU_RUNS)/$(1)-s$(2).train.json),results/imm-ptb-cpu-ablations.json$(imm_cpu_hash)train-$(1)-s$(2))
 IMM_OFFICIAL_DRAWS = --set imm.sample_phase=epoch --set imm.mask_order=smoothed_first
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),draws,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(s),,$(IMM_OFFICIAL_DRAWS))))
@@ -233,7 +236,7 @@ results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach 
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base imm --arm draws --claim none \
 	    --json $(IMM_CPU_RUNS)/ablation-draws.json; } > $(IMM_CPU_RUNS)/ablations.md
 	$(RECORD) imm-ptb-cpu-ablations --command '$(call made_by,imm-ptb-cpu-ablations)' \
-	  $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,tfinit decays8 draws,--train '$(a)-s$(s)=$(IMM_CPU_RUNS)/$(a)-s$(s).train.json')) \
+	  $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,tfinit decays8 draws,--train '$(a)-s$(s)=$(call imm_ablation_summary,$(a),$(s))')) \
 	  --json tfinit=$(IMM_CPU_RUNS)/ablation-tfinit.json --json decays8=$(IMM_CPU_RUNS)/ablation-decays8.json \
 	  --json draws=$(IMM_CPU_RUNS)/ablation-draws.json \
 	  --markdown $(IMM_CPU_RUNS)/ablations.md --seed '$(IMM_ABLATION_SEEDS)'

@@ -260,3 +260,27 @@ def test_full_data_imm_arms_switch_on_below_seed_1s_dropout_best(ws):
     plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", "IMM_FULL_START_BELOW=150", check=True).stdout
     assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " not in plan
     assert "--set imm.start_below_ppl=150 " in plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/imm-s2")]
+
+
+def test_ablation_record_reads_an_arms_lost_summary_from_the_earlier_record(ws):
+    """make imm-ptb-cpu-ablations: an arm whose training summary file is gone (an older make removed decays8's as an
+    intermediate; its eval-test.json keeps it from being remade) is read from the earlier record, RECORD.json#KEY;
+    an arm whose summary is present is read from its file."""
+    (ws / "data/ptb-quarter").mkdir(parents=True)
+    for name in ("meta.json", "kn_bigram.safetensors"):
+        (ws / "data/ptb-quarter" / name).write_text("{}")
+    time.sleep(0.05)
+    runs = ws / "runs" / "imm-ptb-cpu"
+    arms = ("dropout", "tfinit", "imm", "decays8", "draws")
+    for arm in arms:
+        (runs / f"{arm}-s3").mkdir(parents=True)
+        if arm != "decays8":
+            (runs / f"{arm}-s3.train.json").write_text(json.dumps({"best_valid_ppl": 160.0}))
+    time.sleep(0.05)
+    for arm in arms:
+        (runs / f"{arm}-s3" / "eval-test.json").write_text(json.dumps({"ppl": 150.0}))
+    plan = make(ws, "-n", "results/imm-ptb-cpu-ablations.json", check=True).stdout
+    assert "train-lm" not in plan, plan
+    record = plan[plan.index("lmlab.core.records imm-ptb-cpu-ablations"):]
+    assert "--train 'decays8-s3=results/imm-ptb-cpu-ablations.json#train-decays8-s3'" in record, record
+    assert "--train 'draws-s3=runs/imm-ptb-cpu/draws-s3.train.json'" in record, record
