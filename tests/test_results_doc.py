@@ -34,6 +34,8 @@ def test_every_record_has_a_region_and_every_region_renders():
     assert set(results_doc.VIEWS) <= keys, "a view no doc shows"
     papers = {"define.md", "imm.md", "residual.md", "gebm.md", "translation.md", "bench.md"}
     assert papers | {"results.md"} <= set(DOCS_WITH_REGIONS)
+    in_results = set(results_doc.region_names((REPO / "docs/results.md").read_text()))
+    assert names - in_results == set(), "docs/results.md must show every result a paper doc shows"
 
 
 def _copy(tmp_path):
