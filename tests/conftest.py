@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import subprocess
@@ -15,6 +16,14 @@ SHARED = Path(os.environ.get("LMLAB_SHARED_DATA", REPO.parent / "shared" / "data
 
 WORDS = ("the cat dog sat on a mat and ran to house with big small red blue green tree under over "
          "quick brown fox jumps lazy river stone bird sings morning night").split()
+
+
+def load_bench(name: str):
+    """A script under bench/ as a module (bench/ is not a package): its functions for a test to call."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_corpus(path: Path, lines: int, seed: int = 0) -> Path:

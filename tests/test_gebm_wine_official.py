@@ -1,7 +1,6 @@
 """bench/gebm_wine_official.py: epochs from data updates, the two selection rules, values at fixed epochs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,10 +10,9 @@ from lmlab.core.config import merge, to_dict
 from lmlab.core.gebm import data as gdata
 from lmlab.core.gebm.train import Config
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("gebm_wine_official", ROOT / "bench" / "gebm_wine_official.py")
-wine = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(wine)
+from conftest import load_bench
+
+wine = load_bench("gebm_wine_official")
 
 
 def run_dir(path: Path, objective: str, rows: list[dict]) -> Path:

@@ -2,16 +2,11 @@
 budget, and tells a goal that ran until its time limit from one that failed (with the failing line)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+from conftest import load_bench
+
+gpu_check = load_bench("gpu_check")
 
 
 def test_rate_from_first_to_last_line_of_the_last_phase():

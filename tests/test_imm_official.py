@@ -243,11 +243,8 @@ def test_sample_phase_picks_the_official_batches(tmp_path, tiny_data, phase):
 def test_imm_bench_times_a_sampled_and_a_smoothed_batch_under_either_phase(tmp_path, tiny_data, phase):
     """bench/imm_overhead.py positions the objective's next batch; under both sample phases its 'sampled' kind runs
     the sampled term and its 'smoothed' kind the single-sample one."""
-    import importlib.util
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("imm_overhead", REPO / "bench" / "imm_overhead.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_bench
+    bench = load_bench("imm_overhead")
     every = 3
     trainer = _trainer(tmp_path, tiny_data, imm={"every": every, "sample_phase": phase}, dropout=0.0)
     x, y = trainer.batches.window(0)
@@ -505,12 +502,9 @@ def test_tensorflow_bias_init_is_the_official_one():
 
 def test_paired_seed_statistics_by_hand(tmp_path):
     """bench/imm_paired.py: best validation ppl per run, mean ± sd per arm, paired difference ± SE."""
-    import importlib.util
     import json
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("imm_paired", REPO / "bench" / "imm_paired.py")
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    from conftest import load_bench
+    paired = load_bench("imm_paired")
     best = {"dropout": [140.0, 150.0, 145.0], "imm": [138.0, 146.0, 144.0]}  # differences -2, -4, -1
     for arm, values in best.items():
         for seed, v in zip((1, 2, 3), values):

@@ -1,18 +1,14 @@
 """bench/lr_sweep.py: each arm's validation perplexity at the end of the same budget per learning rate, the pick."""
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import REPO
+from conftest import load_bench
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("lr_sweep", REPO / "bench" / "lr_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("lr_sweep")
 
 
 def _run(path, curve):

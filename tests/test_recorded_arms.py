@@ -4,23 +4,19 @@ bench/imm_paired.py --base-record."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
 import pytest
 
-from conftest import REPO
+from conftest import load_bench
 from lmlab.core import records
 from lmlab.core.errors import LmlabError
 from lmlab.core.plot import metric_series, plot_runs, run_labels
 
 
 def _paired_module():
-    spec = importlib.util.spec_from_file_location("imm_paired", REPO / "bench" / "imm_paired.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("imm_paired")
 
 
 def _run(path, valid, test):
