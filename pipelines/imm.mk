@@ -165,8 +165,9 @@ $(eval $(call imm_cpu_tier,imm-ptb-cpu,$(IMM_CPU_RUNS),ptb ptb-lstm-small-dropou
 imm-ptb-cpu:  ## dropout-only vs + IMM, 2x200 LSTM on a quarter of PTB, seeds 1-3 paired (CPU, hours: IMM steps cost several plain ones) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]
 
 # $(call imm_threshold,STAMP): an IMM arm's switch-on threshold, 1.1 x the best valid ppl in a dropout-only arm's
-# summary STAMP, rounded (the paper's 90 is 1.1 x its 81.6); read when the IMM arm's recipe runs, after STAMP is made
-imm_threshold = $(shell $(PYTHON) -c "import json; print(float(round(1.1 * json.load(open('$(1)'))['best_valid_ppl'])))")
+# summary STAMP, rounded (the paper's 90 is 1.1 x its 81.6); read when the IMM arm's recipe runs, after STAMP is made.
+# STAMP may be RECORD.json#KEY: that arm's summary as kept in an earlier record (its metrics[KEY]).
+imm_threshold = $(shell $(PYTHON) -c "import json, sys; path, _, key = sys.argv[1].partition('$(imm_cpu_hash)'); s = json.load(open(path)); s = s['metrics'][key] if key else s; print(float(round(1.1 * s['best_valid_ppl'])))" '$(1)')
 
 # The same pair on all of PTB's training text (the issue's main tier; the quarter above is its reduced fraction):
 # same presets and seeds, the switch-on threshold scaled as on the quarter, 1.1 x the dropout-only best of seed 1
@@ -174,8 +175,11 @@ imm_threshold = $(shell $(PYTHON) -c "import json; print(float(round(1.1 * json.
 # CPU, hours: an epoch is four of the quarter's.
 IMM_FULL_RUNS ?= runs/imm-ptb-cpu-full
 IMM_FULL_START_BELOW ?=
-IMM_FULL_IMM_ARGS = --set imm.start_below_ppl=$(or $(IMM_FULL_START_BELOW),$(call imm_threshold,$(IMM_FULL_RUNS)/dropout-s1.train.json))
-$(foreach s,$(IMM_CPU_SEEDS),$(eval $(IMM_FULL_RUNS)/imm-s$(s).train.json: $(if $(IMM_FULL_START_BELOW),,$(IMM_FULL_RUNS)/dropout-s1.train.json)))
+# With seed 1 in IMM_CPU_RECORDED_SEEDS its dropout-only best is read from this tier's record, so a later session adds
+# seeds 2 and 3 without training seed 1 again.
+IMM_FULL_GATE = $(call imm_cpu_summary,imm-ptb-cpu-full,$(IMM_FULL_RUNS),dropout,1)
+IMM_FULL_IMM_ARGS = --set imm.start_below_ppl=$(or $(IMM_FULL_START_BELOW),$(call imm_threshold,$(IMM_FULL_GATE)))
+$(foreach s,$(IMM_CPU_SEEDS),$(eval $(IMM_FULL_RUNS)/imm-s$(s).train.json: $(if $(IMM_FULL_START_BELOW)$(filter 1,$(IMM_CPU_RECORDED_SEEDS)),,$(IMM_FULL_RUNS)/dropout-s1.train.json)))
 $(eval $(call imm_cpu_tier,imm-ptb-cpu-full,$(IMM_FULL_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER,data/ptb,$$(IMM_FULL_IMM_ARGS)))
 imm-ptb-cpu-full:  ## dropout-only vs + IMM, 2x200 LSTM on all of PTB, seeds 1-3 paired (CPU, many hours) [IMM_CPU_SEEDS='1 2 3' IMM_FULL_START_BELOW=x]
 .PHONY: imm-ptb-cpu-full

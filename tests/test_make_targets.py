@@ -260,6 +260,13 @@ def test_full_data_imm_arms_switch_on_below_seed_1s_dropout_best(ws):
     plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", "IMM_FULL_START_BELOW=150", check=True).stdout
     assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " not in plan
     assert "--set imm.start_below_ppl=150 " in plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/imm-s2")]
+    # seed 1 recorded, its run dir gone (a later session adds seeds 2 and 3): the threshold comes from the record
+    (ws / "results").mkdir()
+    (ws / "results/imm-ptb-cpu-full.json").write_text(json.dumps({"metrics": {"train-dropout-s1": {"best_valid_ppl": 120.31}}}))
+    plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", "IMM_CPU_RECORDED_SEEDS=1", check=True).stdout
+    assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " not in plan, plan
+    line = plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/imm-s2")]
+    assert "--set imm.start_below_ppl=132.0 " in line and "--seed 2" in line, line
 
 
 def test_ablation_record_reads_an_arms_lost_summary_from_the_earlier_record(ws):
