@@ -6,6 +6,7 @@ line logger otherwise (batch jobs, pipes). Everything goes to stderr: stdout is 
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -29,12 +30,12 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.interval_s = interval_s
         self.quiet = quiet
-        self._last = 0.0
+        self._last = -math.inf  # never logged: the first update prints (monotonic() is uptime, maybe under interval_s)
         self._desc = ""
         self._total = 0
 
     def start(self, total: int, desc: str = "") -> None:
-        self._total, self._desc, self._last = total, desc, 0.0
+        self._total, self._desc, self._last = total, desc, -math.inf
 
     def update(self, done: int, metrics: dict[str, Any] | None = None) -> None:
         now = time.monotonic()

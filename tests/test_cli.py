@@ -171,6 +171,20 @@ def test_config_errors_through_the_cli_name_the_key_and_where_it_came_from(tmp_p
     assert result.exit_code == 0 and json.loads(result.stdout)["optim"]["lr"] == 0.5
 
 
+def test_plain_progress_prints_the_first_update_on_a_freshly_booted_machine(monkeypatch):
+    """time.monotonic() counts from boot: on a node up for less than interval_s the first line must still print
+    (it did not: the last-logged time started at 0, so a fresh SLURM node showed nothing until the last update)."""
+    import io
+    from lmlab.core import reporting
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: 120.0)  # up two minutes
+    stream = io.StringIO()
+    reporter = reporting.Reporter(stream=stream, interval_s=1000)
+    reporter.start(8, "train")
+    for step in range(1, 9):
+        reporter.update(step)
+    assert [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()] == ["train 1/8", "train 8/8"]
+
+
 @pytest.mark.parametrize("interval_s, lines", [(0, 8), (1000, 2)])
 def test_run_log_interval_s_spaces_the_plain_progress_lines(tmp_path, tiny_data, interval_s, lines):
     from conftest import run_cli
