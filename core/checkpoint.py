@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ class CorruptCheckpointError(LmlabError):
 
 FORMAT = "lmlab-checkpoint"
 FORMAT_VERSION = 1
+# torch.save's zip archive (a local file header), or the legacy pickle format torch.load still reads (protocol >= 2)
+_TORCH_SAVE_HEADS = (b"PK\x03\x04", b"\x80")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -91,6 +92,13 @@ def load_checkpoint(path: str | Path, expected_kind: str | tuple[str, ...] | Non
         raise LmlabError(f"checkpoint {path} is a directory; pass a .pt file (e.g. {path}/checkpoints/best.pt)")
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): a truncated or interrupted copy")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_SAVE_HEADS):
+        # a text file, random bytes or a zero-filled block: torch.load's unpickler fails on these with IndexError or
+        # a misleading "weights_only" refusal. Damaged rather than foreign, so a resume falls back past it.
+        raise CorruptCheckpointError(f"checkpoint {path} is not a checkpoint file (it starts with {head!r}; "
+                                     "torch.save writes a zip archive): a text or foreign file, or a damaged copy")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -99,8 +107,8 @@ def load_checkpoint(path: str | Path, expected_kind: str | tuple[str, ...] | Non
             raise LmlabError(f"checkpoint {path} refused: it asks to run code or load non-tensor objects "
                              f"({_short(first)}); lmlab only loads plain-data checkpoints") from exc
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {_short(first)}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt ({_short(str(exc))}); "
+    except Exception as exc:  # RuntimeError, EOFError, BadZipFile, ...: a damaged archive fails in many types
+        raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt ({_short(str(exc) or type(exc).__name__)}); "
                          "use another checkpoint (e.g. best.pt or an earlier step)") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise LmlabError(f"{path} is not an lmlab checkpoint (no '{FORMAT}' tag)")

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from lmlab.core.checkpoint import load_checkpoint, save_checkpoint, strip_compile_prefix
+from lmlab.core.checkpoint import CorruptCheckpointError, load_checkpoint, save_checkpoint, strip_compile_prefix
 from lmlab.core.errors import LmlabError
 
 
@@ -49,6 +49,12 @@ def test_truncated_empty_foreign_and_wrong_kind(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(LmlabError, match="not an lmlab checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "notes.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")  # was an IndexError traceback
+    (tmp_path / "zeros.pt").write_bytes(bytes(4096))  # a zero-filled block, as some crashes leave a file
+    (tmp_path / "noise.pt").write_bytes(bytes(range(1, 256)))  # was refused as "asks to run code"
+    for name in ("notes.pt", "zeros.pt", "noise.pt"):
+        with pytest.raises(CorruptCheckpointError, match="is not a checkpoint file"):
+            load_checkpoint(tmp_path / name)
     with pytest.raises(LmlabError, match="holds a 'lm' model"):
         load_checkpoint(tmp_path / "c.pt", "gebm")
     with pytest.raises(LmlabError, match="does not exist"):

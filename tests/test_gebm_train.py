@@ -210,6 +210,9 @@ def test_inception_architecture_shapes(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(LmlabError, match="missing weights"):
         load_inception(tmp_path / "bad.pth")
+    (tmp_path / "notes.pth").write_text("root:x:0:0:root:/root:/bin/bash\n")  # a text file: was an IndexError traceback
+    with pytest.raises(LmlabError, match="not a plain state dict"):
+        load_inception(tmp_path / "notes.pth")
 
 
 def test_density_gebm_and_mle_nll(tmp_path):

@@ -278,6 +278,7 @@ ROWS = [
     # eval-ppl
     Row("eval-missing", "eval-ppl", "missing path (checkpoint)", lambda c, t, m: (["eval-ppl", "-c", str(t / "nope.pt")], None, []), ("nope.pt", "does not exist")),
     Row("eval-empty", "eval-ppl", "empty file (checkpoint)", lambda c, t, m: ((t / "e.pt").write_bytes(b"") and None) or (["eval-ppl", "-c", str(t / "e.pt")], None, [t / "e.pt"]), ("empty",)),
+    Row("eval-not-checkpoint", "eval-ppl", "a text file as the checkpoint", lambda c, t, m: ((t / "n.pt").write_text("root:x:0:0:root:/root:/bin/bash\n") and None) or (["eval-ppl", "-c", str(t / "n.pt")], None, [t / "n.pt"]), ("n.pt", "not a checkpoint file")),
     Row("eval-evil", "eval-ppl", "malicious pickle checkpoint", lambda c, t, m: (["eval-ppl", "-c", str(c["evil"])], None, [c["evil"]]), ("refused",)),
     Row("eval-binary-input", "eval-ppl", "binary / non-UTF-8 text (-i)", lambda c, t, m: (["eval-ppl", "-c", str(c["ckpt"]), "-i", str(c["binary"]), "-q"], None, [c["binary"]]), ("binary.txt",)),
     Row("eval-vocab", "eval-ppl", "wrong vocabulary (data dir)", lambda c, t, m: (["eval-ppl", "-c", str(c["ckpt"]), "--data", str(c["other"]), "--split", "test", "-q"], None, [c["other"]]), ("another vocabulary",)),
@@ -294,6 +295,7 @@ ROWS = [
     Row("sample-missing", "sample", "missing path (checkpoint)", lambda c, t, m: (["sample", "-c", str(t / "nope.pt")], "a\n", []), ("does not exist",)),
     Row("sample-evil", "sample", "malicious pickle checkpoint", lambda c, t, m: (["sample", "-c", str(c["evil"])], "a\n", [c["evil"]]), ("refused",)),
     Row("sample-truncated", "sample", "truncated checkpoint", lambda c, t, m: ((t / "t.pt").write_bytes(c["ckpt"].read_bytes()[:3000]) and None) or (["sample", "-c", str(t / "t.pt")], "a\n", [t / "t.pt"]), ("truncated or corrupt",)),
+    Row("sample-not-checkpoint", "sample", "random bytes as the checkpoint", lambda c, t, m: ((t / "r.pt").write_bytes(bytes(range(1, 256))) and None) or (["sample", "-c", str(t / "r.pt")], "a\n", [t / "r.pt"]), ("r.pt", "not a checkpoint file")),
     Row("sample-binary-input", "sample", "binary / non-UTF-8 prompts (-i)", lambda c, t, m: (["sample", "-c", str(c["ckpt"]), "-i", str(c["binary"])], None, [c["binary"]]), ("binary.txt",)),
     Row("sample-flags", "sample", "invalid flag value (-n 0)", lambda c, t, m: (["sample", "-c", str(c["ckpt"]), "-n", "0"], "a\n", []), ("--num-samples",)),
     Row("sample-top-p-0", "sample", "--top-p 0", lambda c, t, m: (["sample", "-c", str(c["ckpt"]), "--top-p", "0"], "a\n", []), ("--top-p",)),

@@ -10,7 +10,6 @@ with each other, not with published numbers.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +161,9 @@ def load_inception(path: str | Path) -> InceptionV3:
         raise LmlabError(f"--inception {path} does not exist (a state dict of the FID Inception-v3, e.g. pytorch-fid's)")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise LmlabError(f"--inception {path}: not a plain state dict ({str(exc).splitlines()[0][:120]})") from exc
+    except Exception as exc:  # unpickling a foreign file fails in many types (a text file: IndexError)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LmlabError(f"--inception {path}: not a plain state dict ({first[:120]})") from exc
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     net = InceptionV3()
