@@ -27,6 +27,9 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 class DataDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():  # most often a text file given where its prepped dir goes
+            raise LmlabError(f"data dir {self.path} is a file, not a data dir; prep it first: "
+                             f"`lmlab prep --train {self.path} --out DIR`, then pass DIR")
         if not self.path.is_dir():
             raise LmlabError(f"data dir {self.path} does not exist; create it with `lmlab prep --out {self.path} ...`")
         meta_path = self.path / "meta.json"

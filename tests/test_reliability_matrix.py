@@ -249,6 +249,7 @@ ROWS = [
     Row("prep-read-only", "prep", "read-only output dir", lambda c, t, m: (t.joinpath("ro").mkdir() or m.read_only(t / "ro") and None) or (["prep", "--train", str(c["text"]["train"]), "--out", str(t / "ro" / "d"), "-q"], None, []), ("Read-only",)),
     # train-lm
     Row("train-missing-data", "train-lm", "missing path (data dir)", lambda c, t, m: (_train("--data", str(t / "nope"), "--run-dir", str(t / "r")), None, []), ("does not exist",)),
+    Row("train-text-as-data", "train-lm", "a text file where the data dir goes", lambda c, t, m: ((t / "train.txt").write_text("a b c\n") and None) or (_train("--data", str(t / "train.txt"), "--run-dir", str(t / "r")), None, [t / "train.txt"]), ("train.txt", "is a file", "lmlab prep --train")),
     Row("train-empty-meta", "train-lm", "empty file (meta.json)", lambda c, t, m: (_train("--data", str(_bad_meta(c, t, b"")), "--run-dir", str(t / "r")), None, [t / "data"]), ("meta.json", "not valid JSON")),
     Row("train-binary-meta", "train-lm", "binary / non-UTF-8 meta.json", lambda c, t, m: (_train("--data", str(_bad_meta(c, t, bytes(range(256)))), "--run-dir", str(t / "r")), None, [t / "data"]), ("meta.json",)),
     Row("train-truncated-bin", "train-lm", "truncated data array", lambda c, t, m: (_train("--data", str(_truncated_data(c, t)), "--run-dir", str(t / "r")), None, [t / "data"]), ("train.bin", "bytes")),
