@@ -97,6 +97,10 @@ def paired(base: list[float], arm: list[float]) -> dict:
     return s
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def _f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         d = out[metric]["difference"]
         d["below_by_2se"] = d["se"] is not None and d["mean"] < -2 * d["se"]
         d["not_above_by_2se"] = d["se"] is not None and d["mean"] < 2 * d["se"]
-        d["shows_claim"] = {"below": d["below_by_2se"], "not-above": d["not_above_by_2se"]}.get(args.claim)  # these seeds
+        # these seeds; None where the claim is not tested (--claim none) or cannot be (one seed: no standard error)
+        d["shows_claim"] = None if d["se"] is None else {"below": d["below_by_2se"], "not-above": d["not_above_by_2se"]}.get(args.claim)
         for s, b, a in zip(args.seeds, base, arm):
             rows.append(f"| {metric} | {s} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
         sb, sa, d = summary(base), summary(arm), out[metric]["difference"]
@@ -188,17 +193,18 @@ def main(argv: list[str] | None = None) -> int:
                              for s, v in cut["per_seed"].items())
         d = cut["difference"]
         print(f"\nThe {args.arm} arm's best valid_ppl up to the last epoch its {args.base} arm evaluated: {per_seed}; "
-              f"{args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds).")
+              f"{args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {_seeds(d['n'])}).")
     for metric in ("valid_ppl", "test_ppl"):
         if metric in out and args.claim == "none":
             d = out[metric]["difference"]
-            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds).")
+            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {_seeds(d['n'])}).")
         elif metric in out:
             d = out[metric]["difference"]
-            verdict = "shows" if d["shows_claim"] else "does not show"
+            verdict = ("cannot test (one seed has no standard error)" if d["shows_claim"] is None else
+                       "shows" if d["shows_claim"] else "does not show")
             claim = (f"{args.arm} below {args.base} by more than 2 SE" if args.claim == "below" else
                      f"{args.arm} no worse than {args.base}: the difference below +2 SE")
-            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {d['n']} seeds): this "
+            print(f"\n{metric}: {args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {_seeds(d['n'])}): this "
                   f"{verdict} the paper's claim ({claim}).")
     if args.paper_base is not None and args.paper_arm is not None:
         out["paper"] = {args.base: args.paper_base, args.arm: args.paper_arm, "source": args.paper_source}

@@ -500,7 +500,7 @@ def test_tensorflow_bias_init_is_the_official_one():
     assert _preset("ptb,ptb-lstm-small-dropout").model.lstm.bias_init == "uniform"  # the recorded CPU tier's init
 
 
-def test_paired_seed_statistics_by_hand(tmp_path):
+def test_paired_seed_statistics_by_hand(tmp_path, capsys):
     """bench/imm_paired.py: best validation ppl per run, mean ± sd per arm, paired difference ± SE."""
     import json
     from conftest import load_bench
@@ -554,3 +554,10 @@ def test_paired_seed_statistics_by_hand(tmp_path):
     assert paired.main([str(other), "--seeds", "1", "2", "3", "--base", "imm", "--base-dir", str(tmp_path), "--arm",
                         "dropout", "--claim", "not-above", "--json", str(tmp_path / "na2.json")]) == 0
     assert not json.loads((tmp_path / "na2.json").read_text())["valid_ppl"]["difference"]["shows_claim"]
+    # one seed (the full-data tier is recorded a seed at a time): no standard error, so the claim is untested, not failed
+    capsys.readouterr()
+    assert paired.main([str(other), "--seeds", "1", "--base", "imm", "--base-dir", str(tmp_path), "--arm", "dropout",
+                        "--json", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())["valid_ppl"]["difference"]
+    assert one["n"] == 1 and one["se"] is None and one["shows_claim"] is None
+    assert "(SE, 1 seed): this cannot test (one seed has no standard error) the paper's claim" in capsys.readouterr().out
