@@ -35,6 +35,9 @@ def average(
     from lmlab.core.config import at_least
 
     check_flag("--last", last, at_least(0))
+    missing = [p for p in inputs if not Path(p).exists()]
+    if missing:  # before counting them: one missing of two is not "fewer than 2 checkpoints"
+        raise LmlabError(f"{missing[0]} does not exist")
     if last:
         if len(inputs) != 1 or not Path(inputs[0]).is_dir():
             raise LmlabError("--last N takes one run dir (or its checkpoints/ dir), e.g. lmlab average --last 5 runs/X -o avg.pt")

@@ -316,6 +316,14 @@ ROWS = [
     Row("ebm-preset", "train-ebm", "unknown preset", lambda c, t, m: (["train-ebm", "--kind", "gebm", "--preset", "no-such-preset"], None, []), ("unknown preset",)),
     Row("ebm-old-key", "train-ebm", "a config key renamed in issue #13 (optim.base_steps)", lambda c, t, m: (["train-ebm", "--kind", "gebm", "--run-dir", str(t / "r"), "--device", "cpu", "--set", "optim.base_steps=3"], None, []), ("optim.base_steps was renamed schedule.max_steps",)),
     Row("ebm-nan", "train-ebm", "NaN/inf loss (GEBM lr=1e30)", lambda c, t, m: (["train-ebm", "--kind", "gebm", "--run-dir", str(t / "r"), "--device", "cpu", "--set", "data.dataset=synthetic-images", "--set", "data.subset=32", "--set", "model.width=4", "--set", "model.latent_dim=8", "--set", "schedule.max_steps=3", "--set", "optim.energy_steps=1", "--set", "optim.energy_steps_init=1", "--set", "data.batch_size=8", "--set", "optim.init_log_partition_batches=1", "--set", "optim.lr_energy=1e30", "-q"], None, []), ("nan", "last good checkpoint")),
+    # average, cache-define, plot
+    Row("average-missing", "average", "a glob that matched nothing (one missing path)", lambda c, t, m: (["average", str(t / "step-*.pt"), "-o", str(t / "a.pt")], None, []), ("step-*.pt", "does not exist")),
+    Row("average-evil", "average", "malicious pickle checkpoint", lambda c, t, m: (["average", str(c["evil"]), str(c["ckpt"]), "-o", str(t / "a.pt")], None, [c["evil"], c["ckpt"]]), ("refused",)),
+    Row("average-out-exists", "average", "existing --out, no --force", lambda c, t, m: ((t / "a.pt").write_text("mine") and None) or (["average", str(c["ckpt"]), str(c["evil"]), "-o", str(t / "a.pt")], None, [t / "a.pt"]), ("a.pt", "--force")),
+    Row("cache-define-plain", "cache-define", "an LM with no DeFINE embedding", lambda c, t, m: (["cache-define", "-c", str(c["ckpt"]), "-o", str(t / "c.pt")], None, [c["ckpt"]]), ("not define", "nothing to cache")),
+    Row("cache-define-text", "cache-define", "a text file as the checkpoint", lambda c, t, m: ((t / "n.pt").write_text("a b c\n") and None) or (["cache-define", "-c", str(t / "n.pt"), "-o", str(t / "c.pt")], None, [t / "n.pt"]), ("n.pt", "not a checkpoint file")),
+    Row("plot-not-a-run", "plot", "a directory that is not a run dir", lambda c, t, m: (["plot", str(c["root"] / "other"), "-o", str(t / "p.png")], None, [c["root"] / "other"]), ("metrics.jsonl",)),
+    Row("plot-metric", "plot", "a metric the run never logged", lambda c, t, m: (["plot", str(c["run"]), "--metric", "nosuch", "-o", str(t / "p.png")], None, [c["run"]]), ("nosuch",)),
     # bleu, presets
     Row("bleu-missing-ref", "bleu", "missing path (reference)", lambda c, t, m: (["bleu", str(t / "ref.txt")], "a b c\n", []), ("ref.txt",)),
     Row("bleu-binary", "bleu", "binary / non-UTF-8 hypotheses", lambda c, t, m: (["bleu", str(c["text"]["valid"]), "-i", str(c["binary"])], None, [c["binary"]]), ("UTF-8",)),
@@ -337,6 +345,12 @@ def _hash_tree(paths) -> dict[str, str]:
         for f in files:
             out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
+
+
+def test_every_command_has_bad_input_rows():
+    """A command added to the CLI gets its rows here too (average, cache-define and plot had none)."""
+    from lmlab.cli.main import app
+    assert {c.name for c in app.registered_commands} <= {r.command for r in ROWS}
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
