@@ -5,7 +5,8 @@ A record: {"name", "command", "commit", "dirty", "date", "machine": {...}, "wall
 "kind" (how lmlab.core.results_doc renders it: lm, metrics, markdown, reliability), "paper": {...} (the paper's
 figures beside ours, optional), "markdown" (kind markdown: the table its script printed), "notes" (optional)}.
 "machine" is lmlab.core.machine.machine_info() at the start (CPU model, cores, torch, GPU, load) plus
-"load_avg_at_end". NAME is the make target that writes the record; `python -m lmlab.core.records` (main below)
+"load_avg_at_end". A record of trained arms also keeps "arm_machines": what each arm ran on (its metrics key ->
+arm_hardware), since the arms of one record may have run in different sessions, machines or torch builds. NAME is the make target that writes the record; `python -m lmlab.core.records` (main below)
 assembles one from the files a pipeline wrote.
 """
 
@@ -137,6 +138,15 @@ def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
     return out
 
 
+ARM_HARDWARE_KEYS = ("cpu_model", "cores", "gpu", "torch", "torch_threads")
+
+
+def arm_hardware(machine: dict[str, Any] | None) -> dict[str, Any]:
+    """What decides a run's numerics and speed, without its load or time: the part of a machine's facts that two arms
+    of one record must share for their figures to come from the same build."""
+    return {k: machine.get(k) for k in ARM_HARDWARE_KEYS if k in machine} if isinstance(machine, dict) else {}
+
+
 def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:
     """What a train summary (train-lm / train-ebm stdout, stored as runs/X.train.json) adds to a record: its
     wall time and machine (load at start and end), and tokens/s from the run dir's last metrics line."""
@@ -204,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     metrics: dict[str, Any] = {}
+    arm_machines: dict[str, dict[str, Any]] = {}
     machine, wall = None, None
     for item in args.train:
         key, sep, path = item.partition("=") if "=" in item else ("", "", item)
@@ -214,11 +225,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"lmlab records: --train {item}: {e}") from None
             metrics[f"train-{key}" if key else "train"] = {**entry, "recorded_in": path.partition("#")[0],
                                                            "recorded_commit": record.get("commit")}
+            # as that record kept it; a record from before arm_machines has only its own (first arm's) machine
+            arm_machines[f"train-{key}" if key else "train"] = ((record.get("arm_machines") or {}).get(path.partition("#")[2])
+                                                                 or arm_hardware(record.get("machine")))
             continue  # its wall time and machine belong to that record, not to this one
         summary = load_json(path)
         if summary.get("stopped_by") or summary.get("stopped"):
             raise SystemExit(f"lmlab records: {path}: training did not complete; rerun its make target")
         metrics[f"train-{key}" if key else "train"] = train_summary_facts(summary)
+        arm_machines[f"train-{key}" if key else "train"] = arm_hardware(summary.get("machine"))
         machine = machine or summary.get("machine")
         if summary.get("wall_s") is not None:
             wall = (wall or 0.0) + summary["wall_s"]
@@ -239,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     elif machine is not None:
         machine = {**machine, "load_avg_at_record": load_average()}
     extra: dict[str, Any] = {"kind": "markdown" if args.markdown and args.kind == "metrics" else args.kind}
+    if arm_machines:
+        extra["arm_machines"] = arm_machines
     if args.markdown:
         extra["markdown"] = Path(args.markdown).read_text(encoding="utf-8").strip() + "\n"
     record = make_record(args.name, args.command, metrics, wall_s=wall, machine=machine, seeds=[seed for group in args.seed for seed in group],

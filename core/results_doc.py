@@ -62,15 +62,34 @@ def _load(machine: dict[str, Any], resumed: bool = False) -> str:
     return "load average not recorded"
 
 
+def _hardware(m: dict[str, Any], threads: bool = False) -> str:
+    return ", ".join(x for x in (m.get("cpu_model"), f"{m['cores']} cores" if m.get("cores") else None,
+                                 f"GPU {m['gpu']}" if m.get("gpu") else None,
+                                 f"torch {m['torch']}" if m.get("torch") else None,
+                                 f"{m['torch_threads']} torch thread{'s' * (m['torch_threads'] != 1)}" if threads and m.get("torch_threads") else None) if x)
+
+
+def _arm_machines(rec: dict[str, Any]) -> str | None:
+    """One line naming what each arm ran on, when a record's arms did not all run on the same machine and build
+    (the line above names only the first arm's)."""
+    groups: dict[str, list[str]] = {}
+    for key, hw in (rec.get("arm_machines") or {}).items():
+        groups.setdefault(_hardware(hw, threads=True) or "machine not recorded", []).append(key.removeprefix("train-"))
+    if len(groups) < 2:
+        return None
+    return ("Its arms ran on different machines or builds: "
+            + "; ".join(f"{', '.join(keys)} on {hw}" for hw, keys in groups.items()) + ".")
+
+
 def provenance(rec: dict[str, Any]) -> str:
     m = rec.get("machine") or {}
-    hw = ", ".join(x for x in (m.get("cpu_model"), f"{m['cores']} cores" if m.get("cores") else None,
-                               f"GPU {m['gpu']}" if m.get("gpu") else None,
-                               f"torch {m['torch']}" if m.get("torch") else None) if x)
+    hw = _hardware(m)
     commit = (rec.get("commit") or "unknown")[:10] + (" + uncommitted changes" if rec.get("dirty") else "")
     lines = [f"Recorded in `results/{rec['name']}.json` by `{rec['command']}`: commit {commit}, {rec.get('date', '?')}; "
              f"{hw or 'machine not recorded'}; {_load(m, _resumed(rec))}"
              + (f"; wall {duration(rec['wall_s'])}" if rec.get("wall_s") is not None else "") + "."]
+    if arms := _arm_machines(rec):
+        lines.append(arms)
     if rec.get("notes"):
         lines.append(rec["notes"])
     return "\n".join(lines)

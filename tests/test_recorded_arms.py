@@ -151,3 +151,34 @@ def test_a_chain_of_records_keeps_the_commit_each_seed_was_trained_at(earlier, t
     assert paired.main([str(new), "--seeds", "1", "2", "--record", str(record), "--json", str(new.parent / "c.json")]) == 0
     out = json.loads((new.parent / "c.json").read_text())
     assert out["record"]["commit"] == {"1": "a" * 40, "2": "b" * 40}
+
+
+def test_a_record_names_what_each_arm_ran_on_when_its_arms_differ(earlier, tmp_path):
+    """Arms recorded a seed at a time may come from different sessions, machines or torch builds: the record keeps
+    each arm's (arm_machines) and its provenance names them, where the machine line names only the first arm's."""
+    from lmlab.core.results_doc import provenance
+
+    record, _ = earlier
+    old = json.loads(record.read_text())
+    assert old["arm_machines"] == {f"train-{a}-s{s}": {"cores": 2} for a in ("dropout", "imm") for s in ("1", "2")}
+    assert "different machines" not in provenance(old)  # all four arms on one machine: the machine line says it
+    new_run = _run(tmp_path / "runs" / "new" / "imm-s3", [280.0, 190.0], 180.0)
+    summary_path = new_run.parent / "imm-s3.train.json"
+    summary = json.loads(summary_path.read_text())
+    summary["machine"] = {"cpu_model": "AMD EPYC", "cores": 2, "torch": "2.14.1", "torch_threads": 1, "load_avg_1_5_15": [1, 1, 1]}
+    summary_path.write_text(json.dumps(summary))
+    assert records.main(["new", "--command", "make new", "--results-dir", "results",
+                         "--train", f"dropout-s1={record}#train-dropout-s1", f"--train=imm-s3={summary_path}"]) == 0
+    new = json.loads((tmp_path / "results" / "new.json").read_text())
+    assert new["arm_machines"] == {"train-dropout-s1": {"cores": 2},
+                                   "train-imm-s3": {"cpu_model": "AMD EPYC", "cores": 2, "torch": "2.14.1", "torch_threads": 1}}
+    assert ("Its arms ran on different machines or builds: dropout-s1 on 2 cores; "
+            "imm-s3 on AMD EPYC, 2 cores, torch 2.14.1, 1 torch thread.") in provenance(new)
+    # a record from before arm_machines: its arm takes that record's own machine
+    del old["arm_machines"]
+    old["machine"] = {"cpu_model": "Old CPU", "cores": 4, "torch": "2.13.0", "load_avg_1_5_15": [0, 0, 0]}
+    record.write_text(json.dumps(old))
+    assert records.main(["newer", "--command", "make newer", "--results-dir", "results",
+                         "--train", f"imm-s2={record}#train-imm-s2", f"--train=imm-s3={summary_path}"]) == 0
+    newer = json.loads((tmp_path / "results" / "newer.json").read_text())
+    assert newer["arm_machines"]["train-imm-s2"] == {"cpu_model": "Old CPU", "cores": 4, "torch": "2.13.0"}
