@@ -64,6 +64,18 @@ RESULTS_DOC = $(PYTHON) -m lmlab.core.results_doc
 # $(call made_by,NAME): the command line a record names (the make target and the variables given to make)
 made_by = $(strip make $(1) HW=$(HW) $(filter-out HW=%,$(MAKEOVERRIDES)))
 
+# A record whose seed list is a make variable lists it in a stamp, runs/.record-seeds/NAME, one of its prerequisites:
+#   results/NAME.json: $(RECORD_STAMPS)/NAME
+#   $(RECORD_STAMPS)/NAME: RECORD_SEEDS = $(THE_SEEDS_VARIABLE)
+# Its recipe always runs but rewrites the stamp (so making it newer than the record) only when the list changed: a
+# record of seed 1 followed by `make NAME SEEDS='1 2'` is remade even when seed 2's runs finished before that record
+# was (their files are then older than it, and make alone would call the record up to date); the same list again
+# leaves the record as it is.
+RECORD_STAMPS ?= runs/.record-seeds
+$(RECORD_STAMPS)/%: FORCE
+	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(RECORD_SEEDS)' ] || echo '$(RECORD_SEEDS)' > $@
+FORCE:  # no recipe, no file: always remade, so whatever names it runs (GNU make's idiom; not a target to call)
+
 results: .installed  ## regenerate every generated region of docs/*.md from results/*.json
 	$(RESULTS_DOC)
 

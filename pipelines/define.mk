@@ -120,7 +120,8 @@ $(foreach s,$(DEFINE_CPU_SEEDS),$(eval $(call define_cpu_arm,$(s))))
 $(DEFINE_CPU_RUNS)/%/eval-test.json: $(DEFINE_CPU_RUNS)/%.train.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CPU_RUNS)/$*/checkpoints/best.pt --split test -q > $@
 
-results/$(DEFINE_CPU_NAME).json: $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json) \
+$(RECORD_STAMPS)/$(DEFINE_CPU_NAME): RECORD_SEEDS = $(DEFINE_CPU_SEEDS)
+results/$(DEFINE_CPU_NAME).json: $(RECORD_STAMPS)/$(DEFINE_CPU_NAME) $(foreach s,$(define_cpu_trained),$(DEFINE_CPU_BASE)/dropout-s$(s)/eval-test.json) \
   $(foreach s,$(DEFINE_CPU_SEEDS),$(DEFINE_CPU_RUNS)/define-s$(s)/eval-test.json)
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/imm_paired.py $(DEFINE_CPU_RUNS) --base-dir $(DEFINE_CPU_BASE) --base dropout --arm define --claim not-above \

@@ -187,7 +187,8 @@ $(GEBM_TIER)/fid-reference.json: $(RUNS)/cifar10-classifier.pt | $(GEBM_TIER_FIR
 	  --classifier $(RUNS)/cifar10-classifier.pt --reference-split train --reference-count $(GEBM_TIER_FID) --device cpu \
 	  > $@.tmp && mv $@.tmp $@
 
-results/gebm-cifar10-cpu-tier.json: $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json) $(GEBM_TIER)/fid-reference.json
+$(RECORD_STAMPS)/gebm-cifar10-cpu-tier: RECORD_SEEDS = $(GEBM_TIER_SEEDS)
+results/gebm-cifar10-cpu-tier.json: $(RECORD_STAMPS)/gebm-cifar10-cpu-tier $(GEBM_TIER_SEEDS:%=$(GEBM_TIER)/s%/scores.json) $(GEBM_TIER)/fid-reference.json
 	@mkdir -p $(@D) docs/figures
 	$(PYTHON) bench/gebm_tier.py $(foreach s,$(GEBM_TIER_SEEDS),--seed $(s)=$(GEBM_TIER)/s$(s)) --figure docs/figures/gebm-cifar10-cpu-tier.png \
 	  --reference $(GEBM_TIER)/fid-reference.json \

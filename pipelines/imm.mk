@@ -145,7 +145,8 @@ $(call imm_cpu_arm,$(2),imm,$(3) $(4),$(s),$(6),$(7))
 $(2)/%/eval-test.json: $(2)/%.train.json
 	$$(LMLAB) eval-ppl -c $(2)/$$*/checkpoints/best.pt --split test -q > $$@
 
-results/$(1).json: $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(2)/dropout-s$(s)/eval-test.json $(2)/imm-s$(s)/eval-test.json)
+$(RECORD_STAMPS)/$(1): RECORD_SEEDS = $$(IMM_CPU_SEEDS)
+results/$(1).json: $(RECORD_STAMPS)/$(1) $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(2)/dropout-s$(s)/eval-test.json $(2)/imm-s$(s)/eval-test.json)
 	@mkdir -p $$(@D)
 	$$(PYTHON) bench/imm_paired.py $(2) --seeds $$(IMM_CPU_SEEDS) $(if $(5),$$($(5))) --json $(2)/paired.json \
 	  $(if $(IMM_CPU_RECORDED_SEEDS),--record results/$(1).json --recorded-seeds $(IMM_CPU_RECORDED_SEEDS)) > $(2)/paired.md
@@ -190,7 +191,8 @@ imm-ptb-cpu-full:  ## dropout-only vs + IMM, 2x200 LSTM on all of PTB, seeds 1-3
 $(foreach s,$(IMM_CPU_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),control,ptb ptb-lstm-small-dropout ptb-lstm-small-lrcontrol,$(s))))
 # Seeds in IMM_CPU_RECORDED_SEEDS are read from this record's pairs (all three arms) as imm-ptb-cpu reads its own.
 IMM_CPU_CONTROL_FROM_RECORD = $(if $(IMM_CPU_RECORDED_SEEDS),--record results/imm-ptb-cpu-control.json --recorded-seeds $(IMM_CPU_RECORDED_SEEDS))
-results/imm-ptb-cpu-control.json: $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(foreach a,dropout control imm,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+$(RECORD_STAMPS)/imm-ptb-cpu-control: RECORD_SEEDS = $(IMM_CPU_SEEDS)
+results/imm-ptb-cpu-control.json: $(RECORD_STAMPS)/imm-ptb-cpu-control $(foreach s,$(filter-out $(IMM_CPU_RECORDED_SEEDS),$(IMM_CPU_SEEDS)),$(foreach a,dropout control imm,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
 	@mkdir -p $(@D)
 	{ echo "IMM vs the control arm (the same lr event, no IMM term):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_CPU_SEEDS) --base control --arm imm --json $(IMM_CPU_RUNS)/control-imm.json $(IMM_CPU_CONTROL_FROM_RECORD); echo; \
@@ -229,7 +231,8 @@ $(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
 	  cp -r $(IMM_CPU_RUNS)/imm-s$* $(IMM_CPU_RUNS)/decays8-s$*.copy && rm -f $(IMM_CPU_RUNS)/decays8-s$*.copy/eval-test*.json && \
 	  mv $(IMM_CPU_RUNS)/decays8-s$*.copy $(IMM_CPU_RUNS)/decays8-s$*; }
 	$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(IMM_CPU_RUNS)/decays8-s$*)
-results/imm-ptb-cpu-ablations.json: $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit imm decays8 draws,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
+$(RECORD_STAMPS)/imm-ptb-cpu-ablations: RECORD_SEEDS = $(IMM_ABLATION_SEEDS)
+results/imm-ptb-cpu-ablations.json: $(RECORD_STAMPS)/imm-ptb-cpu-ablations $(foreach s,$(IMM_ABLATION_SEEDS),$(foreach a,dropout tfinit imm decays8 draws,$(IMM_CPU_RUNS)/$(a)-s$(s)/eval-test.json))
 	@mkdir -p $(@D)
 	{ echo "Departure 4, initialisation: the official TF1 bias init (tfinit) vs the tier's uniform biases (dropout-only):"; echo; \
 	  $(PYTHON) bench/imm_paired.py $(IMM_CPU_RUNS) --seeds $(IMM_ABLATION_SEEDS) --base dropout --arm tfinit --claim none \

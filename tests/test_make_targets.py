@@ -291,3 +291,50 @@ def test_ablation_record_reads_an_arms_lost_summary_from_the_earlier_record(ws):
     record = plan[plan.index("lmlab.core.records imm-ptb-cpu-ablations"):]
     assert "--train 'decays8-s3=results/imm-ptb-cpu-ablations.json#train-decays8-s3'" in record, record
     assert "--train 'draws-s3=runs/imm-ptb-cpu/draws-s3.train.json'" in record, record
+
+
+FAKE_RECORD = r'''
+import json, os, sys
+os.makedirs("results", exist_ok=True)
+paired = [a.partition("=")[2] for a in sys.argv if a.startswith("paired=")]
+metrics = {"paired": json.load(open(paired[0]))} if paired else {}
+with open(os.path.join("results", sys.argv[1] + ".json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "commit": "0" * 40, "metrics": metrics}, f)
+with open("records.log", "a") as f:
+    f.write(sys.argv[1] + "\n")
+'''
+
+
+def test_a_record_is_remade_when_its_seed_list_grows_even_if_the_new_seeds_finished_first(ws):
+    """The full tier recorded a seed at a time: seed 2's runs may finish before seed 1's record is made, so their files
+    are older than it. `make ... IMM_CPU_SEEDS='1 2' IMM_CPU_RECORDED_SEEDS=1` must still remake the record (its seed
+    list is a stamp, rewritten when the list changes); the same list again leaves it as it is."""
+    (ws / "data/ptb/kn_bigram.safetensors").write_text("{}")
+    time.sleep(0.05)
+    runs = ws / "runs" / "imm-ptb-cpu-full"
+    for seed in (1, 2):
+        for arm in ("dropout", "imm"):
+            run = runs / f"{arm}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 1, "valid_ppl": 100.0 + seed}) + "\n")
+            (runs / f"{arm}-s{seed}.train.json").write_text(json.dumps({"run_dir": str(run), "best_valid_ppl": 100.0 + seed}))
+    time.sleep(0.05)
+    for seed in (1, 2):
+        for arm in ("dropout", "imm"):
+            (runs / f"{arm}-s{seed}" / "eval-test.json").write_text(json.dumps({"ppl": 95.0}))
+    (ws / "fake_record.py").write_text(FAKE_RECORD)
+    fakes = [f"RECORD={sys.executable} {ws / 'fake_record.py'}", "RESULTS_DOC=true", "LMLAB=true"]
+    log = ws / "records.log"
+
+    def record(*args):
+        make(ws, "results/imm-ptb-cpu-full.json", *fakes, *args, check=True)
+        return log.read_text().split() if log.exists() else []
+
+    assert record("IMM_CPU_SEEDS=1") == ["imm-ptb-cpu-full"]  # seed 1 recorded; seed 2's files are older now
+    time.sleep(0.05)
+    assert record("IMM_CPU_SEEDS=1") == ["imm-ptb-cpu-full"]  # the same list: up to date
+    recorded = record("IMM_CPU_SEEDS=1 2", "IMM_CPU_RECORDED_SEEDS=1")
+    assert recorded == ["imm-ptb-cpu-full"] * 2, "seed 2 was not recorded: the record was taken as up to date"
+    argv = json.loads((ws / "results/imm-ptb-cpu-full.json").read_text())["argv"]
+    assert "imm-s2=runs/imm-ptb-cpu-full/imm-s2.train.json" in argv and (ws / "runs/.record-seeds/imm-ptb-cpu-full").read_text() == "1 2\n"
+    assert record("IMM_CPU_SEEDS=1 2", "IMM_CPU_RECORDED_SEEDS=1") == ["imm-ptb-cpu-full"] * 2
