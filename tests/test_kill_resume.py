@@ -285,6 +285,32 @@ def test_train_lm_survives_sigkill_anywhere(tmp_path, tiny_data):
     assert out["resumes_from_last_complete"] >= 1
 
 
+# The full-data IMM tier's arms train for many hours and are stopped at the end of every session: the tier's own
+# presets (SGD on the loss summed over time, plateau decay with reload of the best weights, IMM switched on at the
+# first evaluation with its lr reset (to a high one here, so that plateau decays follow), carried-state sampled IMM one batch in five with the official clipping and
+# the separate single-sample pass) on a tiny LSTM, so a resume must land inside the IMM schedule, the kept-aside
+# IMM gradient and the sampler's random stream and still end bitwise where an uninterrupted run ends.
+IMM_ARGS = ["train-lm", "--preset", "ptb-lstm-small-dropout,ptb-lstm-small-imm", "--device", "cpu", "--steps", "30",
+            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "data.eval_batch_size=2",
+            "--set", "model.d_model=16", "--set", "model.lstm.hidden_size=16", "--set", "optim.lr=0.1",
+            "--set", "imm.lr_at_start=3", "--set", "imm.start_below_ppl=1e9", "--set", "imm.k=3", "--set", "imm.j=2",
+            "--set", "run.eval_interval=6", "--set", "run.save_interval=1", "--set", "run.keep=1",
+            "--set", "hardware.threads=1", "--seed", "5"]
+IMM_KILLS = int(os.environ.get("LMLAB_IMM_KILLS", "6"))
+
+
+def test_train_lm_with_imm_survives_sigkill_anywhere(tmp_path, tiny_data):
+    spec = {"work": str(tmp_path), "kind": "lm", "kills": IMM_KILLS, "seed": 13, "args": [*IMM_ARGS, "--data", str(tiny_data)]}
+    out = run_driver("campaign", spec)
+    assert out["errors"] == []
+    assert out["kills"] >= IMM_KILLS and out["rounds_bitwise_equal"] == out["rounds"] >= 1
+    assert out["resumes_from_last_complete"] >= 1
+    rows = [json.loads(line) for line in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lrs = [r["lr"] for r in rows if "valid_ppl" in r]
+    assert lrs[:3] == [0.1, 3.0, 1.5], lrs  # IMM's switch-on reset the lr, then plateau decays reloaded the best weights
+    assert sum("imm_loss_nats" in r for r in rows) >= 3  # sampled IMM batches, one in five once on
+
+
 @pytest.fixture(scope="module")
 def base_lm(tmp_path_factory, tiny_data):
     """A tiny Transformer LM checkpoint (random weights: the residual energy only needs a frozen base)."""
