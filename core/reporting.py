@@ -33,15 +33,27 @@ class Reporter:
         self._last = -math.inf  # never logged: the first update prints (monotonic() is uptime, maybe under interval_s)
         self._desc = ""
         self._total = 0
+        self._first: tuple[float, int] | None = None  # (time, done) of this process's first update: a resumed run's rate
 
     def start(self, total: int, desc: str = "") -> None:
-        self._total, self._desc, self._last = total, desc, -math.inf
+        self._total, self._desc, self._last, self._first = total, desc, -math.inf, None
 
     def update(self, done: int, metrics: dict[str, Any] | None = None) -> None:
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
         if now - self._last >= self.interval_s or done >= self._total:
             self._last = now
-            self.log(f"{self._desc} {done}/{self._total} {format_metrics(metrics or {})}".strip())
+            parts = (self._desc, f"{done}/{self._total}", format_metrics(metrics or {}), self._eta(now, done))
+            self.log(" ".join(part for part in parts if part))
+
+    def _eta(self, now: float, done: int) -> str:
+        """'eta=…': the time to the end of the budget at this process's rate so far, evaluations included (a run that
+        stops early, at a plateau, ends sooner); nothing before a rate exists or at the end."""
+        t0, d0 = self._first or (now, done)
+        if done >= self._total or done <= d0 or now <= t0:
+            return ""
+        return f"eta={duration((self._total - done) * (now - t0) / (done - d0))}"
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -49,6 +61,16 @@ class Reporter:
 
     def finish(self) -> None:
         pass
+
+
+def duration(seconds: float) -> str:
+    """A short wall time for progress lines: 45s, 12m, 3h05m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def progress_lines(reporter: Reporter, what: str, every_s: float = 30.0) -> Callable[[int, int], None]:

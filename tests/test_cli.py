@@ -185,6 +185,27 @@ def test_plain_progress_prints_the_first_update_on_a_freshly_booted_machine(monk
     assert [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()] == ["train 1/8", "train 8/8"]
 
 
+def test_plain_progress_says_the_time_to_the_budgets_end_at_this_processs_rate(monkeypatch):
+    """A batch job's progress line ends with eta=…: the updates left at the rate since this process's first update
+    (a resumed run's own rate, not its whole history's); none on the first line (no rate yet) or the last."""
+    import io
+    from lmlab.core import reporting
+    clock = [1000.0]
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    reporter = reporting.Reporter(stream=stream, interval_s=0)
+    reporter.start(100_000, "train")
+    for step in (40_000, 40_002, 40_004):  # resumed at 40,000, then 2 updates a second
+        reporter.update(step)
+        clock[0] += 1.0
+    reporter.update(99_998)
+    reporter.update(100_000)
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines[:3] == ["train 40000/100000", "train 40002/100000 eta=8h19m", "train 40004/100000 eta=8h19m"]
+    assert lines[3:] == ["train 99998/100000 eta=0s", "train 100000/100000"]
+    assert [reporting.duration(s) for s in (44.6, 60, 3599, 3600, 7260)] == ["45s", "1m", "59m", "1h00m", "2h01m"]
+
+
 @pytest.mark.parametrize("interval_s, lines", [(0, 8), (1000, 2)])
 def test_run_log_interval_s_spaces_the_plain_progress_lines(tmp_path, tiny_data, interval_s, lines):
     from conftest import run_cli
