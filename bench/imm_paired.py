@@ -2,7 +2,8 @@
 (test perplexity too where RUN/eval-test.json exists), mean ± sd per arm, and the paired difference
 (IMM − dropout-only) with its standard error, as Markdown, and the epochs each trained run took (its best and its
 last evaluated: how long the stop rule let it run) with the arm's best up to the last epoch its base arm evaluated
-(the difference that does not come from one arm training longer); --json writes the same numbers. The paper's claim is
+(the difference that does not come from one arm training longer), and for an IMM arm its switch-on threshold and the
+update each seed switched on at; --json writes the same numbers. The paper's claim is
 read as: the arm's mean below the base's by more than twice the paired standard error; the output says whether the
 measured seeds show it, and the paper's own figures (--paper-base/--paper-arm) are printed beside.
 
@@ -16,12 +17,19 @@ session; the record does).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
 from pathlib import Path
 
-from lmlab.core.plot import read_metrics
+from lmlab.core.plot import read_metrics as _read_metrics
+
+
+@functools.lru_cache(maxsize=None)
+def read_metrics(run: Path) -> list[dict]:
+    """A run's metrics rows, read once (a full-PTB run's file holds a row per update: ~80k lines)."""
+    return _read_metrics(run)
 
 
 def best_valid_ppl(run: Path) -> float:
@@ -44,6 +52,18 @@ def epochs(run: Path) -> dict[str, int] | None:
 def best_valid_until(run: Path, epoch: int) -> float:
     """The best validation perplexity over the evaluations up to and including `epoch`."""
     return min(r["valid_ppl"] for r in read_metrics(run) if r.get("valid_ppl") is not None and r["epoch"] <= epoch)
+
+
+def switch_on(run: Path) -> dict | None:
+    """An IMM run's switch-on: its threshold (config.json's imm.start_below_ppl) and the first update trained with IMM
+    on, with the epochs done before it (None: IMM never switched on); None for a run that is not an IMM run."""
+    config = run / "config.json"
+    cfg = json.loads(config.read_text()) if config.is_file() else {}
+    if cfg.get("objective") != "imm":
+        return None
+    first = next((r for r in read_metrics(run) if r.get("imm_active") == 1.0), None)
+    return {"start_below_ppl": cfg.get("imm", {}).get("start_below_ppl"),
+            "step": first["step"] if first else None, "epoch": first.get("epoch") if first else None}
 
 
 def test_ppl(run: Path) -> float | None:
@@ -129,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-arm", type=float, help="the paper's figure for the arm")
     ap.add_argument("--paper-source", default="", help="where the paper figures come from (setting, table)")
     args = ap.parse_args(argv)
+    read_metrics.cache_clear()  # once per run of this script: a caller may rewrite a run's file between two
     rows, out = [], {"seeds": args.seeds, "base": args.base, "arm": args.arm, "claim": args.claim}
     if args.base_record and args.record:
         raise SystemExit("imm_paired: --base-record (the base arm only) and --record (both arms): give one")
@@ -171,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             cut = {s: best_valid_until(dirs[args.arm] / f"{args.arm}-s{s}", read[s][args.base]["last"]) for s in trained}
             out["valid_ppl_arm_cut_at_base_last_epoch"] = {
                 "per_seed": cut, "difference": paired([base_best[s] for s in trained], [cut[s] for s in trained])}
+    switched = {s: on for s in trained if (on := switch_on(args.runs / f"{args.arm}-s{s}")) is not None}
+    if switched:  # the IMM arm's threshold and when each seed crossed it (the record's command does not say)
+        out["switch_on"] = switched
     if recorded:
         commit_of = out[source_key]["commit"]
         if not isinstance(commit_of, dict):
@@ -194,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         d = cut["difference"]
         print(f"\nThe {args.arm} arm's best valid_ppl up to the last epoch its {args.base} arm evaluated: {per_seed}; "
               f"{args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {_seeds(d['n'])}).")
+    if "switch_on" in out:
+        thresholds = sorted({f"{on['start_below_ppl']:g}" for on in out["switch_on"].values() if on["start_below_ppl"] is not None})
+        when = "; ".join(f"seed {s}: " + ("never" if on["step"] is None else f"from update {on['step']:,}"
+                                           + (f" ({on['epoch']} epochs done)" if on["epoch"] is not None else ""))
+                         for s, on in out["switch_on"].items())
+        print(f"\nThe {args.arm} arm switched IMM on below validation perplexity {' / '.join(thresholds) or '?'}: {when}.")
     for metric in ("valid_ppl", "test_ppl"):
         if metric in out and args.claim == "none":
             d = out[metric]["difference"]

@@ -500,6 +500,30 @@ def test_tensorflow_bias_init_is_the_official_one():
     assert _preset("ptb,ptb-lstm-small-dropout").model.lstm.bias_init == "uniform"  # the recorded CPU tier's init
 
 
+def test_paired_names_the_imm_arms_threshold_and_switch_on(tmp_path, capsys):
+    """The full tier's threshold is computed by make (1.1 x seed 1's dropout-only best), so the record's command does
+    not show it: bench/imm_paired.py reads it from each IMM run's config and says when each seed switched IMM on."""
+    import json
+    from conftest import load_bench
+    paired = load_bench("imm_paired")
+    for arm, objective in (("dropout", "ce"), ("imm", "imm")):
+        for seed, on_at in ((1, 3), (2, None)):
+            run = tmp_path / f"{arm}-s{seed}"
+            run.mkdir()
+            (run / "config.json").write_text(json.dumps({"objective": objective, "imm": {"start_below_ppl": 105.0}}))
+            rows = [{"step": 2, "epoch": 1, "valid_ppl": 110.0 + seed}]
+            rows += [{"step": step, "epoch": 1 + step // 3, "train_loss_nats": 5.0,
+                      "imm_active": float(objective == "imm" and on_at is not None and step >= on_at)} for step in (1, 2, 3, 4)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "--json", str(tmp_path / "out.json")]) == 0
+    text = capsys.readouterr().out
+    assert "The imm arm switched IMM on below validation perplexity 105: seed 1: from update 3 (2 epochs done); seed 2: never." in text
+    assert json.loads((tmp_path / "out.json").read_text())["switch_on"]["1"] == {"start_below_ppl": 105.0, "step": 3, "epoch": 2}
+    # an arm that is not an IMM run (the control, DeFINE, tfinit arms) has no such line
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "--base", "imm", "--arm", "dropout", "--claim", "none"]) == 0
+    assert "switched IMM on" not in capsys.readouterr().out
+
+
 def test_paired_seed_statistics_by_hand(tmp_path, capsys):
     """bench/imm_paired.py: best validation ppl per run, mean ± sd per arm, paired difference ± SE."""
     import json
