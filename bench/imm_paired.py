@@ -93,7 +93,7 @@ def _recorded(path: Path, base: str, arms: list[str], seeds: list[str], flag: st
         return commit.get(seed) if isinstance(commit, dict) else commit
     commit_of = {s: trained_at(s) for s in seeds}
     commit_of = next(iter(commit_of.values())) if len(set(commit_of.values())) == 1 else commit_of
-    out: dict = {"commit": commit_of}
+    out: dict = {"commit": commit_of, "switch_on": {s: v for s, v in (entries[0].get("switch_on") or {}).items() if s in seeds}}
     for metric in ("valid_ppl", "test_ppl"):
         per_seed = entries[0].get(metric, {}).get("per_seed", {})
         out[metric] = {arm: {s: per_seed[s][arm] for s in seeds if s in per_seed} for arm in arms}
@@ -156,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     source, flag = (args.base_record, "--base-record") if args.base_record else (args.record, "--record")
     source_key = "base_record" if args.base_record else "record"  # where the JSON names the record read
     recorded = set(args.seeds if args.recorded_seeds is None else args.recorded_seeds) if source else set()
+    recorded_switch_on: dict = {}
     from_record = {args.base} | ({args.arm} if args.record else set())
     if source:
         in_record = _recorded(source, args.base, sorted(from_record), sorted(recorded), flag)
         out[source_key] = {"path": str(source), "commit": in_record.pop("commit"), "seeds": sorted(recorded)}
+        recorded_switch_on = in_record.pop("switch_on") if args.record else {}  # the arm's, when it is read too
 
     def figure(metric, read, arm, runs, s):
         return in_record[metric][arm].get(s) if s in recorded and arm in from_record else read(runs / f"{arm}-s{s}")
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             cut = {s: best_valid_until(dirs[args.arm] / f"{args.arm}-s{s}", read[s][args.base]["last"]) for s in trained}
             out["valid_ppl_arm_cut_at_base_last_epoch"] = {
                 "per_seed": cut, "difference": paired([base_best[s] for s in trained], [cut[s] for s in trained])}
-    switched = {s: on for s in trained if (on := switch_on(args.runs / f"{args.arm}-s{s}")) is not None}
+    switched = {s: on for s in args.seeds if (on := (recorded_switch_on.get(s) if s in recorded and args.record else
+                                                       switch_on(args.runs / f"{args.arm}-s{s}"))) is not None}
     if switched:  # the IMM arm's threshold and when each seed crossed it (the record's command does not say)
         out["switch_on"] = switched
     if recorded:

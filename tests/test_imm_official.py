@@ -519,6 +519,18 @@ def test_paired_names_the_imm_arms_threshold_and_switch_on(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "The imm arm switched IMM on below validation perplexity 105: seed 1: from update 3 (2 epochs done); seed 2: never." in text
     assert json.loads((tmp_path / "out.json").read_text())["switch_on"]["1"] == {"start_below_ppl": 105.0, "step": 3, "epoch": 2}
+    # seed 1 recorded, its run dirs gone: its switch-on is read from the record with its figures
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"commit": "0" * 40, "metrics": {"paired": json.loads((tmp_path / "out.json").read_text())}}))
+    import shutil
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for arm in ("dropout", "imm"):
+        shutil.move(str(tmp_path / f"{arm}-s1"), str(moved / f"{arm}-s1"))
+    assert paired.main([str(tmp_path), "--seeds", "1", "2", "--record", str(record), "--recorded-seeds", "1"]) == 0
+    assert "below validation perplexity 105: seed 1: from update 3 (2 epochs done); seed 2: never." in capsys.readouterr().out
+    for arm in ("dropout", "imm"):
+        shutil.move(str(moved / f"{arm}-s1"), str(tmp_path / f"{arm}-s1"))
     # an arm that is not an IMM run (the control, DeFINE, tfinit arms) has no such line
     assert paired.main([str(tmp_path), "--seeds", "1", "2", "--base", "imm", "--arm", "dropout", "--claim", "none"]) == 0
     assert "switched IMM on" not in capsys.readouterr().out
