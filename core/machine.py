@@ -30,11 +30,23 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "python": platform.python_version(), "hostname": platform.node(),
+                            "torch": str(torch.__version__), "python": platform.python_version(), "hostname": platform.node(),
                             "load_avg_1_5_15": load_average(), "gpu": None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+HARDWARE_KEYS = ("cpu_model", "cores", "gpu", "torch", "torch_threads")
+
+
+def hardware(machine: dict[str, Any] | None) -> dict[str, Any]:
+    """The facts of `machine_info()` that decide a run's numerics and speed (not its load, time or host name): what two
+    arms, or two processes of one resumed run, must share for their figures to come from the same build."""
+    if not isinstance(machine, dict):
+        return {}
+    # plain str, never torch's TorchVersion: the dict rides in checkpoints, which load with weights_only
+    return {k: str(machine[k]) if isinstance(machine[k], str) else machine[k] for k in HARDWARE_KEYS if k in machine}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.errors import LmlabError
-from lmlab.core.machine import machine_info
+from lmlab.core.machine import hardware as arm_hardware, machine_info
 
 RESULTS_DIR = Path(os.environ.get("LMLAB_RESULTS", "results"))
 
@@ -136,15 +136,6 @@ def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
             raise SystemExit(f"lmlab records: {flag} {item!r}: expected KEY=VALUE")
         out.append((key, value))
     return out
-
-
-ARM_HARDWARE_KEYS = ("cpu_model", "cores", "gpu", "torch", "torch_threads")
-
-
-def arm_hardware(machine: dict[str, Any] | None) -> dict[str, Any]:
-    """What decides a run's numerics and speed, without its load or time: the part of a machine's facts that two arms
-    of one record must share for their figures to come from the same build."""
-    return {k: machine.get(k) for k in ARM_HARDWARE_KEYS if k in machine} if isinstance(machine, dict) else {}
 
 
 def train_summary_facts(summary: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import sys
 from pathlib import Path
@@ -81,6 +82,18 @@ def _arm_machines(rec: dict[str, Any]) -> str | None:
             + "; ".join(f"{', '.join(keys)} on {hw}" for hw, keys in groups.items()) + ".")
 
 
+def _changed_hardware(rec: dict[str, Any]) -> list[str]:
+    """A line per trained arm whose processes (a run stopped and resumed) ran on more than one machine or build."""
+    lines = []
+    for key, facts in rec.get("metrics", {}).items():
+        history = facts.get("hardware_history") if isinstance(facts, dict) else None
+        known = [(step, hw) for step, hw in history or [] if hw]
+        if len({json.dumps(hw, sort_keys=True) for _, hw in known}) > 1:
+            stretches = "; ".join(f"from update {step:,} on {_hardware(hw, threads=True)}" for step, hw in history if hw)
+            lines.append(f"{key.removeprefix('train-') or 'The run'} changed machine or build between its processes: {stretches}.")
+    return lines
+
+
 def provenance(rec: dict[str, Any]) -> str:
     m = rec.get("machine") or {}
     hw = _hardware(m)
@@ -90,6 +103,7 @@ def provenance(rec: dict[str, Any]) -> str:
              + (f"; wall {duration(rec['wall_s'])}" if rec.get("wall_s") is not None else "") + "."]
     if arms := _arm_machines(rec):
         lines.append(arms)
+    lines += _changed_hardware(rec)
     if rec.get("notes"):
         lines.append(rec["notes"])
     return "\n".join(lines)

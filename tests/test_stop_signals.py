@@ -88,3 +88,37 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path
     rerun = subprocess.run([*argv[:-1], str(step + 2), "-q"], capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout.splitlines()[-1])["step"] == step + 2
+
+
+def test_a_run_resumed_on_another_build_says_what_each_stretch_ran_on(tmp_path, tiny_data, monkeypatch):
+    """A tier arm is stopped at every session's end and resumed in the next, maybe on another torch build: its
+    summary (and the record made from it) lists each stretch's hardware, not only the last process's."""
+    from lmlab.core import records, results_doc
+    cfg = dict(schedule={"name": "constant", "max_steps": 8}, run={"eval_interval": 4})
+    real = lm_trainer.machine_info
+    built = [dict(real(), torch="2.13.0+cpu"), dict(real(), torch="2.14.1+cpu")]
+    monkeypatch.setattr(lm_trainer, "machine_info", lambda: built[0])
+    real_evaluate = lm_trainer.evaluate_lm
+
+    def stop_at_first_evaluation(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(lm_trainer, "evaluate_lm", stop_at_first_evaluation)
+    run = tmp_path / "run"
+    assert train_lm(tiny_train_config(tiny_data, run, **cfg), NullReporter())["stopped_by"] == "SIGTERM"
+    monkeypatch.setattr(lm_trainer, "evaluate_lm", real_evaluate)
+    monkeypatch.setattr(lm_trainer, "machine_info", lambda: built[1])
+    summary = train_lm(tiny_train_config(tiny_data, run, **cfg), NullReporter())
+    assert summary["stopped_by"] is None
+    assert [(step, hw["torch"]) for step, hw in summary["hardware_history"]] == [(0, "2.13.0+cpu"), (4, "2.14.1+cpu")]
+    (tmp_path / "run.train.json").write_text(json.dumps(summary))
+    assert records.main(["r", "--command", "make r", "--train", f"imm-s1={tmp_path / 'run.train.json'}",
+                         "--results-dir", str(tmp_path / "results")]) == 0
+    text = results_doc.provenance(json.loads((tmp_path / "results" / "r.json").read_text()))
+    assert "imm-s1 changed machine or build between its processes: from update 0 on " in text
+    assert "torch 2.13.0+cpu" in text and "; from update 4 on " in text and "torch 2.14.1+cpu" in text
+    # a run whose processes all ran on one build says nothing more than the machine line
+    again = tmp_path / "again"
+    summary = train_lm(tiny_train_config(tiny_data, again, **cfg), NullReporter())
+    assert [step for step, _ in summary["hardware_history"]] == [0]

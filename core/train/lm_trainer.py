@@ -23,7 +23,7 @@ from lmlab.core.config import to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.evaluate import evaluate_lm
-from lmlab.core.machine import load_average, machine_info
+from lmlab.core.machine import hardware, load_average, machine_info
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import parameter_counts
 from lmlab.core.reporting import Reporter, progress_lines
@@ -93,6 +93,9 @@ class LMTrainer:
         self.valid_history: list[float] = []
         self.averaging = False  # NT-ASGD has switched to its averaging phase
         self.wall_s_before = 0.0  # wall time of the processes this run resumed from
+        # [first update, hardware] per change of machine or build across its processes (None: not recorded, a
+        # checkpoint from before this list): a run resumed over several sessions says what each stretch ran on
+        self.hardware_history: list[list[Any]] = []
         self.loop = TrainLoop(update=self._update_and_log, measure=self.evaluate, record=self._record_eval, save=self._save,
                               finished=lambda: self._trained_enough() or self.schedule.finished(),
                               eval_due=lambda: self._eval_due(self._epoch_ended) or self._trained_enough(),
@@ -124,7 +127,8 @@ class LMTrainer:
                 "config": to_dict(self.cfg), "data_dir_abs": os.path.abspath(self.cfg.data.dir),
                 "vocab_size": self.data.vocab_size, "specials": self.data.specials,
                 "tokenizer_json": self.data.tokenizer_json, "tokenizer_sha256": self.data.tokenizer_sha256,
-                "params": self.params, "wall_s": self._wall_s(), "eval_pending": self.loop.eval_pending}
+                "params": self.params, "wall_s": self._wall_s(), "eval_pending": self.loop.eval_pending,
+                "hardware_history": self.hardware_history}
 
     def _wall_s(self) -> float:
         """Training wall time over every process of this run (resumes add up; evaluations included)."""
@@ -158,6 +162,7 @@ class LMTrainer:
             sl = slice(self.dist.rank * per, (self.dist.rank + 1) * per)
             self.state = [(h[:, sl].to(self.device), c[:, sl].to(self.device)) for h, c in carried]
         self.wall_s_before = float(ckpt.get("wall_s") or 0.0)
+        self.hardware_history = ckpt.get("hardware_history") or [[0, None]]
         self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
         set_rng_state(ckpt["rng"])
 
@@ -339,6 +344,8 @@ class LMTrainer:
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
+        if not self.hardware_history or self.hardware_history[-1][1] != hardware(machine_at_start):
+            self.hardware_history.append([self.step, hardware(machine_at_start)])
         self._wall_t0 = wall_t0
         tokens0 = self.tokens_seen
         self._train_s = 0.0  # this process's training seconds
@@ -353,7 +360,7 @@ class LMTrainer:
                 "wall_s": round(self._wall_s(), 1), "wall_s_this_process": round(time.perf_counter() - wall_t0, 1),
                 "machine": machine, "train_tokens_per_s": round((self.tokens_seen - tokens0) / max(self._train_s, 1e-9), 1),
                 "best_valid_ppl": math.exp(min(self.best_valid, 700)) if evaluated else None, "stopped_by": stopped_by,
-                **self.params}
+                "hardware_history": self.hardware_history, **self.params}
 
     def _update_and_log(self) -> None:
         """One update (train_update), its metrics row and the progress display."""
