@@ -40,6 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = resolve(TrainConfig, "train-lm", [args.preset], parse_overrides(args.set))
     cfg.imm.start_below_ppl = 0.0
+    if cfg.hardware.threads:  # e.g. 1, as the CPU tier's arms run side by side
+        torch.set_num_threads(cfg.hardware.threads)
     device = torch.device("cuda" if cfg.hardware.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     data = DataDir(cfg.data.dir)
@@ -96,7 +98,7 @@ def main() -> None:
         "device": str(device), "model": f"{cfg.model.kind} d={cfg.model.d_model} L={cfg.model.n_layers}",
         "batch": B, "bptt": T, "k": cfg.imm.k, "j": j, "every": every, "algorithm": cfg.imm.algorithm, "clip": cfg.imm.clip,
         "sampled_start": cfg.imm.sampled_start, "smoothed_forward": cfg.imm.smoothed_forward,
-        "windows_per_sampled_step": B * j * cfg.imm.k, "plain_tokens_per_s": round(B * T / plain),
+        "threads": torch.get_num_threads(), "windows_per_sampled_step": B * j * cfg.imm.k, "plain_tokens_per_s": round(B * T / plain),
         "plain_step_s": round(plain, 4), "sampled_step_s": round(sampled, 4), "smoothed_step_s": round(smoothed, 4),
         "sampled_over_plain": round(sampled / plain, 2), "smoothed_over_plain": round(smoothed / plain, 2),
         "amortised_over_plain": round(amortised / plain, 2)}))

@@ -1,6 +1,7 @@
 # Induced Model Matching (Muneeb & Ohannessian, NeurIPS 2024) and the KN-noising baseline.
 #   make imm-demo        CPU, minutes: plain CE vs IMM on the demo corpus, same seed and updates
 #   make imm-bench       IMM step cost as a ratio to a plain step (k = 10)
+#   make imm-bench-tier  the same for the CPU tier's own IMM step (2x200 LSTM, j = 5, one thread)
 #   make kn-bigram-ptb   KN bigram file + its valid/test perplexity on PTB (checked against a slow reference)
 #   make imm-ptb HW=gpu  the paper's PTB pair: 2x1500 LSTM dropout-only vs + IMM (GPU, hours per arm on one H200: make gpu-check)
 # Included by the top-level Makefile (HW, LMLAB, LMLAB_TRAIN, PYTHON and the data/*/meta.json rules).
@@ -10,7 +11,7 @@ PTB_DATA := data/ptb
 
 IMM_WORK ?= runs/imm-work
 
-.PHONY: imm-demo imm-bench kn-bigram-demo kn-bigram-ptb imm-ptb kn-noising-ptb
+.PHONY: imm-demo imm-bench imm-bench-tier kn-bigram-demo kn-bigram-ptb imm-ptb kn-noising-ptb
 
 # the KN bigram file IMM trains against (python -m lmlab.core.imm.kn_bigram builds it and prints its perplexity)
 %/kn_bigram.safetensors: %/meta.json
@@ -50,6 +51,19 @@ results/imm-bench.json: data/demo/kn_bigram.safetensors
 
 imm-bench: results/imm-bench.json  ## IMM step cost as a ratio to a plain step (k = 10, j = 1 and 5) [HW=cpu|gpu]
 	@$(RESULTS_DOC) --print imm-bench
+
+# The CPU tier's own IMM step (ptb-lstm-small-imm: 2x200 LSTM, j = 5, carried-state sampled contexts and the
+# official separate single-sample pass) at one thread, as the tier's arms run: what makes an IMM arm's update cost
+# several plain ones once IMM is on.
+results/imm-bench-tier.json: $(PTB_DATA)/kn_bigram.safetensors
+	@mkdir -p $(@D) $(IMM_WORK)
+	$(PYTHON) -m lmlab.core.machine > $(IMM_WORK)/bench-tier-start.json
+	$(PYTHON) bench/imm_overhead.py --preset ptb,ptb-lstm-small-dropout,ptb-lstm-small-imm,$(HW) --set hardware.threads=1 > $(IMM_WORK)/bench-tier.jsonl
+	$(RECORD) imm-bench-tier --command '$(call made_by,imm-bench-tier)' --since $(IMM_WORK)/bench-tier-start.json --jsonl steps=$(IMM_WORK)/bench-tier.jsonl
+	$(RESULTS_DOC)
+
+imm-bench-tier: results/imm-bench-tier.json  ## the CPU tier's IMM step cost as a ratio to a plain one (2x200 LSTM, j = 5, one thread; quiet cores, ~2 min) [LMLAB_PTB=dir]
+	@$(RESULTS_DOC) --print imm-bench-tier
 
 results/kn-bigram-ptb.json: $(PTB_DATA)/meta.json
 	@mkdir -p $(@D) $(IMM_WORK)
