@@ -13,6 +13,9 @@ import typer
 
 from lmlab.core.config import describe, parse_overrides, resolve, set_dotted, to_dict
 from lmlab.core.errors import LmlabError
+# imported with the command, not when a run ends: a training that outlives an upgrade of the code on disk (hours; a
+# `git pull` or `pip install -e` beside it) must still print its summary with the modules it started with
+from lmlab.core.records import strict
 from lmlab.core.reporting import Reporter
 
 DEBUG_ENV = "LMLAB_DEBUG"
@@ -100,7 +103,6 @@ def check_flag(flag: str, value: Any, check) -> Any:
 
 def strict_json(value: Any, **kwargs) -> str:
     """Strict JSON: non-finite floats become null (never the bare Infinity/NaN Python's json writes)."""
-    from lmlab.core.records import strict
     return json.dumps(strict(value), allow_nan=False, **kwargs)
 
 

@@ -236,3 +236,15 @@ def test_cache_define_scores_as_the_live_unit_and_refuses_what_it_cannot_cache(t
     assert abs(live["nats_per_token"] - table["nats_per_token"]) < 1e-6 and live["tokens"] == table["tokens"]
     assert_one_line_error(invoke("cache-define", "-c", str(best), "-o", str(cached)), "exists", "--force")
     assert_one_line_error(invoke("cache-define", "-c", str(trained), "-o", str(tmp_path / "x.pt")), "not define")
+
+
+def test_a_finished_run_prints_its_summary_with_the_modules_it_started_with():
+    """A training outlives code changed on disk beside it (a `git pull` or `pip install -e` during a many-hour run): a
+    module first imported when the run ends (the summary's JSON, the curves PNG, the best checkpoint's reload) would
+    be the new version, mismatched with the old ones already loaded; the full tier's dropout-only arm ended in an
+    ImportError instead of its summary that way. The command and the trainer import them when they start."""
+    from lmlab.cli import common
+    from lmlab.core import checkpoint, plot, records
+    from lmlab.core.train import lm_trainer
+    assert common.strict is records.strict
+    assert lm_trainer.write_curves_png is plot.write_curves_png and lm_trainer.load_checkpoint is checkpoint.load_checkpoint

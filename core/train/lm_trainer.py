@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from lmlab import __version__
 from lmlab.core import distributed
+from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.config import to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
@@ -26,6 +27,7 @@ from lmlab.core.evaluate import evaluate_lm
 from lmlab.core.machine import hardware, load_average, machine_info
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import parameter_counts
+from lmlab.core.plot import write_curves_png  # here, not when the run ends: a run outlives code changed beside it
 from lmlab.core.reporting import Reporter, progress_lines
 from lmlab.core.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (re-exported)
 from lmlab.core.rundir import RunDir
@@ -319,7 +321,6 @@ class LMTrainer:
             self.reporter.log(f"lr decayed to {self.schedule.lr:.4g}; reloaded the best weights")
 
     def _reload_best_weights(self) -> None:
-        from lmlab.core.checkpoint import load_checkpoint
         best = load_checkpoint(self.run.best, self.KIND, map_location=self.device) if self.dist.is_main else None
         if self.dist.distributed:
             box = [best["model"] if best else None]
@@ -381,7 +382,6 @@ class LMTrainer:
                                      "lr": record["lr"], "tok/s": round(tps)})
 
     def _write_curves(self) -> None:
-        from lmlab.core.plot import write_curves_png
         rows = self.run.read_metrics()
         series = {"train": [(r["step"], r["train_loss_nats"]) for r in rows if "train_loss_nats" in r],
                   "valid": [(r["step"], r["valid_loss_nats"]) for r in rows if "valid_loss_nats" in r]}
