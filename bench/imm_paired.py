@@ -93,7 +93,8 @@ def _recorded(path: Path, base: str, arms: list[str], seeds: list[str], flag: st
         return commit.get(seed) if isinstance(commit, dict) else commit
     commit_of = {s: trained_at(s) for s in seeds}
     commit_of = next(iter(commit_of.values())) if len(set(commit_of.values())) == 1 else commit_of
-    out: dict = {"commit": commit_of, "switch_on": {s: v for s, v in (entries[0].get("switch_on") or {}).items() if s in seeds}}
+    switched = entries[0].get("switch_on") or {}
+    out: dict = {"commit": commit_of, "switch_on": {s: v for s, v in switched.items() if s in seeds}}
     for metric in ("valid_ppl", "test_ppl"):
         per_seed = entries[0].get(metric, {}).get("per_seed", {})
         out[metric] = {arm: {s: per_seed[s][arm] for s in seeds if s in per_seed} for arm in arms}
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe {args.arm} arm's best valid_ppl up to the last epoch its {args.base} arm evaluated: {per_seed}; "
               f"{args.arm} − {args.base} = {d['mean']:+.2f} ± {_f(d['se'])} (SE, {_seeds(d['n'])}).")
     if "switch_on" in out:
-        thresholds = sorted({f"{on['start_below_ppl']:g}" for on in out["switch_on"].values() if on["start_below_ppl"] is not None})
+        thresholds = sorted({f"{on['start_below_ppl']:g}" for on in out["switch_on"].values()
+                             if on["start_below_ppl"] is not None})
         when = "; ".join(f"seed {s}: " + ("never" if on["step"] is None else f"from update {on['step']:,}"
                                            + (f" ({on['epoch']} epochs done)" if on["epoch"] is not None else ""))
                          for s, on in out["switch_on"].items())

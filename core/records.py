@@ -6,8 +6,9 @@ A record: {"name", "command", "commit", "dirty", "date", "machine": {...}, "wall
 figures beside ours, optional), "markdown" (kind markdown: the table its script printed), "notes" (optional)}.
 "machine" is lmlab.core.machine.machine_info() at the start (CPU model, cores, torch, GPU, load) plus
 "load_avg_at_end". A record of trained arms also keeps "arm_machines": what each arm ran on (its metrics key ->
-arm_hardware), since the arms of one record may have run in different sessions, machines or torch builds. NAME is the make target that writes the record; `python -m lmlab.core.records` (main below)
-assembles one from the files a pipeline wrote.
+arm_hardware), since the arms of one record may have run in different sessions, machines or torch builds. NAME is
+the make target that writes the record; `python -m lmlab.core.records` (main below) assembles one from the files a
+pipeline wrote.
 """
 
 from __future__ import annotations
@@ -209,22 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     machine, wall = None, None
     for item in args.train:
         key, sep, path = item.partition("=") if "=" in item else ("", "", item)
+        name = f"train-{key}" if key else "train"
         if is_record_ref(path):  # an arm recorded earlier: its facts as they were, where and at which commit
             try:
                 record, entry = recorded_entry(path)
             except LmlabError as e:
                 raise SystemExit(f"lmlab records: --train {item}: {e}") from None
-            metrics[f"train-{key}" if key else "train"] = {**entry, "recorded_in": path.partition("#")[0],
-                                                           "recorded_commit": record.get("commit")}
+            metrics[name] = {**entry, "recorded_in": path.partition("#")[0], "recorded_commit": record.get("commit")}
             # as that record kept it; a record from before arm_machines has only its own (first arm's) machine
-            arm_machines[f"train-{key}" if key else "train"] = ((record.get("arm_machines") or {}).get(path.partition("#")[2])
-                                                                 or arm_hardware(record.get("machine")))
+            arm_machines[name] = ((record.get("arm_machines") or {}).get(path.partition("#")[2])
+                                  or arm_hardware(record.get("machine")))
             continue  # its wall time and machine belong to that record, not to this one
         summary = load_json(path)
         if summary.get("stopped_by") or summary.get("stopped"):
             raise SystemExit(f"lmlab records: {path}: training did not complete; rerun its make target")
-        metrics[f"train-{key}" if key else "train"] = train_summary_facts(summary)
-        arm_machines[f"train-{key}" if key else "train"] = arm_hardware(summary.get("machine"))
+        metrics[name] = train_summary_facts(summary)
+        arm_machines[name] = arm_hardware(summary.get("machine"))
         machine = machine or summary.get("machine")
         if summary.get("wall_s") is not None:
             wall = (wall or 0.0) + summary["wall_s"]

@@ -64,10 +64,11 @@ def _load(machine: dict[str, Any], resumed: bool = False) -> str:
 
 
 def _hardware(m: dict[str, Any], threads: bool = False) -> str:
+    n = m.get("torch_threads") if threads else None
     return ", ".join(x for x in (m.get("cpu_model"), f"{m['cores']} cores" if m.get("cores") else None,
                                  f"GPU {m['gpu']}" if m.get("gpu") else None,
                                  f"torch {m['torch']}" if m.get("torch") else None,
-                                 f"{m['torch_threads']} torch thread{'s' * (m['torch_threads'] != 1)}" if threads and m.get("torch_threads") else None) if x)
+                                 f"{n} torch thread{'s' * (n != 1)}" if n else None) if x)
 
 
 def _arm_machines(rec: dict[str, Any]) -> str | None:
@@ -87,10 +88,11 @@ def _changed_hardware(rec: dict[str, Any]) -> list[str]:
     lines = []
     for key, facts in rec.get("metrics", {}).items():
         history = facts.get("hardware_history") if isinstance(facts, dict) else None
-        known = [(step, hw) for step, hw in history or [] if hw]
+        known = [(step, hw) for step, hw in history or [] if hw]  # None: a stretch from before the history was kept
         if len({json.dumps(hw, sort_keys=True) for _, hw in known}) > 1:
-            stretches = "; ".join(f"from update {step:,} on {_hardware(hw, threads=True)}" for step, hw in history if hw)
-            lines.append(f"{key.removeprefix('train-') or 'The run'} changed machine or build between its processes: {stretches}.")
+            stretches = "; ".join(f"from update {step:,} on {_hardware(hw, threads=True)}" for step, hw in known)
+            lines.append(f"{key.removeprefix('train-') or 'The run'} changed machine or build between its processes: "
+                         f"{stretches}.")
     return lines
 
 

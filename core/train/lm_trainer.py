@@ -345,8 +345,9 @@ class LMTrainer:
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
-        if not self.hardware_history or self.hardware_history[-1][1] != hardware(machine_at_start):
-            self.hardware_history.append([self.step, hardware(machine_at_start)])
+        here = hardware(machine_at_start)
+        if not self.hardware_history or self.hardware_history[-1][1] != here:
+            self.hardware_history.append([self.step, here])
         self._wall_t0 = wall_t0
         tokens0 = self.tokens_seen
         self._train_s = 0.0  # this process's training seconds
