@@ -188,10 +188,13 @@ class RunDir:
         if not self.is_main:
             return
         self._write_pending_config()
-        save_checkpoint(self.last, state, kind)
-        if is_best:
-            shutil.copyfile(self.last, self.checkpoint_dir / ".best.tmp")
-            os.replace(self.checkpoint_dir / ".best.tmp", self.best)
+        if is_best:  # best.pt first: a kill between the two files must never leave a last.pt (the resume point) that
+            # counts a best whose weights best.pt does not hold, or a later plateau decay reloads stale weights
+            save_checkpoint(self.best, state, kind)
+            shutil.copyfile(self.best, self.checkpoint_dir / ".last.tmp")
+            os.replace(self.checkpoint_dir / ".last.tmp", self.last)
+        else:
+            save_checkpoint(self.last, state, kind)
         if keep > 0:
             step_path = self.checkpoint_dir / f"step-{step:08d}.pt"
             shutil.copyfile(self.last, self.checkpoint_dir / ".step.tmp")
