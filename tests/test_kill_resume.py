@@ -299,9 +299,6 @@ IMM_ARGS = ["train-lm", "--preset", "ptb-lstm-small-dropout,ptb-lstm-small-imm",
 IMM_KILLS = int(os.environ.get("LMLAB_IMM_KILLS", "6"))
 
 
-@pytest.mark.xfail(strict=False, reason="open defect (issue #16 note, session 18): some SIGKILL moments leave a resumed IMM "
-                   "run with plateau reloads not bitwise equal to the uninterrupted one (about 1 campaign in 3); cause not "
-                   "yet found (best.pt is now written before last.pt, which did not remove it)")
 def test_train_lm_with_imm_survives_sigkill_anywhere(tmp_path, tiny_data):
     spec = {"work": str(tmp_path), "kind": "lm", "kills": IMM_KILLS, "seed": 13, "args": [*IMM_ARGS, "--data", str(tiny_data)]}
     out = run_driver("campaign", spec)

@@ -315,10 +315,12 @@ class LMTrainer:
         decayed = self.schedule.on_eval(result["nats_per_token"])
         if hasattr(self.objective, "on_eval"):
             self.objective.on_eval(self.step, result["ppl"], self.schedule)
-        self._save(is_best)
         if decayed and self.cfg.schedule.reload_best and self.run.best.exists():
+            # before the save: last.pt must hold the weights the next update starts from, or a run killed before
+            # its next checkpoint resumes from the weights the decay discarded
             self._reload_best_weights()
             self.reporter.log(f"lr decayed to {self.schedule.lr:.4g}; reloaded the best weights")
+        self._save(is_best)
 
     def _reload_best_weights(self) -> None:
         best = load_checkpoint(self.run.best, self.KIND, map_location=self.device) if self.dist.is_main else None
