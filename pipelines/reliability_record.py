@@ -26,7 +26,8 @@ def summary(text: str) -> dict:
     b = blocks(text)
     passed, rows = map(int, re.search(r"(\d+)/(\d+) rows pass", b["matrix"]).groups())
     kills = {}
-    for name, key in (("kill-train-lm", "train-lm"), ("kill-train-ebm-residual", "train-ebm residual"),
+    for name, key in (("kill-train-lm", "train-lm"), ("kill-train-lm-imm", "train-lm imm"),
+                      ("kill-train-ebm-residual", "train-ebm residual"),
                       ("kill-train-ebm-gebm", "train-ebm gebm")):
         kills[key] = json.loads(re.search(r"```json\n(.*?)```", b[name], re.S)[1])
     signals = table(b["signals"])

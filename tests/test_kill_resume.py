@@ -302,6 +302,7 @@ IMM_KILLS = int(os.environ.get("LMLAB_IMM_KILLS", "6"))
 def test_train_lm_with_imm_survives_sigkill_anywhere(tmp_path, tiny_data):
     spec = {"work": str(tmp_path), "kind": "lm", "kills": IMM_KILLS, "seed": 13, "args": [*IMM_ARGS, "--data", str(tiny_data)]}
     out = run_driver("campaign", spec)
+    record("kill-train-lm-imm", out)
     assert out["errors"] == []
     assert out["kills"] >= IMM_KILLS and out["rounds_bitwise_equal"] == out["rounds"] >= 1
     assert out["resumes_from_last_complete"] >= 1
