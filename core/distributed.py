@@ -86,7 +86,7 @@ def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
 
 
-_stopping = False  # every rank agreed to stop on a signal (any_true): rank 0 is writing the last checkpoint
+_stopping = False  # every rank agreed to stop on a signal (agreed_signal): rank 0 is writing the last checkpoint
 
 
 def shutdown() -> None:
@@ -118,15 +118,17 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def any_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on one (e.g. a stop signal reached one rank)."""
+def agreed_signal(signum: int, device: torch.device) -> int:
+    """The stop signal every rank agrees on: the highest signal number any rank received (0: none), on every rank.
+    A rank that the signal has not reached yet (srun delivers it to each task separately) learns its name here."""
     if not dist.is_initialized():
-        return flag
+        return signum
     global _stopping
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = torch.tensor([float(signum)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    _stopping = _stopping or bool(t.item() > 0)
-    return bool(t.item() > 0)
+    agreed = int(t.item())
+    _stopping = _stopping or agreed > 0
+    return agreed
 
 
 def barrier() -> None:

@@ -29,6 +29,16 @@ class StopFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    @property
+    def signum(self) -> int:
+        """The number of the signal received, 0 when none was."""
+        return int(signal.Signals[self.signal_name]) if self.requested and self.signal_name else 0
+
+    def agree(self, signum: int) -> None:
+        """Take the signal another rank received (`distributed.agreed_signal`) when this one has none of its own."""
+        if signum and not self.signal_name:
+            self.requested, self.signal_name = True, signal.Signals(signum).name
+
     def install(self) -> "StopFlag":
         if threading.current_thread() is not threading.main_thread():
             return self

@@ -12,7 +12,7 @@ A trainer supplies its pieces as callables and keeps its own model, batches and 
 - `measure()` evaluates and may raise StopRequested (it polls `loop.stop`); `record(result)` logs and saves it.
   Between the two `loop.eval_pending` is true: a checkpoint written by a stop inside `measure` says so, and the
   rerun measures that update first, so a stopped-and-resumed run logs and ends as an uninterrupted one.
-- Every process of a data-parallel job leaves the loop after the same update (`distributed.any_true`), rank 0
+- Every process of a data-parallel job leaves the loop after the same update (`distributed.agreed_signal`), rank 0
   having saved `last.pt`; SIGTERM/SIGUSR1/SIGINT all stop this way (core/signals.py).
 """
 
@@ -51,8 +51,13 @@ class TrainLoop:
             run.release()
 
     def stop_requested(self) -> bool:
-        """The same answer on every rank (a collective under torchrun)."""
-        return distributed.any_true(self.stop is not None and self.stop.requested, self.device)
+        """The same answer on every rank (a collective under torchrun), and the same signal: a rank told of the stop by
+        another logs and reports that rank's signal (SIGUSR1 from SLURM), not an unnamed one."""
+        if self.stop is None:
+            return distributed.agreed_signal(0, self.device) > 0
+        agreed = distributed.agreed_signal(self.stop.signum, self.device)
+        self.stop.agree(agreed)
+        return agreed > 0 or self.stop.requested
 
     def poll_in_validation(self, chunk: int) -> None:
         """Called once per validation chunk (counted from 0): raise StopRequested when a stop was asked, so a SLURM
