@@ -26,18 +26,20 @@ class StopFlag:
     def _handler(self, signum, frame):
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt  # Ctrl-C twice: stop now, without waiting for the save
+        self.signal_name = signal.Signals(signum).name  # the name first: `signum` reads it alone
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
     @property
     def signum(self) -> int:
-        """The number of the signal received, 0 when none was."""
-        return int(signal.Signals[self.signal_name]) if self.requested and self.signal_name else 0
+        """The number of the signal received, 0 when none was (one read: the handler may run at any moment)."""
+        name = self.signal_name
+        return int(signal.Signals[name]) if name else 0
 
     def agree(self, signum: int) -> None:
         """Take the signal another rank received (`distributed.agreed_signal`) when this one has none of its own."""
         if signum and not self.signal_name:
-            self.requested, self.signal_name = True, signal.Signals(signum).name
+            self.signal_name = signal.Signals(signum).name
+            self.requested = True
 
     def install(self) -> "StopFlag":
         if threading.current_thread() is not threading.main_thread():
@@ -49,9 +51,13 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
-    def uninstall(self) -> None:
+    def uninstall(self, absorb_late: bool = False) -> None:
+        """Restore the previous handlers. `absorb_late`: ignore SIGTERM/SIGUSR1 from now on instead, for a rank that
+        has stopped and still waits for rank 0's checkpoint (torchrun's agent forwards the signal it received after
+        the rank had already stopped on another rank's copy; the default action would kill the rank, its agent would
+        exit non-zero and `srun --kill-on-bad-exit` would kill rank 0 mid-write)."""
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if absorb_late and sig != signal.SIGINT else handler)
         self._previous.clear()
 
     def __enter__(self):

@@ -46,7 +46,7 @@ class TrainLoop:
         try:
             yield self.stop
         finally:
-            self.stop.uninstall()
+            self.stop.uninstall(absorb_late=self.stop.requested and torch.distributed.is_initialized())
             reporter.finish()
             run.release()
 
@@ -55,9 +55,9 @@ class TrainLoop:
         another logs and reports that rank's signal (SIGUSR1 from SLURM), not an unnamed one."""
         if self.stop is None:
             return distributed.agreed_signal(0, self.device) > 0
-        agreed = distributed.agreed_signal(self.stop.signum, self.device)
-        self.stop.agree(agreed)
-        return agreed > 0 or self.stop.requested
+        agreed = distributed.agreed_signal(self.stop.signum, self.device)  # the flag read once, before the collective:
+        self.stop.agree(agreed)  # a signal arriving after it is met at the next poll, by every rank alike
+        return agreed > 0
 
     def poll_in_validation(self, chunk: int) -> None:
         """Called once per validation chunk (counted from 0): raise StopRequested when a stop was asked, so a SLURM
