@@ -49,6 +49,17 @@ def hardware(machine: dict[str, Any] | None) -> dict[str, Any]:
     return {k: str(machine[k]) if isinstance(machine[k], str) else machine[k] for k in HARDWARE_KEYS if k in machine}
 
 
+def note_hardware(history: list[list[Any]], step: int, machine: dict[str, Any]) -> list[list[Any]]:
+    """A run's hardware history, [first update, hardware] per change of machine or build across its processes, with
+    this process's stretch appended when it differs from the last one (a run resumed over several sessions then says
+    what each stretch ran on). The list rides in the run's checkpoints; [0, None] stands for a stretch from before it
+    was kept. Returns `history`, changed in place."""
+    here = hardware(machine)
+    if not history or history[-1][1] != here:
+        history.append([step, here])
+    return history
+
+
 if __name__ == "__main__":
     # `python -m lmlab.core.machine > start.json` when a result starts; `python -m lmlab.core.records ... --since
     # start.json` then records this machine, the load at start and end, and the wall time in between.

@@ -32,6 +32,7 @@ from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init
 from lmlab.core.gebm.models import build
 from lmlab.core.gebm.plateau import fixed_decays
 from lmlab.core.gebm.train_images import ImageEvaluation
+from lmlab.core.machine import load_average, machine_info, note_hardware
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.rundir import RunDir
 from lmlab.core.train.loop import TrainLoop
@@ -194,6 +195,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     batches = Batches(train_x, batch_size, cfg.seed)
     step, best, updates = 0, math.inf, 0
     wall_before, t0 = 0.0, time.monotonic()  # t0 restarts when the updates begin
+    hardware_history: list[list[Any]] = []  # what each stretch of a run resumed across processes ran on
     energy_done = 0  # energy updates already made in the current base step (a stop can land between them)
     window = {"sums": {}, "count": 0}
     lr_steps = milestones(o.lr_milestones)
@@ -239,6 +241,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         opt_b.load_state_dict(st["opt_base"])
         step, best, updates = int(st["step"]), float(st["best_metric"]), int(st.get("updates", 0))
         wall_before = float(st.get("wall_s") or 0.0)  # training time of the processes before this one
+        hardware_history = st.get("hardware_history") or [[0, None]]
         energy_done = int(st.get("energy_steps_done", 0))  # stopped inside a base step's energy phase
         window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
@@ -263,7 +266,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                 "data_dim": data_dim, "base": base.state_dict(), "energy": energy.state_dict(),
                 "log_partition": log_partition.detach().cpu().clone(), "opt_energy": opt_e.state_dict(),
                 "energy_steps_done": energy_done, "metrics_window": {"sums": dict(sums), "count": count},
-                "wall_s": wall_before + time.monotonic() - t0,
+                "wall_s": wall_before + time.monotonic() - t0, "hardware_history": hardware_history,
                 "opt_base": opt_b.state_dict(), "data_pos": [batches.epoch, batches.pos],
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                         **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
@@ -401,10 +404,13 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
                      finished=lambda: step >= max_steps, eval_due=lambda: step % eval_every == 0 or step == max_steps,
                      save_due=lambda: False, last=rundir.last)
     t0, start_step, sums, count = time.monotonic(), step, dict(window["sums"]), int(window["count"])
+    machine_at_start = machine_info()
+    note_hardware(hardware_history, step, machine_at_start)
     reporter.start(max_steps, "gebm")
     with loop.stop_flag(rundir, reporter):
         stopped_by = loop.run()
     return {"run_dir": str(rundir.path), "step": step, "completed": step >= max_steps,
             "stopped_by": stopped_by, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0,
-            "wall_s": wall_before + time.monotonic() - t0}
+            "wall_s": wall_before + time.monotonic() - t0,
+            "machine": {**machine_at_start, "load_avg_at_end": load_average()}, "hardware_history": hardware_history}

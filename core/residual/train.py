@@ -33,6 +33,7 @@ from lmlab.core.config import check_renamed_file, to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.generate import load_lm
+from lmlab.core.machine import load_average, machine_info, note_hardware
 from lmlab.core.models.lm import count_parameters
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.residual.config import Config
@@ -117,6 +118,7 @@ class ResidualTrainer:
         self.run = RunDir(cfg.run.dir, is_main=self.dist.is_main)
         self.step, self.best_valid, self.mlm_done = 0, math.inf, cfg.mlm.steps == 0 or cfg.energy.kind != "bit"
         self.evals_since_best = 0  # for valid.patience
+        self.hardware_history: list[list[Any]] = []  # what each stretch of a run resumed across processes ran on
         m = cfg.mlm
         self.mlm = (None if self.mlm_done else
                     MLMPretrainer(self.energy, self.train_windows, steps=m.steps, batch_size=m.batch_size or cfg.data.batch_size,
@@ -151,6 +153,7 @@ class ResidualTrainer:
                 "config": to_dict(self.cfg), "base_lm": self.base,
                 "vocab_size": self.data.vocab_size, "tokenizer_sha256": self.data.tokenizer_sha256,
                 "negatives": self.negatives_record, "eval_pending": self.loop.eval_pending,
+                "hardware_history": self.hardware_history,
                 "mlm": self.mlm.state_dict() if self.mlm is not None and not self.mlm_done else None}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -166,6 +169,7 @@ class ResidualTrainer:
             self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
         self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
+        self.hardware_history = ckpt.get("hardware_history") or [[0, None]]
 
     def _evals_since_best_logged(self) -> int:
         """A checkpoint written before valid.patience existed: count from the run's logged evaluations up to it."""
@@ -325,6 +329,8 @@ class ResidualTrainer:
             self.reporter.log(f"training residual energy ({cfg.energy.kind}, {count_parameters(self.energy):,} parameters) "
                               f"on base LM {cfg.base_lm}: {cfg.schedule.max_steps} NCE updates")
         self._t0, self._step0, stopped_by = time.perf_counter(), self.step, None
+        machine_at_start = machine_info()
+        note_hardware(self.hardware_history, self.step, machine_at_start)
         with self.loop.stop_flag(self.run, self.reporter) as stop:
             if not self.mlm_done and not self.loop.eval_pending:
                 stopped_by = self._pretrain_mlm(stop)
@@ -342,7 +348,8 @@ class ResidualTrainer:
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": best, "stopped_by": stopped_by,
                 **({"early_stop": f"{self.evals_since_best} evaluations without a lower validation loss "
                                   f"(valid.patience), at update {self.step} of {cfg.schedule.max_steps}"} if early else {}),
-                "energy_params": count_parameters(self.energy)}
+                "energy_params": count_parameters(self.energy),
+                "machine": {**machine_at_start, "load_avg_at_end": load_average()}, "hardware_history": self.hardware_history}
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:

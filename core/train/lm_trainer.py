@@ -24,7 +24,7 @@ from lmlab.core.config import to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.evaluate import evaluate_lm
-from lmlab.core.machine import hardware, load_average, machine_info
+from lmlab.core.machine import load_average, machine_info, note_hardware
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import parameter_counts
 from lmlab.core.plot import write_curves_png  # here, not when the run ends: a run outlives code changed beside it
@@ -347,9 +347,7 @@ class LMTrainer:
                               f"({self.params['params_embedding']:,} in the input embedding), {self.total_updates} updates")
         self.reporter.start(self.total_updates, "train")
         machine_at_start, wall_t0 = machine_info(), time.perf_counter()
-        here = hardware(machine_at_start)
-        if not self.hardware_history or self.hardware_history[-1][1] != here:
-            self.hardware_history.append([self.step, here])
+        note_hardware(self.hardware_history, self.step, machine_at_start)
         self._wall_t0 = wall_t0
         tokens0 = self.tokens_seen
         self._train_s = 0.0  # this process's training seconds
