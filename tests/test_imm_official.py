@@ -13,6 +13,7 @@ distinguish the rule from the departure it replaces (clipping the sum, a mean-to
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -597,3 +598,27 @@ def test_paired_seed_statistics_by_hand(tmp_path, capsys):
     one = json.loads((tmp_path / "one.json").read_text())["valid_ppl"]["difference"]
     assert one["n"] == 1 and one["se"] is None and one["shows_claim"] is None
     assert "(SE, 1 seed): this cannot test (one seed has no standard error) the paper's claim" in capsys.readouterr().out
+
+
+def test_an_imm_arm_is_its_dropout_arm_bit_for_bit_until_the_switch_on(tmp_path, tiny_data):
+    """The pair differs by IMM alone in behaviour, not only in config: until IMM switches on, the IMM arm draws the
+    same dropout masks and makes the same updates as the dropout-only arm of its seed (the IMM objective's own random
+    stream is separate), so the arms part exactly at the switch-on. Here the threshold is never met."""
+    from conftest import invoke
+    from lmlab.core.checkpoint import load_checkpoint
+    args = ["train-lm", "--device", "cpu", "--steps", "12", "--seed", "5", "--data", str(tiny_data),
+            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "data.eval_batch_size=2",
+            "--set", "model.d_model=16", "--set", "model.lstm.hidden_size=16", "--set", "run.eval_interval=4",
+            "--set", "hardware.threads=1", "-q"]
+    runs = {}
+    for arm, presets in (("dropout", "ptb-lstm-small-dropout"), ("imm", "ptb-lstm-small-dropout,ptb-lstm-small-imm")):
+        runs[arm] = tmp_path / arm
+        extra = ["--set", "imm.start_below_ppl=1.0"] if arm == "imm" else []
+        assert invoke(*args, "--preset", presets, *extra, "--run-dir", str(runs[arm])).exit_code == 0
+
+    def losses(run):
+        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r.get("train_loss_nats"), r.get("valid_loss_nats")) for r in rows]
+    assert losses(runs["dropout"]) == losses(runs["imm"])
+    a, b = (load_checkpoint(runs[arm] / "checkpoints" / "last.pt", "lm")["model"] for arm in ("dropout", "imm"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
