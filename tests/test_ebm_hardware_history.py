@@ -2,16 +2,13 @@
 checkpoints and summary ([first update, hardware] per stretch), and its summary names this process's machine, so a
 record made from it says what each stretch ran on."""
 
-import os
-import signal
-
 import pytest
 
 from lmlab.core.gebm import train as gebm_train
 from lmlab.core.reporting import NullReporter
 from lmlab.core.residual import train as residual_train
 from test_gebm_train import StopAt, tiny_density_cfg
-from test_residual_train import make_cfg, setup  # noqa: F401 (fixture: a tiny data dir and a seeded base LM)
+from test_residual_train import StopInPhase, make_cfg, setup  # noqa: F401 (fixture: a tiny data dir and a seeded base LM)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,23 +40,10 @@ def test_gebm_run_resumed_on_another_build_lists_both_stretches(tmp_path, monkey
     assert [step for step, _ in again["hardware_history"]] == [0]
 
 
-class StopAtNCE(NullReporter):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.phase = at, None
-
-    def start(self, total, desc=""):
-        self.phase = desc
-
-    def update(self, done, metrics=None):
-        if self.phase == "nce" and done == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_residual_run_resumed_on_another_build_lists_both_stretches(setup, monkeypatch):  # noqa: F811
     root, ckpt = setup
     use = _builds(monkeypatch, residual_train)
-    first = residual_train.train(make_cfg(root, ckpt, "run-hw"), StopAtNCE(2))
+    first = residual_train.train(make_cfg(root, ckpt, "run-hw"), StopInPhase(2, "nce"))
     assert first["stopped_by"] == "SIGTERM" and _torches(first) == [(0, "2.13.0+cpu")]
     use(1)
     second = residual_train.train(make_cfg(root, ckpt, "run-hw"), NullReporter())

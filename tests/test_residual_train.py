@@ -192,18 +192,18 @@ def test_bit_presets_match_the_papers_parameter_counts(preset, paper_params):
     assert "No RoBERTa weights are loaded" in text["description"]
 
 
-class StopDuringMLM(NullReporter):
-    """SIGTERM once the MLM phase has done `at` updates, as a scheduler would."""
+class StopInPhase(NullReporter):
+    """SIGTERM once `phase` ("mlm" or "nce") has done `at` updates, as a scheduler would."""
 
-    def __init__(self, at: int):
+    def __init__(self, at: int, phase: str = "mlm"):
         super().__init__()
-        self.at, self.phase = at, None
+        self.at, self.stop_phase, self.phase = at, phase, None
 
     def start(self, total, desc=""):
         self.phase = desc
 
     def update(self, done, metrics=None):
-        if self.phase == "mlm" and done == self.at:
+        if self.phase == self.stop_phase and done == self.at:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -215,7 +215,7 @@ def mlm_rows(run):
 def test_mlm_phase_stops_on_sigterm_and_resumes_bit_for_bit(setup):
     root, ckpt = setup
     extra = dict(mlm={"steps": 4, "warmup_steps": 2, "batch_size": 4}, schedule={"max_steps": 2})
-    out = train(make_cfg(root, ckpt, "run-mlm-cut", **extra), StopDuringMLM(2))
+    out = train(make_cfg(root, ckpt, "run-mlm-cut", **extra), StopInPhase(2))
     assert out["stopped_by"] == "SIGTERM" and out["step"] == 0
     state = load_checkpoint(root / "run-mlm-cut/checkpoints/last.pt", "residual-ebm")
     assert not state["mlm_done"] and state["mlm"]["step"] == 2
