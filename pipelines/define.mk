@@ -48,7 +48,7 @@ results/define-cache.json: runs/define-demo-define-untied-lr$(DEFINE_LR).train.j
 	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/best.pt --split valid -q > $(DEFINE_WORK)/eval-valid-best.json
 	$(LMLAB) eval-ppl -c $(DEFINE_CKPT)/cached.pt --split valid -q > $(DEFINE_WORK)/eval-valid-cached.json
 	$(RECORD) define-cache --command '$(call made_by,define-cache)' --json best=$(DEFINE_WORK)/eval-valid-best.json \
-	  --json cached=$(DEFINE_WORK)/eval-valid-cached.json
+	  --json cached=$(DEFINE_WORK)/eval-valid-cached.json --json cache=$(DEFINE_WORK)/cache.json
 	$(RESULTS_DOC)
 
 define-cache: results/define-cache.json  ## cache the demo DeFINE run's embedding as a table; eval-ppl before/after

@@ -5,6 +5,7 @@ carries the command, commit, date, machine (load at start and end), wall time an
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 
@@ -275,6 +276,20 @@ def test_the_residual_bracket_view_tables_each_n_with_its_paired_gain_and_the_al
     assert "took 1.12× one batched base-LM sampling pass" in out
     # the whole-record rendering shows the rows' flat columns, never a dict's repr
     assert "mean_nats_per_window" not in results_doc.render_metrics(rec)
+
+
+def test_the_define_cache_view_sets_the_live_and_cached_scores_side_by_side_with_their_difference():
+    score = lambda ckpt, nats, rate: {"checkpoint": f"runs/r/checkpoints/{ckpt}", "source": "data/demo:valid",  # noqa: E731
+                                      "tokens": 21197, "nats_per_token": nats, "ppl": math.exp(nats), "tokens_per_s": rate}
+    rec = {"metrics": {"best": score("best.pt", 5.514783011233308, 1877.4),
+                       "cached": score("cached.pt", 5.514783011227684, 2249.7),
+                       "cache": {"embedding_params_before": 778504, "embedding_params_after": 1999200}}}
+    out = results_views.view_define_cache(rec)
+    assert "| `best.pt` | DeFINE unit | 778,504 | 5.514783011233 | 248.34 | 1,877 |" in out
+    assert "| `cached.pt` | V x m table | 1,999,200 | 5.514783011228 | 248.34 | 2,250 |" in out
+    assert "cached − live: -5.6e-12 nats/token over 21,197 tokens of `data/demo:valid`" in out
+    assert "1.20× as fast" in out
+    assert "define-cache:equivalence" in results_doc.VIEWS
 
 
 def test_a_residual_energys_train_summary_names_its_energy_and_a_gebms_names_no_shape(tmp_path):
