@@ -39,7 +39,8 @@ help:  ## this list
 	    target = $$0; sub(/:.*/, "", target); doc = $$0; sub(/^[^#]*## /, "", doc); \
 	    printf "  %-24s  %s\n", target, doc }' $(MAKEFILE_LIST)
 	@echo; echo "Variables: HW=cpu|gpu|dgx8|slurm (hardware preset), PYTHON, LMLAB_TRAIN (launcher for training steps),"
-	@echo "TRAIN_ARGS (extra train-lm flags); data paths as in each target's line (LMLAB_PTB=dir, ...), all defaulting"
+	@echo "TRAIN_ARGS (extra flags for every training step, e.g. TRAIN_ARGS='--set hardware.threads=1'); data paths as in"
+	@echo "each target's line (LMLAB_PTB=dir, ...), all defaulting"
 	@echo "under LMLAB_DATA=$(LMLAB_DATA) (the development machines' layout; README, section Data, lists every variable)."
 
 # ---- training steps: a stamp written only when training completed ------------------------------------------

@@ -22,12 +22,12 @@ DEFINE_WORK ?= runs/define-work
 # are stamps (train_done, in the Makefile): a stopped run is resumed by the next make.
 runs/define-demo-standard-untied-lr$(DEFINE_LR).train.json: data/demo/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir runs/define-demo-standard-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) --set model.output.tie=false > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir runs/define-demo-standard-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) --set model.output.tie=false $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 runs/define-demo-define-untied-lr$(DEFINE_LR).train.json: data/demo/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-define --run-dir runs/define-demo-define-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-define --run-dir runs/define-demo-define-untied-lr$(DEFINE_LR) $(DEFINE_DEMO_FLAGS) $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 results/define-demo.json: $(addsuffix .train.json,$(DEFINE_RUNS))
@@ -68,7 +68,7 @@ define-params: results/define-params.json  ## embedding/total parameters of ever
 
 runs/awd-lstm-ptb.train.json runs/awd-lstm-define-ptb.train.json: runs/%.train.json: data/ptb/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset $*,$(HW) --run-dir runs/$* > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset $*,$(HW) --run-dir runs/$* $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 # test scored as one stream (batch 1), as AWD-LSTM's main.py does
@@ -111,7 +111,7 @@ define_cpu_hash := \#
 define_cpu_standard = $(if $(filter $(1),$(DEFINE_CPU_RECORDED_SEEDS)),$(DEFINE_CPU_BASE_RECORD)$(define_cpu_hash)train-dropout-s$(1),$(DEFINE_CPU_BASE)/dropout-s$(1))
 
 define define_cpu_arm
-$(DEFINE_CPU_RUNS)/define-s$(1).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1) $(if $(DEFINE_CPU_LR),--set optim.lr=$(DEFINE_CPU_LR))
+$(DEFINE_CPU_RUNS)/define-s$(1).train.json: override private TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed $(1) $(if $(DEFINE_CPU_LR),--set optim.lr=$(DEFINE_CPU_LR))
 $(DEFINE_CPU_RUNS)/define-s$(1).train.json: $(DEFINE_CPU_DATA)/meta.json
 	$$(call train_lm,ptb ptb-lstm-small-dropout ptb-lstm-small-define,$(DEFINE_CPU_RUNS)/define-s$(1))
 endef
@@ -140,7 +140,7 @@ DEFINE_CPU_SWEEP_LRS ?= 0.5 1 2
 DEFINE_CPU_SWEEP_EPOCHS ?= 2
 DEFINE_CPU_SWEEP = runs/define-ptb-cpu/sweep
 define define_cpu_sweep_run
-$(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: override TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed 1 --set optim.lr=$(3) --epochs $(DEFINE_CPU_SWEEP_EPOCHS)
+$(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: override private TRAIN_ARGS += --data $(DEFINE_CPU_DATA) --seed 1 --set optim.lr=$(3) --epochs $(DEFINE_CPU_SWEEP_EPOCHS)
 $(DEFINE_CPU_SWEEP)/$(1)-lr$(3).train.json: $(DEFINE_CPU_DATA)/meta.json
 	$$(call train_lm,$(2),$(DEFINE_CPU_SWEEP)/$(1)-lr$(3))
 endef

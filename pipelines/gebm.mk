@@ -49,12 +49,12 @@ gebm-redwine gebm-whitewine: gebm-%: results/gebm-%.json  ## one wine set: GEBM 
 # make resumes it instead of evaluating a partial best.pt.
 $(GEBM_UCI:%=$(RUNS)/gebm-uci-%.train.json): $(RUNS)/gebm-uci-%.train.json: | gebm-prep
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$* > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$* $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 $(GEBM_UCI:%=$(RUNS)/gebm-uci-%-mle.train.json): $(RUNS)/gebm-uci-%-mle.train.json: | gebm-prep
 	@mkdir -p $(@D)
 	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-uci-$*,$(HW) --run-dir $(RUNS)/gebm-uci-$*-mle \
-	  --set optim.objective=mle --set schedule.max_steps=$(MLE_STEPS) --set run.eval_interval=$(MLE_STEPS) > $@.tmp
+	  --set optim.objective=mle --set schedule.max_steps=$(MLE_STEPS) --set run.eval_interval=$(MLE_STEPS) $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 $(GEBM_UCI:%=$(RUNS)/gebm-uci-%/test-nll.json): $(RUNS)/gebm-uci-%/test-nll.json: $(RUNS)/gebm-uci-%.train.json
 	$(EVAL) $(RUNS)/gebm-uci-$*/checkpoints/best.pt --split test --is-samples $(IS_SAMPLES) --device cpu --out $@
@@ -120,7 +120,7 @@ gebm-cifar10-cpu: $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt  ## CIFAR-10 subs
 $(RUNS)/gebm-cifar10-cpu/checkpoints/best.pt: $(RUNS)/gebm-cifar10-cpu.train.json ;
 $(RUNS)/gebm-cifar10-cpu.train.json:
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu,$(HW) --run-dir $(RUNS)/gebm-cifar10-cpu > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10-cpu,$(HW) --run-dir $(RUNS)/gebm-cifar10-cpu $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 # the paper size: FID/KID of 50,000 KLA samples against 50,000 training images, whose feature statistics are computed
@@ -138,7 +138,7 @@ gebm-cifar10: $(RUNS)/gebm-cifar10/checkpoints/best.pt  ## the paper-size CIFAR-
 $(RUNS)/gebm-cifar10/checkpoints/best.pt: $(RUNS)/gebm-cifar10.train.json ;
 $(RUNS)/gebm-cifar10.train.json:
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10,$(HW) --run-dir $(RUNS)/gebm-cifar10 > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind gebm --preset gebm-cifar10,$(HW) --run-dir $(RUNS)/gebm-cifar10 $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 # The CPU image tier's feature extractor (issue #19, 4b): a CIFAR-10 classifier trained on the training set, its

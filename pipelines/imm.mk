@@ -22,12 +22,12 @@ kn-bigram-demo: data/demo/kn_bigram.safetensors  ## the KN bigram file of data/d
 # Training steps are stamps (train_done, in the Makefile): a stopped run is resumed by the next make.
 $(IMM_DEMO_RUNS)/ce.train.json: data/demo/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --steps $(IMM_DEMO_STEPS) --set run.eval_interval=100 --run-dir $(IMM_DEMO_RUNS)/ce > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --steps $(IMM_DEMO_STEPS) --set run.eval_interval=100 --run-dir $(IMM_DEMO_RUNS)/ce $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 $(IMM_DEMO_RUNS)/imm.train.json: data/demo/kn_bigram.safetensors
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-imm --steps $(IMM_DEMO_STEPS) --set run.eval_interval=100 --run-dir $(IMM_DEMO_RUNS)/imm > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW),demo-imm --steps $(IMM_DEMO_STEPS) --set run.eval_interval=100 --run-dir $(IMM_DEMO_RUNS)/imm $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 results/imm-demo.json: $(IMM_DEMO_RUNS)/ce.train.json $(IMM_DEMO_RUNS)/imm.train.json
@@ -79,17 +79,17 @@ kn-bigram-ptb: results/kn-bigram-ptb.json  ## KN bigram file + valid/test perple
 
 runs/ptb-lstm-large.train.json: $(PTB_DATA)/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,$(HW) --data $(PTB_DATA) --run-dir runs/ptb-lstm-large > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,$(HW) --data $(PTB_DATA) --run-dir runs/ptb-lstm-large $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 runs/ptb-lstm-imm.train.json: $(PTB_DATA)/kn_bigram.safetensors
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,ptb-lstm-imm,$(HW) --data $(PTB_DATA) --run-dir runs/ptb-lstm-imm > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,ptb-lstm-imm,$(HW) --data $(PTB_DATA) --run-dir runs/ptb-lstm-imm $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 runs/ptb-lstm-kn-noising.train.json: $(PTB_DATA)/kn_bigram.safetensors
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,$(HW) --data $(PTB_DATA) --set objective=kn-noising --run-dir runs/ptb-lstm-kn-noising > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset ptb,ptb-lstm-large,$(HW) --data $(PTB_DATA) --set objective=kn-noising --run-dir runs/ptb-lstm-kn-noising $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 runs/ptb-lstm-%/eval-test.json: runs/ptb-lstm-%.train.json
@@ -133,7 +133,7 @@ $(IMM_CPU_DATA)/meta.json: data/ptb/meta.json
 # $(call imm_cpu_arm,RUNS,ARM,PRESETS,SEED[,DATA[,ARGS]]): the stamp RUNS/ARM-sSEED.train.json, trained by train_lm
 # (lm.mk) on DATA (default IMM_CPU_DATA) with ARGS added to TRAIN_ARGS
 define imm_cpu_arm
-$(1)/$(2)-s$(4).train.json: override TRAIN_ARGS += --data $(or $(5),$(IMM_CPU_DATA)) --seed $(4)$(if $(6), $(6))
+$(1)/$(2)-s$(4).train.json: override private TRAIN_ARGS += --data $(or $(5),$(IMM_CPU_DATA)) --seed $(4)$(if $(6), $(6))
 $(1)/$(2)-s$(4).train.json: $(or $(5),$(IMM_CPU_DATA))/meta.json $(if $(filter %-imm,$(3)),$(or $(5),$(IMM_CPU_DATA))/kn_bigram.safetensors)
 	$$(call train_lm,$(3),$(1)/$(2)-s$(4))
 endef
@@ -238,7 +238,7 @@ imm_ablation_summary = $(or $(wildcard $(IMM_CPU_RUNS)/$(1)-s$(2).train.json),re
 IMM_OFFICIAL_DRAWS = --set imm.sample_phase=epoch --set imm.mask_order=smoothed_first
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),tfinit,ptb ptb-lstm-small-dropout ptb-lstm-small-tfinit,$(s))))
 $(foreach s,$(IMM_ABLATION_SEEDS),$(eval $(call imm_cpu_arm,$(IMM_CPU_RUNS),draws,ptb ptb-lstm-small-dropout ptb-lstm-small-imm,$(s),,$(IMM_OFFICIAL_DRAWS))))
-$(IMM_CPU_RUNS)/decays8-s%.train.json: override TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $* --set schedule.min_lr=0 --set schedule.max_decays=8
+$(IMM_CPU_RUNS)/decays8-s%.train.json: override private TRAIN_ARGS += --data $(IMM_CPU_DATA) --seed $* --set schedule.min_lr=0 --set schedule.max_decays=8
 .PRECIOUS: $(IMM_CPU_RUNS)/decays8-s%.train.json  # a pattern rule's target: kept, not removed as intermediate
 $(IMM_CPU_RUNS)/decays8-s%.train.json: $(IMM_CPU_RUNS)/imm-s%.train.json
 	[ -d $(IMM_CPU_RUNS)/decays8-s$* ] || { rm -rf $(IMM_CPU_RUNS)/decays8-s$*.copy && \
@@ -293,5 +293,5 @@ imm-departures: results/imm-departures.json  ## measured rows for the IMM depart
 IMM_TF_RUNS ?= runs/imm-transformer-ptb-cpu
 $(eval $(call imm_cpu_tier,imm-transformer-ptb-cpu,$(IMM_TF_RUNS),ptb ptb-transformer-small-dropout,ptb-transformer-small-imm))
 $(foreach s,$(IMM_CPU_SEEDS),$(eval $(IMM_TF_RUNS)/imm-s$(s).train.json: $(IMM_TF_RUNS)/dropout-s$(s).train.json))
-$(IMM_TF_RUNS)/imm-s%.train.json: override TRAIN_ARGS += --set imm.start_below_ppl=$(call imm_threshold,$(@:$(IMM_TF_RUNS)/imm-%=$(IMM_TF_RUNS)/dropout-%))
+$(IMM_TF_RUNS)/imm-s%.train.json: override private TRAIN_ARGS += --set imm.start_below_ppl=$(call imm_threshold,$(@:$(IMM_TF_RUNS)/imm-%=$(IMM_TF_RUNS)/dropout-%))
 imm-transformer-ptb-cpu:  ## dropout-only vs + IMM, 2x256 Transformer LM on a quarter of PTB, seeds 1-3 paired (CPU, hours) [IMM_CPU_SEEDS='1 2 3' LMLAB_PTB=dir]

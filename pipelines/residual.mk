@@ -20,12 +20,12 @@ RESIDUAL_BASE_LM ?= runs/lm/checkpoints/best.pt
 # Training steps are stamps (train_done, in the Makefile): a stopped run is resumed by the next make, never evaluated.
 $(RESIDUAL_LM).train.json: data/demo/meta.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir $(RESIDUAL_LM) --steps $(RESIDUAL_LM_STEPS) --set run.eval_interval=100 > $@.tmp
+	$(LMLAB_TRAIN) train-lm --preset demo,$(HW) --run-dir $(RESIDUAL_LM) --steps $(RESIDUAL_LM_STEPS) --set run.eval_interval=100 $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 $(RESIDUAL_RUN).train.json: $(RESIDUAL_LM).train.json
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-demo,$(HW) --base-lm $(RESIDUAL_LM)/checkpoints/best.pt --run-dir $(RESIDUAL_RUN) > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-demo,$(HW) --base-lm $(RESIDUAL_LM)/checkpoints/best.pt --run-dir $(RESIDUAL_RUN) $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 $(RESIDUAL_RUN)/eval-test.json: $(RESIDUAL_RUN).train.json
@@ -61,7 +61,7 @@ residual-negatives: $(RESIDUAL_LM).train.json  ## LM negatives written ahead of 
 RESIDUAL_PAPER_RUN ?= runs/residual-bit-large
 $(RESIDUAL_PAPER_RUN).train.json:
 	@mkdir -p $(@D)
-	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-bit-large,$(HW) --base-lm $(RESIDUAL_BASE_LM) --set data.dir=$(RESIDUAL_DATA) --run-dir $(RESIDUAL_PAPER_RUN) > $@.tmp
+	$(LMLAB_TRAIN) train-ebm --kind residual --preset residual-bit-large,$(HW) --base-lm $(RESIDUAL_BASE_LM) --set data.dir=$(RESIDUAL_DATA) --run-dir $(RESIDUAL_PAPER_RUN) $(TRAIN_ARGS) > $@.tmp
 	$(train_done)
 
 $(RESIDUAL_PAPER_RUN)/eval-test.json: $(RESIDUAL_PAPER_RUN).train.json

@@ -83,7 +83,7 @@ data/wmt14-en-de/meta.json: | .installed
 define WMT_RUN
 runs/wmt14-en-de$(1).train.json: data/wmt14-en-de/meta.json
 	@mkdir -p $$(@D)
-	$$(LMLAB_TRAIN) train-lm --task translation --preset wmt14-en-de$(1),$$(HW) --run-dir runs/wmt14-en-de$(1) > $$@.tmp
+	$$(LMLAB_TRAIN) train-lm --task translation --preset wmt14-en-de$(1),$$(HW) --run-dir runs/wmt14-en-de$(1) $$(TRAIN_ARGS) > $$@.tmp
 	$$(train_done)
 
 runs/wmt14-en-de$(1)/test.hyp: runs/wmt14-en-de$(1).train.json

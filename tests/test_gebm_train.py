@@ -361,3 +361,17 @@ def test_test_split_scored_at_each_eval_changes_nothing_else(tmp_path, objective
     assert evals[-1]["test_nll_base_nats"] == pytest.approx(r["nll_base_nats"], rel=1e-6)
     if objective == "gebm":
         assert evals[-1]["test_nll_gebm_nats"] > 0 and "test_nll_gebm_nats" in evals[0]
+
+
+def test_progress_lines_come_every_log_interval_between_metrics_lines(tmp_path):
+    """A base step can be minutes of energy updates (official UCI: 50-100 each), so progress follows
+    run.log_interval_s, not only the metrics lines every run.log_every base steps."""
+    import io
+
+    from lmlab.core.reporting import Reporter
+    out = io.StringIO()
+    cfg = merge(tiny_density_cfg(tmp_path / "r", max_steps=3), {"run": {"log_every": 50, "log_interval_s": 0}})
+    train(cfg, Reporter(stream=out, interval_s=cfg.run.log_interval_s))
+    progress = [line for line in out.getvalue().splitlines() if " gebm " in line]
+    assert [line.split(" gebm ")[1].split()[0] for line in progress] == ["1/3", "2/3", "3/3"], out.getvalue()
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2  # one train line (step 3), one eval

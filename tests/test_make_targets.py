@@ -165,6 +165,21 @@ def test_every_directory_a_recipe_writes_into_is_created_on_a_clean_checkout(ws,
             assert parent in made or (ws / parent).is_dir(), f"`make {target}` writes {out} before creating {parent}:\n{line}"
 
 
+def test_every_training_step_of_every_target_takes_train_args(ws):
+    """TRAIN_ARGS reaches each train-lm/train-ebm step (`make help` says so): `TRAIN_ARGS='--set hardware.threads=1'`
+    is how three one-thread arms share two cores. `smoke` keeps its own tiny flags."""
+    help_out = make(ws, "help", check=True).stdout
+    targets = {m[1] for m in re.finditer(r"^  ([a-z][\w.-]+)\s{2,}", help_out, re.M)} - {"smoke", "bench-fused-ce"}
+    checked = 0
+    for target in sorted(targets):
+        plan = make(ws, "-n", target, "TRAIN_ARGS=--set run.XMARK=1").stdout.replace("\\\n", " ")
+        for line in plan.splitlines():
+            if re.search(r"train-(lm|ebm) .*--run-dir", line):
+                assert "--set run.XMARK=1" in line, f"`make {target}`: a training step without TRAIN_ARGS:\n{line}"
+                checked += 1
+    assert checked > 40, checked  # the plans were read (a broken ws would check nothing)
+
+
 def test_make_help_lists_every_target_from_the_fragments():
     out = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     listed = set()
@@ -242,6 +257,10 @@ def test_each_transformer_imm_arm_switches_on_below_its_own_seeds_dropout_best(w
         plan = make(ws, "-n", f"runs/imm-transformer-ptb-cpu/imm-s{seed}.train.json", check=True).stdout
         line = plan.splitlines()[_train_line(plan, f"runs/imm-transformer-ptb-cpu/imm-s{seed}")]
         assert f"--set imm.start_below_ppl={threshold} " in line and f"--seed {seed}" in line, line
+    (runs / "dropout-s2.train.json").unlink()  # made as imm-s2's prerequisite, it takes none of imm-s2's flags
+    plan = make(ws, "-n", "runs/imm-transformer-ptb-cpu/imm-s2.train.json", check=True).stdout
+    line = plan.splitlines()[_train_line(plan, "runs/imm-transformer-ptb-cpu/dropout-s2")]
+    assert "imm.start_below_ppl" not in line and line.count("--seed") == 1, line
 
 
 def test_full_data_imm_arms_switch_on_below_seed_1s_dropout_best(ws):
@@ -257,6 +276,10 @@ def test_full_data_imm_arms_switch_on_below_seed_1s_dropout_best(ws):
     (runs / "dropout-s1.train.json").unlink()
     plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", check=True).stdout
     assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " in plan  # the threshold's run comes first
+    # made as imm-s2's prerequisite, the gate arm takes none of imm-s2's flags (its seed, its IMM threshold)
+    gate = plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/dropout-s1")]
+    assert gate.endswith("--run-dir runs/imm-ptb-cpu-full/dropout-s1 --data data/ptb --seed 1 "
+                         "> runs/imm-ptb-cpu-full/dropout-s1.train.json.tmp"), gate
     plan = make(ws, "-n", "runs/imm-ptb-cpu-full/imm-s2.train.json", "IMM_FULL_START_BELOW=150", check=True).stdout
     assert "--run-dir runs/imm-ptb-cpu-full/dropout-s1 " not in plan
     assert "--set imm.start_below_ppl=150 " in plan.splitlines()[_train_line(plan, "runs/imm-ptb-cpu-full/imm-s2")]

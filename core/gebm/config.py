@@ -145,7 +145,9 @@ class RunConfig:
     force: bool = option(False, "with resume=never, move an existing run dir aside")
     eval_interval: int = option(1000, "evaluate and checkpoint every N base steps (0: 10 times per run)", check=at_least(0))
     keep: int = option(2, "keep the last N step checkpoints beside last.pt and best.pt", check=at_least(0))
-    log_every: int = option(50, "base steps between metrics lines", check=at_least(1))
+    log_every: int = option(50, "base steps between metrics lines (metrics.jsonl)", check=at_least(1))
+    log_interval_s: float = option(10.0, "seconds between plain progress lines (batch jobs): a base step of many "
+                                   "energy updates is not silent until the next metrics line", check=at_least(0))
 
 
 FP32_ONLY = "GEBM trains in fp32 without torch.compile"

@@ -386,6 +386,8 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             rundir.log_metrics(row)
             reporter.update(step, row)
             sums, count = {}, 0
+        else:
+            reporter.update(step, rec)  # a progress line every run.log_interval_s between metrics lines
         return True
 
     def record(ev: dict[str, float]) -> None:
