@@ -292,6 +292,21 @@ def test_the_define_cache_view_sets_the_live_and_cached_scores_side_by_side_with
     assert "define-cache:equivalence" in results_doc.VIEWS
 
 
+def test_the_gebm_wine_view_sets_the_gebm_beside_the_mle_flow_with_its_is_checks():
+    test_gebm = {"rows": 159, "nll_gebm_nats": 13.69, "nll_gebm_se": 0.27, "nll_gebm_exact_nats": 13.695,
+                 "nll_gebm_exact_se": 0.27, "nll_base_nats": 15.41, "nll_base_se": 0.32, "log_z_is": -0.0097,
+                 "log_z_se": 0.0081, "is_ess_frac": 0.2335, "is_samples": 50000}
+    test_mle = {"rows": 159, "nll_gebm_nats": None, "nll_base_nats": 12.88, "nll_base_se": 0.31}
+    rec = {"metrics": {"train-gebm": {"updates": 508, "best_metric": 14.21}, "train-mle": {"updates": 508, "best_metric": 13.25},
+                       "test-gebm": test_gebm, "test-mle": test_mle}}
+    out = results_views.view_gebm_wine(rec)
+    assert ("| GEBM (KALE) | 508 | 14.21 | 13.69 ± 0.27 | 13.70 ± 0.27 | 15.41 ± 0.32 | -0.0097 ± 0.0081 "
+            "| 0.23 of 50,000 |") in out
+    assert "| RealNVP by MLE | 508 | 13.25 | 12.88 ± 0.31 |" in out
+    assert "GEBM − MLE on test: +0.81 nats/row; the energy over its base: -1.72; log Ẑ is 1.2 s.e. from 0." in out
+    assert results_doc.VIEWS["gebm-whitewine:nll"] is results_views.view_gebm_wine
+
+
 def test_a_residual_energys_train_summary_names_its_energy_and_a_gebms_names_no_shape(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
