@@ -194,10 +194,29 @@ def view_gebm_wine(rec: dict[str, Any]) -> str:
             f"from 0.")
 
 
+def view_gebm_images(rec: dict[str, Any]) -> str:
+    """FID and KID of the generator alone and of the GEBM's latent sampler against the same real images; which
+    feature extractor scored them (a random conv net's numbers compare only with each other)."""
+    mt = rec["metrics"]
+    fk, tr = mt["fid-kid"], mt["train"]
+    sc = fk["sampler_config"]
+    names = [k[len("fid_"):] for k in fk if k.startswith("fid_")]
+    label = lambda n: "generator alone, G(z₀)" if n == "generator" else f"GEBM, {sc['sampler'].upper()} ({sc['steps']} steps)"  # noqa: E731
+    rows = [[label(n), f"{fk[f'fid_{n}']:.4g}",
+             f"{pm(fk[f'kid_{n}'], fk[f'kid_{n}_std'])}"] for n in names]
+    table = _table(["samples", "FID", "KID (± sd over subsets)"], rows)
+    gebm = next((n for n in names if n != "generator"), None)
+    diff = (f"\n\n{label(gebm)} − generator alone: FID {fk[f'fid_{gebm}'] - fk['fid_generator']:+.3g}, KID "
+            f"{fk[f'kid_{gebm}'] - fk['kid_generator']:+.3g}." if gebm and "fid_generator" in fk else "")
+    return (f"{fk['fake_images']:,} samples against {fk['real_images']:,} real images, features of the "
+            f"{fk['extractor']} extractor; trained {tr['step']:,} base steps ({tr['updates']:,} updates):\n\n{table}{diff}")
+
+
 VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
     "residual-demo:bracket": view_residual_bracket,
     "kn-bigram-ptb:ppl": view_kn_bigram, "gebm-toy:arms": view_gebm_toy_arms,
     "gebm-toy:ablation": view_gebm_toy_ablation, "gebm-toy:sampler-checks": view_gebm_sampler_checks,
     "imm-logistic:accuracy": view_imm_logistic, "imm-reinforce:reward": view_imm_reinforce,
     "define-cache:equivalence": view_define_cache, "gebm-redwine:nll": view_gebm_wine,
-    "gebm-whitewine:nll": view_gebm_wine}
+    "gebm-whitewine:nll": view_gebm_wine, "gebm-cifar10-cpu:fid": view_gebm_images,
+    "gebm-cifar10:fid": view_gebm_images}

@@ -307,6 +307,19 @@ def test_the_gebm_wine_view_sets_the_gebm_beside_the_mle_flow_with_its_is_checks
     assert results_doc.VIEWS["gebm-whitewine:nll"] is results_views.view_gebm_wine
 
 
+def test_the_gebm_image_view_tables_the_generator_and_the_latent_sampler_on_the_same_features():
+    fid_kid = {"extractor": "small-random-conv", "real_images": 1000, "fake_images": 1000,
+               "sampler_config": {"sampler": "kla", "steps": 100}, "fid_generator": 0.02648, "kid_generator": 0.000816,
+               "kid_generator_std": 1.4e-05, "fid_gebm_kla": 0.02622, "kid_gebm_kla": 0.000802, "kid_gebm_kla_std": 1.4e-05}
+    rec = {"metrics": {"train": {"step": 200, "updates": 1390}, "fid-kid": fid_kid}}
+    out = results_views.view_gebm_images(rec)
+    assert "features of the small-random-conv extractor; trained 200 base steps (1,390 updates)" in out
+    assert "| generator alone, G(z₀) | 0.02648 | 0.000816 ± 0.000014 |" in out
+    assert "| GEBM, KLA (100 steps) | 0.02622 | 0.000802 ± 0.000014 |" in out
+    assert "GEBM, KLA (100 steps) − generator alone: FID -0.00026, KID -1.4e-05." in out
+    assert results_doc.VIEWS["gebm-cifar10:fid"] is results_views.view_gebm_images  # the GPU run's record too
+
+
 def test_a_residual_energys_train_summary_names_its_energy_and_a_gebms_names_no_shape(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
