@@ -201,15 +201,20 @@ def view_gebm_images(rec: dict[str, Any]) -> str:
     fk, tr = mt["fid-kid"], mt["train"]
     sc = fk["sampler_config"]
     names = [k[len("fid_"):] for k in fk if k.startswith("fid_")]
-    label = lambda n: "generator alone, G(z₀)" if n == "generator" else f"GEBM, {sc['sampler'].upper()} ({sc['steps']} steps)"  # noqa: E731
-    rows = [[label(n), f"{fk[f'fid_{n}']:.4g}",
-             f"{pm(fk[f'kid_{n}'], fk[f'kid_{n}_std'])}"] for n in names]
+
+    def label(name: str) -> str:
+        if name == "generator":
+            return "generator alone, G(z₀)"
+        return f"GEBM, {sc['sampler'].upper()} ({sc['steps']} steps)"
+
+    rows = [[label(n), f"{fk[f'fid_{n}']:.4g}", pm(fk[f"kid_{n}"], fk[f"kid_{n}_std"])] for n in names]
     table = _table(["samples", "FID", "KID (± sd over subsets)"], rows)
     gebm = next((n for n in names if n != "generator"), None)
     diff = (f"\n\n{label(gebm)} − generator alone: FID {fk[f'fid_{gebm}'] - fk['fid_generator']:+.3g}, KID "
             f"{fk[f'kid_{gebm}'] - fk['kid_generator']:+.3g}." if gebm and "fid_generator" in fk else "")
     return (f"{fk['fake_images']:,} samples against {fk['real_images']:,} real images, features of the "
-            f"{fk['extractor']} extractor; trained {tr['step']:,} base steps ({tr['updates']:,} updates):\n\n{table}{diff}")
+            f"{fk['extractor']} extractor; trained {tr['step']:,} base steps ({tr['updates']:,} updates):\n\n"
+            f"{table}{diff}")
 
 
 VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
