@@ -60,6 +60,16 @@ def note_hardware(history: list[list[Any]], step: int, machine: dict[str, Any]) 
     return history
 
 
+def restored_hardware_history(checkpoint: dict[str, Any]) -> list[list[Any]]:
+    """The hardware history a checkpoint carries; [[0, None]] for one written before histories were kept."""
+    return checkpoint.get("hardware_history") or [[0, None]]
+
+
+def machine_at_end(machine_at_start: dict[str, Any]) -> dict[str, Any]:
+    """A trainer summary's "machine": `machine_info()` from the process's start, with the load average at its end."""
+    return {**machine_at_start, "load_avg_at_end": load_average()}
+
+
 if __name__ == "__main__":
     # `python -m lmlab.core.machine > start.json` when a result starts; `python -m lmlab.core.records ... --since
     # start.json` then records this machine, the load at start and end, and the wall time in between.

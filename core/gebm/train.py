@@ -32,7 +32,7 @@ from lmlab.core.gebm.kale import (base_loss, energy_loss, gradient_penalty, init
 from lmlab.core.gebm.models import build
 from lmlab.core.gebm.plateau import fixed_decays
 from lmlab.core.gebm.train_images import ImageEvaluation
-from lmlab.core.machine import load_average, machine_info, note_hardware
+from lmlab.core.machine import machine_at_end, machine_info, note_hardware, restored_hardware_history
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.rundir import RunDir
 from lmlab.core.train.loop import TrainLoop
@@ -241,7 +241,7 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
         opt_b.load_state_dict(st["opt_base"])
         step, best, updates = int(st["step"]), float(st["best_metric"]), int(st.get("updates", 0))
         wall_before = float(st.get("wall_s") or 0.0)  # training time of the processes before this one
-        hardware_history = st.get("hardware_history") or [[0, None]]
+        hardware_history = restored_hardware_history(st)
         energy_done = int(st.get("energy_steps_done", 0))  # stopped inside a base step's energy phase
         window = st.get("metrics_window") or window  # the rows averaged since the last metrics line
         gen.set_state(st["rng"]["generator"])
@@ -415,4 +415,4 @@ def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
             "stopped_by": stopped_by, "best_metric": best if math.isfinite(best) else None, "objective": o.objective,
             "log_partition_A": float(log_partition.detach()), "updates": updates, "seconds": time.monotonic() - t0,
             "wall_s": wall_before + time.monotonic() - t0,
-            "machine": {**machine_at_start, "load_avg_at_end": load_average()}, "hardware_history": hardware_history}
+            "machine": machine_at_end(machine_at_start), "hardware_history": hardware_history}

@@ -33,7 +33,7 @@ from lmlab.core.config import check_renamed_file, to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.generate import load_lm
-from lmlab.core.machine import load_average, machine_info, note_hardware
+from lmlab.core.machine import machine_at_end, machine_info, note_hardware, restored_hardware_history
 from lmlab.core.models.lm import count_parameters
 from lmlab.core.reporting import NullReporter, Reporter
 from lmlab.core.residual.config import Config
@@ -169,7 +169,7 @@ class ResidualTrainer:
             self.mlm.load_state_dict(ckpt["mlm"])  # resume the MLM phase where it stopped
         set_rng_state(ckpt["rng"])
         self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
-        self.hardware_history = ckpt.get("hardware_history") or [[0, None]]
+        self.hardware_history = restored_hardware_history(ckpt)
 
     def _evals_since_best_logged(self) -> int:
         """A checkpoint written before valid.patience existed: count from the run's logged evaluations up to it."""
@@ -349,7 +349,7 @@ class ResidualTrainer:
                 **({"early_stop": f"{self.evals_since_best} evaluations without a lower validation loss "
                                   f"(valid.patience), at update {self.step} of {cfg.schedule.max_steps}"} if early else {}),
                 "energy_params": count_parameters(self.energy),
-                "machine": {**machine_at_start, "load_avg_at_end": load_average()}, "hardware_history": self.hardware_history}
+                "machine": machine_at_end(machine_at_start), "hardware_history": self.hardware_history}
 
 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:

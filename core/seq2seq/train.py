@@ -20,7 +20,7 @@ from lmlab.core import distributed
 from lmlab.core.checkpoint import strip_compile_prefix
 from lmlab.core.config import to_dict
 from lmlab.core.errors import LmlabError, NonFiniteLossError
-from lmlab.core.machine import load_average, machine_info
+from lmlab.core.machine import machine_at_end, machine_info
 from lmlab.core.reporting import Reporter
 from lmlab.core.rng import rng_state, set_rng_state
 from lmlab.core.rundir import RunDir
@@ -244,4 +244,4 @@ def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: Run
             "best_valid_nll_nats": best if evaluated else None,
             "best_valid_ppl": math.exp(min(best, 50)) if evaluated else None, "stopped": stopped,
             "wall_s": round(wall_before + time.monotonic() - t0, 1), "wall_s_this_process": round(time.monotonic() - t0, 1),
-            "machine": {**machine_at_start, "load_avg_at_end": load_average()}, **sizes}
+            "machine": machine_at_end(machine_at_start), **sizes}

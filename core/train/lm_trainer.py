@@ -24,7 +24,7 @@ from lmlab.core.config import to_dict
 from lmlab.core.data import DataDir
 from lmlab.core.errors import LmlabError, NonFiniteLossError
 from lmlab.core.evaluate import evaluate_lm
-from lmlab.core.machine import load_average, machine_info, note_hardware
+from lmlab.core.machine import machine_at_end, machine_info, note_hardware, restored_hardware_history
 from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.lm import parameter_counts
 from lmlab.core.plot import write_curves_png  # here, not when the run ends: a run outlives code changed beside it
@@ -164,7 +164,7 @@ class LMTrainer:
             sl = slice(self.dist.rank * per, (self.dist.rank + 1) * per)
             self.state = [(h[:, sl].to(self.device), c[:, sl].to(self.device)) for h, c in carried]
         self.wall_s_before = float(ckpt.get("wall_s") or 0.0)
-        self.hardware_history = ckpt.get("hardware_history") or [[0, None]]
+        self.hardware_history = restored_hardware_history(ckpt)
         self.loop.eval_pending = bool(ckpt.get("eval_pending", False))
         set_rng_state(ckpt["rng"])
 
@@ -356,7 +356,7 @@ class LMTrainer:
             stopped_by = self.loop.run()
             if stopped_by is None and self.dist.is_main:
                 self._write_curves()
-        machine = {**machine_at_start, "load_avg_at_end": load_average()}
+        machine = machine_at_end(machine_at_start)
         evaluated = math.isfinite(self.best_valid)  # False when the run stopped before its first evaluation
         return {"run_dir": str(self.run.path), "step": self.step, "best_valid_nats": self.best_valid if evaluated else None,
                 "wall_s": round(self._wall_s(), 1), "wall_s_this_process": round(time.perf_counter() - wall_t0, 1),
