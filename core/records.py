@@ -238,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     paper = {k: _scalar(v) for k, v in _pairs(args.paper, "--paper")}
     if paper and args.paper_source:
         paper["source"] = args.paper_source
-    from lmlab.core.machine import load_average
+    from lmlab.core.machine import load_average, machine_at_end
     if args.since:  # the whole result, not only its training steps
         start = load_json(args.since)
-        machine = {**{k: v for k, v in start.items() if k != "time"}, "load_avg_at_end": load_average()}
+        machine = machine_at_end({k: v for k, v in start.items() if k != "time"})
         wall = round(time.time() - start["time"], 1)
     elif machine is not None:
         machine = {**machine, "load_avg_at_record": load_average()}
