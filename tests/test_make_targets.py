@@ -144,7 +144,7 @@ def test_every_training_step_in_every_pipeline_is_a_stamp():
     assert seen >= 19  # every pipeline's training steps were found (LM, MT, residual, GEBM, DeFINE, IMM, smoke)
 
 
-TARGETS = ["demo", "ptb-zaremba-small", "mt-multi30k-de-en", "residual-demo", "gebm-wine", "gebm-cifar10-cpu",
+TARGETS = ["demo", "ptb-zaremba-small", "mt-multi30k-de-en", "mt-multi30k-en-de-seeds", "residual-demo", "gebm-wine", "gebm-cifar10-cpu",
            "imm-demo", "define-demo", "define-ptb", "imm-ptb"]
 
 
@@ -245,6 +245,30 @@ def test_recipes_read_the_data_variables_and_pythons_python(ws):
     assert "< /m/test_2016_flickr.de" in plan and "bleu /m/test_2016_flickr.en" in plan
     assert "--real /c.tgz" in plan and f"test -f {ws / 'wine'}/winequality-red.csv" in plan  # WINE= from make()
     assert f"{sys.executable} -m lmlab.core.gebm.evaluate" in plan and "\npython -m" not in plan
+
+
+def test_the_translation_seeds_train_both_systems_per_seed_and_count_the_single_pair_when_recorded(ws):
+    """make mt-multi30k-de-en-seeds: --seed N on both systems (the DeFINE flags on its own only), paired by
+    bench/mt_seeds.py with the single pair's record as seed 1234 when it exists, and without it when it does not."""
+    def plan():
+        return make(ws, "-n", "mt-multi30k-de-en-seeds", "MT_SEEDS=3 4", check=True).stdout
+    out = plan()
+    lines = out.splitlines()
+    for seed in ("3", "4"):
+        at = {system: _train_line(out, f"runs/mt-multi30k-de-en-seeds/{system}-s{seed}") for system in ("standard", "define")}
+        assert min(at.values()) >= 0, out
+        standard, define = lines[at["standard"]], lines[at["define"]]
+        assert f"--seed {seed} " in standard and "--embedding define" not in standard, standard
+        assert f"--seed {seed} --embedding define --set model.embedding.define.map_dim=64" in define, define
+        assert "--preset multi30k-de-en," in standard and "--preset multi30k-de-en," in define
+    pair = next(line for line in lines if "bench/mt_seeds.py" in line)
+    assert "--seeds 3 4 " in pair and "--recorded" not in pair, pair
+    assert "--seed '3 4'" in plan()
+    (ws / "results").mkdir()
+    (ws / "results" / "mt-multi30k-de-en.json").write_text("{}")
+    recorded = plan()
+    assert "--recorded 1234=results/mt-multi30k-de-en.json" in recorded and "--seed '1234 3 4'" in recorded
+    assert "train-lm --task translation --preset multi30k-de-en,cpu --run-dir runs/multi30k-de-en " not in recorded
 
 
 def test_each_transformer_imm_arm_switches_on_below_its_own_seeds_dropout_best(ws):
