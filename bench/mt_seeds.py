@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         sb, sa = summary(b), summary(a)
         rows.append(f"| {label} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     for seed, source in sources.items():
         print(f"Seed {seed} (both systems) is read from {source}; its run dirs are not rerun.\n")
     print("Test set (test_2016_flickr), beam search; 'averaged' is each run's last checkpoints averaged.\n")
@@ -98,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     saving = 1 - out["embedding_params"][arm] / out["embedding_params"][base]
     print(f"\n{arm}'s embedding has {saving:.0%} fewer parameters ({out['embedding_params'][arm]:,} vs "
           f"{out['embedding_params'][base]:,}).")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     return 0
 
 
