@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         per_seed[seed] = systems
         sources[seed] = f"{spec.partition('=')[2]} (commit {commit[:7]})"
     for seed in args.seeds:
+        if seed in per_seed:
+            raise SystemExit(f"mt_seeds: seed {seed} is given twice")
         per_seed[seed] = {name: system(args.runs / f"{name}-s{seed}") for name in args.names}
     if len(per_seed) < 2:
         raise SystemExit("mt_seeds: give at least two seeds (--seeds and --recorded together)")

@@ -79,7 +79,8 @@ def test_bad_input_is_one_line(tier, tmp_path):
     for args, says in [(["--seeds", "1"], "at least two seeds"),
                        (["--seeds", "1", "--recorded", str(record)], "expected SEED="),
                        (["--seeds", "1", "--recorded", f"7={tmp_path / 'none.json'}"], "not a translation pair record"),
-                       (["--seeds", "1", "3"], "not found")]:
+                       (["--seeds", "1", "3"], "not found"),
+                       (["--seeds", "1", "2", "--recorded", f"1={record}"], "seed 1 is given twice")]:
         proc = run_script(runs, *args)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert says in proc.stderr, proc.stderr
