@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(per_seed) < 2:
         raise SystemExit("mt_seeds: give at least two seeds (--seeds and --recorded together)")
     seeds = list(per_seed)
-    out: dict = {"seeds": seeds, "base": base, "arm": arm, "recorded": sources,
+    out: dict = {"seeds": seeds, "base": base, "arm": arm, "claim": "not-worse", "recorded": sources,
                  "embedding_params": {n: per_seed[seeds[0]][n]["embedding_params"] for n in args.names}}
     rows = []
     for key, label, read, higher_better in METRICS:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         d = paired(b, a)
         # not worse: the difference no further on the bad side than 2 paired SE
         d["not_worse_by_2se"] = (d["mean"] > -2 * d["se"]) if higher_better else (d["mean"] < 2 * d["se"])
+        d["shows_claim"] = d["not_worse_by_2se"] if key in CLAIMED else None  # None: a metric the claim is not about
         out[key] = {"per_seed": {s: {base: x, arm: y} for s, x, y in zip(seeds, b, a)},
                     base: summary(b), arm: summary(a), "difference": d, "higher_is_better": higher_better}
         rows += [f"| {label} | {s} | {x:.2f} | {y:.2f} | {y - x:+.2f} |" for s, x, y in zip(seeds, b, a)]

@@ -8,7 +8,8 @@ A region is delimited in Markdown by
 
 and shows results/NAME.json (NAME is the make target that writes it), rendered by the record's `kind`.
 `<!-- generated:NAME:VIEW -->` shows one table of the record instead (VIEWS in results_views.py: the paper docs show the
-table their text reads, docs/results.md the whole record). Without a record the region says "not yet
+table their text reads, docs/results.md the whole record). `<!-- generated:claims -->` (COLLECTIONS there) is one table
+over every record: the paired-seed comparisons that test a paper's claim. Without a record the region says "not yet
 recorded" and names the target. `--check` renders every region and fails when any differs from the file
 (tests/test_results_doc.py runs it), so a hand edit of a generated figure, or a record whose figures the
 docs do not show, is caught.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmlab.core.records import RESULTS_DIR, read_records
-from lmlab.core.results_views import VIEWS, num as _num
+from lmlab.core.results_views import COLLECTIONS, VIEWS, num as _num
 
 REGION = re.compile(r"<!-- generated:(?P<key>(?P<name>[\w.-]+)(?::(?P<view>[\w.-]+))?) -->\n(?P<body>.*?)"
                     r"<!-- /generated:(?P=key) -->", re.S)
@@ -240,6 +241,8 @@ def render(name: str, records: dict[str, dict[str, Any]], view: str | None = Non
     """The region's text: the whole record (view None) or one of its VIEWS; "not yet recorded" without a record."""
     if view is not None and f"{name}:{view}" not in VIEWS:
         raise ValueError(f"<!-- generated:{name}:{view} -->: no such view (known: {', '.join(sorted(VIEWS))})")
+    if name in COLLECTIONS and view is None:  # a table over every record, not one record's
+        return COLLECTIONS[name](records)
     rec = records.get(name)
     if rec is None:
         return f"_Not yet recorded: `make {name}` writes `results/{name}.json` and this region._"
@@ -255,8 +258,8 @@ def render_text(text: str, records: dict[str, dict[str, Any]]) -> str:
 
 
 def region_names(text: str) -> list[str]:
-    """The records the regions of text show (a view shows its record too)."""
-    return [m["name"] for m in REGION.finditer(text)]
+    """The records the regions of text show (a view shows its record too; a collection shows no one record)."""
+    return [m["name"] for m in REGION.finditer(text) if m["name"] not in COLLECTIONS or m["view"] is not None]
 
 
 def unknown_views(text: str) -> list[str]:

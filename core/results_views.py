@@ -217,6 +217,44 @@ def view_gebm_images(rec: dict[str, Any]) -> str:
             f"{table}{diff}")
 
 
+# ---- collections: one table over every record (<!-- generated:NAME -->, NAME a key of COLLECTIONS) ---------------
+CLAIMS = {"below": "{arm} below {base} by more than 2 SE", "not-above": "{arm} not above {base} + 2 SE",
+          "not-worse": "{arm} no worse than {base} by 2 SE"}
+
+
+def paired_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The entries of a record's metrics written by the paired-seed scripts (bench/imm_paired.py, bench/mt_seeds.py):
+    (key, entry) for each dict that names a base arm, an arm and the paper's claim about them."""
+    return [(k, v) for k, v in metrics.items() if isinstance(v, dict) and v.get("claim") in CLAIMS
+            and isinstance(v.get("base"), str) and isinstance(v.get("arm"), str)]
+
+
+def collection_claims(records: dict[str, dict[str, Any]]) -> str:
+    """Each paired-seed comparison the records hold that tests a claim of a paper: both arms' mean ± sd, the paired
+    difference ± its standard error, and whether these seeds show the claim (a metric with one seed cannot)."""
+    rows = []
+    for name in sorted(records):
+        for _, entry in paired_comparisons(records[name].get("metrics", {})):
+            base, arm = entry["base"], entry["arm"]
+            for metric, m in entry.items():
+                d = m.get("difference") if isinstance(m, dict) else None
+                if not isinstance(d, dict) or "shows_claim" not in d or base not in m or arm not in m:
+                    continue
+                shows = {True: "**shows**", False: "does not show", None: "one seed: no SE"}[d["shows_claim"]]
+                spread = lambda s: pm(s["mean"], s["sd"]) if s.get("sd") is not None else f"{s['mean']:.4g}"  # noqa: E731
+                rows.append([f"`{name}`", f"{arm} vs {base}", metric, str(d["n"]), spread(m[base]), spread(m[arm]),
+                             ("+" if d["mean"] > 0 else "") + pm(d["mean"], d["se"]) if d.get("se") is not None
+                             else f"{d['mean']:+.4g}",
+                             CLAIMS[entry["claim"]].format(arm=arm, base=base), shows])
+    if not rows:
+        return "_No record holds a paired-seed comparison yet._"
+    return _table(["record", "comparison", "metric", "seeds", "base mean ± sd", "arm mean ± sd",
+                   "arm − base ± SE", "the paper's claim", "these seeds"], rows)
+
+
+COLLECTIONS: dict[str, Callable[[dict[str, dict[str, Any]]], str]] = {"claims": collection_claims}
+
+
 VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
     "residual-demo:bracket": view_residual_bracket,
     "kn-bigram-ptb:ppl": view_kn_bigram, "gebm-toy:arms": view_gebm_toy_arms,

@@ -68,6 +68,11 @@ def test_the_paired_difference_and_its_se_by_hand(tier, tmp_path):
     assert out["best_valid_ppl"]["difference"]["mean"] == pytest.approx(1.0)
     assert out["best_valid_ppl"]["difference"]["not_worse_by_2se"] is False
     assert out["recorded"]["1234"].endswith("(commit abcdef0)")
+    # the shape docs/results.md's claims table reads: the claim, and a verdict only on the metrics it is about
+    assert out["claim"] == "not-worse" and (out["base"], out["arm"]) == ("standard", "define")
+    assert out["bleu_averaged"]["difference"]["shows_claim"] is True
+    assert out["chrf2_averaged"]["difference"]["shows_claim"] is False
+    assert out["best_valid_ppl"]["difference"]["shows_claim"] is None
     assert "| BLEU averaged | mean ± sd | 36.00 ± 1.00 | 35.20 ± 0.26 | -0.80 ± 0.47 (SE) |" in proc.stdout
     assert "BLEU averaged: define − standard = -0.80 ± 0.47 (SE, 3 seeds): this shows" in proc.stdout
     assert "chrF2 averaged: define − standard = -1.00 ± 0.00 (SE, 3 seeds): this does not show" in proc.stdout

@@ -346,3 +346,39 @@ def test_dirty_means_code_changed_not_the_pipelines_own_outputs(tmp_path):
     assert records.git_commit(tmp_path)[1] is False
     (tmp_path / "core/x.py").write_text("1\n")
     assert records.git_commit(tmp_path)[1] is True
+
+
+def _paired_entry(claim: str, base: str, arm: str, metric: str, b: list[float], a: list[float]) -> dict:
+    """The shape bench/imm_paired.py and bench/mt_seeds.py write, with the verdict computed as they do."""
+    import statistics
+    d = [y - x for x, y in zip(b, a)]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+    mean = statistics.fmean(d)
+    shows = None if se is None else {"below": mean < -2 * se, "not-above": mean < 2 * se, "not-worse": mean > -2 * se,
+                                     "none": None}[claim]
+    summary = lambda v: {"n": len(v), "mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None}  # noqa: E731
+    return {"base": base, "arm": arm, "claim": claim,
+            metric: {base: summary(b), arm: summary(a), "difference": {"n": len(d), "mean": mean, "se": se, "shows_claim": shows}}}
+
+
+def test_the_claims_table_gathers_every_records_paired_comparisons_with_their_verdicts():
+    recs = {
+        "imm-x": {"metrics": {"paired": _paired_entry("below", "dropout", "imm", "valid_ppl", [100, 102, 104], [90, 93, 95])}},
+        "mt-x": {"metrics": {"paired": _paired_entry("not-worse", "standard", "define", "bleu_averaged", [36, 37, 35], [34, 34.5, 33])}},
+        "ablation": {"metrics": {"x": _paired_entry("none", "imm", "draws", "valid_ppl", [1, 2], [1, 2])}},
+        "one-seed": {"metrics": {"paired": _paired_entry("below", "dropout", "imm", "valid_ppl", [100], [90])}},
+        "other": {"metrics": {"ppl": 3.0}},
+    }
+    out = results_doc.render_text("<!-- generated:claims -->\n<!-- /generated:claims -->\n", recs)
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert [r.split(" | ")[0] for r in rows] == ["| `imm-x`", "| `mt-x`", "| `one-seed`"]  # sorted; claim none left out
+    imm, mt, one = rows
+    # imm: differences -10, -9, -9: mean -9.33, se 0.333 -> below by more than 2 SE
+    assert "| imm vs dropout | valid_ppl | 3 | 102.0 ± 2.0 | 92.7 ± 2.5 | -9.33 ± 0.33 |" in imm and imm.endswith("| **shows** |")
+    # mt: differences -2, -2.5, -2: mean -2.17, se 0.167 -> more than 2 SE worse: the no-worse claim is not shown
+    assert "| define vs standard | bleu_averaged | 3 |" in mt and "| -2.17 ± 0.17 |" in mt
+    assert "define no worse than standard by 2 SE | does not show |" in mt
+    assert one.endswith("| one seed: no SE |") and "| -10 |" in one
+    # a collection shows no one record: each record still needs its own region
+    assert results_doc.region_names("<!-- generated:claims -->\n<!-- /generated:claims -->\n") == []
+    assert "No record holds" in results_doc.render_text("<!-- generated:claims -->\n<!-- /generated:claims -->\n", {})
