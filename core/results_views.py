@@ -240,6 +240,8 @@ def collection_claims(records: dict[str, dict[str, Any]]) -> str:
                 d = m.get("difference") if isinstance(m, dict) else None
                 if not isinstance(d, dict) or "shows_claim" not in d or base not in m or arm not in m:
                     continue
+                if d["shows_claim"] is None and d.get("se") is not None:  # a metric the claim is not about
+                    continue
                 shows = {True: "**shows**", False: "does not show", None: "one seed: no SE"}[d["shows_claim"]]
                 spread = lambda s: pm(s["mean"], s["sd"]) if s.get("sd") is not None else f"{s['mean']:.4g}"  # noqa: E731
                 rows.append([f"`{name}`", f"{arm} vs {base}", metric, str(d["n"]), spread(m[base]), spread(m[arm]),

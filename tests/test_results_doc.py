@@ -365,13 +365,16 @@ def test_the_claims_table_gathers_every_records_paired_comparisons_with_their_ve
     recs = {
         "imm-x": {"metrics": {"paired": _paired_entry("below", "dropout", "imm", "valid_ppl", [100, 102, 104], [90, 93, 95])}},
         "mt-x": {"metrics": {"paired": _paired_entry("not-worse", "standard", "define", "bleu_averaged", [36, 37, 35], [34, 34.5, 33])}},
+        "mt-y": {"metrics": {"paired": _paired_entry("not-worse", "standard", "define", "best_valid_ppl", [6, 7, 8], [7, 8, 8])}},
         "ablation": {"metrics": {"x": _paired_entry("none", "imm", "draws", "valid_ppl", [1, 2], [1, 2])}},
         "one-seed": {"metrics": {"paired": _paired_entry("below", "dropout", "imm", "valid_ppl", [100], [90])}},
         "other": {"metrics": {"ppl": 3.0}},
     }
+    recs["mt-y"]["metrics"]["paired"]["best_valid_ppl"]["difference"]["shows_claim"] = None  # mt_seeds: not a claimed metric
     out = results_doc.render_text("<!-- generated:claims -->\n<!-- /generated:claims -->\n", recs)
     rows = [line for line in out.splitlines() if line.startswith("| `")]
-    assert [r.split(" | ")[0] for r in rows] == ["| `imm-x`", "| `mt-x`", "| `one-seed`"]  # sorted; claim none left out
+    # sorted; left out: claim none (ablation), a metric the claim is not about (mt-y), a record with no comparison
+    assert [r.split(" | ")[0] for r in rows] == ["| `imm-x`", "| `mt-x`", "| `one-seed`"]
     imm, mt, one = rows
     # imm: differences -10, -9, -9: mean -9.33, se 0.333 -> below by more than 2 SE
     assert "| imm vs dropout | valid_ppl | 3 | 102.0 ± 2.0 | 92.7 ± 2.5 | -9.33 ± 0.33 |" in imm and imm.endswith("| **shows** |")
