@@ -100,3 +100,44 @@ def test_data_dirs_and_run_files_honour_the_umask(tmp_path, tiny_text, umask, fi
         assert modes[name] == file_mode, (name, modes)
     for name in ("data/d", "runs/r", "runs/r/checkpoints"):
         assert modes[name] == dir_mode, (name, modes)
+
+
+class _DiesHalfway:
+    """A file whose write puts down half the bytes, then fails as a full disk or a kill would."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        self.f.write(bytes(data)[: len(data) // 2])
+        self.f.flush()
+        raise OSError(28, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """Readers see the old or the new checkpoint, never a mix: the bytes go to a temporary file renamed over the
+    target only once complete, so a write that fails midway leaves the last checkpoint loadable and no debris."""
+    import builtins
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)}, "lm")
+    before = path.read_bytes()
+    real_open, real_fdopen = builtins.open, os.fdopen
+    for name, real in (("open", real_open), ("fdopen", real_fdopen)):  # whichever way the writer opens the file
+        target = builtins if name == "open" else os
+        monkeypatch.setattr(target, name, lambda *a, _real=real, **k: _DiesHalfway(_real(*a, **k))
+                            if "w" in (a[1] if len(a) > 1 else k.get("mode", "r")) else _real(*a, **k))
+    with pytest.raises(LmlabError, match="cannot write"):
+        save_checkpoint(path, {"step": 2, "w": torch.ones(1000)}, "lm")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_checkpoint(path, "lm")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no half-written temporary left behind
