@@ -229,12 +229,36 @@ def paired_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any
             and isinstance(v.get("base"), str) and isinstance(v.get("arm"), str)]
 
 
+def gebm_tier_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """bench/gebm_tier.py's arms (each sampler paired with its own run's generator over seeds) in the paired shape:
+    the GEBM paper's claim is that sampling the energy's latent posterior brings the samples closer to the data."""
+    summary = metrics.get("summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("arms"), list) or "per_seed" not in summary:
+        return []
+    arms, n = summary["arms"], len(summary["per_seed"])
+    base = next((a for a in arms if a.get("arm") == "generator alone"), None)
+    out = []
+    for a in arms:
+        if base is None or a is base or "fid_diff" not in a:
+            continue
+        entry: dict[str, Any] = {"base": "generator", "arm": a["arm"], "claim": "below"}
+        for metric in ("fid", "kid"):
+            diff, se = a[f"{metric}_diff"], a.get(f"{metric}_diff_se")
+            entry[metric] = {"generator": {"mean": base[metric], "sd": base.get(f"{metric}_sd")},
+                             a["arm"]: {"mean": a[metric], "sd": a.get(f"{metric}_sd")},
+                             "difference": {"n": n, "mean": diff, "se": se,
+                                            "shows_claim": None if se is None else diff < -2 * se}}
+        out.append((a["arm"], entry))
+    return out
+
+
 def collection_claims(records: dict[str, dict[str, Any]]) -> str:
     """Each paired-seed comparison the records hold that tests a claim of a paper: both arms' mean ± sd, the paired
     difference ± its standard error, and whether these seeds show the claim (a metric with one seed cannot)."""
     rows = []
     for name in sorted(records):
-        for _, entry in paired_comparisons(records[name].get("metrics", {})):
+        metrics = records[name].get("metrics", {})
+        for _, entry in paired_comparisons(metrics) + gebm_tier_comparisons(metrics):
             base, arm = entry["base"], entry["arm"]
             for metric, m in entry.items():
                 d = m.get("difference") if isinstance(m, dict) else None

@@ -369,13 +369,20 @@ def test_the_claims_table_gathers_every_records_paired_comparisons_with_their_ve
         "ablation": {"metrics": {"x": _paired_entry("none", "imm", "draws", "valid_ppl", [1, 2], [1, 2])}},
         "one-seed": {"metrics": {"paired": _paired_entry("below", "dropout", "imm", "valid_ppl", [100], [90])}},
         "other": {"metrics": {"ppl": 3.0}},
+        "gebm-x": {"metrics": {"summary": {"per_seed": {"1": {}, "2": {}}, "arms": [  # bench/gebm_tier.py's shape
+            {"arm": "generator alone", "fid": 20.0, "fid_sd": 1.0, "kid": 0.3, "kid_sd": 0.01},
+            {"arm": "KLA", "fid": 19.5, "fid_sd": 1.0, "fid_diff": -0.5, "fid_diff_se": 0.1,
+             "kid": 0.29, "kid_sd": 0.01, "kid_diff": -0.01, "kid_diff_se": 0.01}]}}},
     }
     recs["mt-y"]["metrics"]["paired"]["best_valid_ppl"]["difference"]["shows_claim"] = None  # mt_seeds: not a claimed metric
     out = results_doc.render_text("<!-- generated:claims -->\n<!-- /generated:claims -->\n", recs)
     rows = [line for line in out.splitlines() if line.startswith("| `")]
     # sorted; left out: claim none (ablation), a metric the claim is not about (mt-y), a record with no comparison
-    assert [r.split(" | ")[0] for r in rows] == ["| `imm-x`", "| `mt-x`", "| `one-seed`"]
-    imm, mt, one = rows
+    assert [r.split(" | ")[0] for r in rows] == ["| `gebm-x`"] * 2 + ["| `imm-x`", "| `mt-x`", "| `one-seed`"]
+    fid, kid, imm, mt, one = rows
+    # the GEBM tier: each sampler against its own run's generator, the claim that sampling lowers FID/KID
+    assert "| KLA vs generator | fid | 2 | 20.0 ± 1.0 | 19.5 ± 1.0 | -0.50 ± 0.10 | KLA below generator" in fid
+    assert fid.endswith("| **shows** |") and kid.endswith("| does not show |")  # -0.01 is not below -2 x 0.01
     # imm: differences -10, -9, -9: mean -9.33, se 0.333 -> below by more than 2 SE
     assert "| imm vs dropout | valid_ppl | 3 | 102.0 ± 2.0 | 92.7 ± 2.5 | -9.33 ± 0.33 |" in imm and imm.endswith("| **shows** |")
     # mt: differences -2, -2.5, -2: mean -2.17, se 0.167 -> more than 2 SE worse: the no-worse claim is not shown
