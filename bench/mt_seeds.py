@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imm_paired import paired, summary  # noqa: E402  (the same mean ± sd and paired SE as the LM tiers)
+from imm_paired import _f, paired, summary  # noqa: E402  (the same mean ± sd, paired SE and n/a as the LM tiers)
 from mt_pair import system  # noqa: E402
 
 # (key, label, read from mt_pair.system's dict, higher is better)
@@ -42,10 +42,6 @@ def recorded_systems(spec: str, names: list[str]) -> tuple[str, dict[str, dict],
         return seed, {n: systems[n] for n in names}, record.get("commit", "unknown")
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise SystemExit(f"mt_seeds: --recorded {spec}: not a translation pair record with systems {names} ({e!r})")
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         # not worse: the difference no further on the bad side than 2 paired SE
         d["not_worse_by_2se"] = (d["mean"] > -2 * d["se"]) if higher_better else (d["mean"] < 2 * d["se"])
         d["shows_claim"] = d["not_worse_by_2se"] if key in CLAIMED else None  # None: a metric the claim is not about
-        out[key] = {"per_seed": {s: {base: x, arm: y} for s, x, y in zip(seeds, b, a)},
-                    base: summary(b), arm: summary(a), "difference": d, "higher_is_better": higher_better}
-        rows += [f"| {label} | {s} | {x:.2f} | {y:.2f} | {y - x:+.2f} |" for s, x, y in zip(seeds, b, a)]
         sb, sa = summary(b), summary(a)
+        out[key] = {"per_seed": {s: {base: x, arm: y} for s, x, y in zip(seeds, b, a)},
+                    base: sb, arm: sa, "difference": d, "higher_is_better": higher_better}
+        rows += [f"| {label} | {s} | {x:.2f} | {y:.2f} | {y - x:+.2f} |" for s, x, y in zip(seeds, b, a)]
         rows.append(f"| {label} | mean ± sd | {sb['mean']:.2f} ± {_f(sb['sd'])} | {sa['mean']:.2f} ± {_f(sa['sd'])} | "
                     f"{d['mean']:+.2f} ± {_f(d['se'])} (SE) |")
     if args.json:

@@ -222,14 +222,14 @@ CLAIMS = {"below": "{arm} below {base} by more than 2 SE", "not-above": "{arm} n
           "not-worse": "{arm} no worse than {base} by 2 SE"}
 
 
-def paired_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def paired_comparisons(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The entries of a record's metrics written by the paired-seed scripts (bench/imm_paired.py, bench/mt_seeds.py):
-    (key, entry) for each dict that names a base arm, an arm and the paper's claim about them."""
-    return [(k, v) for k, v in metrics.items() if isinstance(v, dict) and v.get("claim") in CLAIMS
+    each dict that names a base arm, an arm and the paper's claim about them."""
+    return [v for v in metrics.values() if isinstance(v, dict) and v.get("claim") in CLAIMS
             and isinstance(v.get("base"), str) and isinstance(v.get("arm"), str)]
 
 
-def gebm_tier_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def gebm_tier_comparisons(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """bench/gebm_tier.py's arms (each sampler paired with its own run's generator over seeds) in the paired shape:
     the GEBM paper's claim is that sampling the energy's latent posterior brings the samples closer to the data."""
     summary = metrics.get("summary")
@@ -248,8 +248,12 @@ def gebm_tier_comparisons(metrics: dict[str, Any]) -> list[tuple[str, dict[str, 
                              a["arm"]: {"mean": a[metric], "sd": a.get(f"{metric}_sd")},
                              "difference": {"n": n, "mean": diff, "se": se,
                                             "shows_claim": None if se is None else diff < -2 * se}}
-        out.append((a["arm"], entry))
+        out.append(entry)
     return out
+
+
+def _mean_sd(s: dict[str, Any]) -> str:
+    return pm(s["mean"], s["sd"]) if s.get("sd") is not None else f"{s['mean']:.4g}"
 
 
 def collection_claims(records: dict[str, dict[str, Any]]) -> str:
@@ -258,7 +262,7 @@ def collection_claims(records: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name in sorted(records):
         metrics = records[name].get("metrics", {})
-        for _, entry in paired_comparisons(metrics) + gebm_tier_comparisons(metrics):
+        for entry in paired_comparisons(metrics) + gebm_tier_comparisons(metrics):
             base, arm = entry["base"], entry["arm"]
             for metric, m in entry.items():
                 d = m.get("difference") if isinstance(m, dict) else None
@@ -267,8 +271,7 @@ def collection_claims(records: dict[str, dict[str, Any]]) -> str:
                 if d["shows_claim"] is None and d.get("se") is not None:  # a metric the claim is not about
                     continue
                 shows = {True: "**shows**", False: "does not show", None: "one seed: no SE"}[d["shows_claim"]]
-                spread = lambda s: pm(s["mean"], s["sd"]) if s.get("sd") is not None else f"{s['mean']:.4g}"  # noqa: E731
-                rows.append([f"`{name}`", f"{arm} vs {base}", metric, str(d["n"]), spread(m[base]), spread(m[arm]),
+                rows.append([f"`{name}`", f"{arm} vs {base}", metric, str(d["n"]), _mean_sd(m[base]), _mean_sd(m[arm]),
                              ("+" if d["mean"] > 0 else "") + pm(d["mean"], d["se"]) if d.get("se") is not None
                              else f"{d['mean']:+.4g}",
                              CLAIMS[entry["claim"]].format(arm=arm, base=base), shows])

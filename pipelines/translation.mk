@@ -87,15 +87,16 @@ $(foreach s,$(MT_SEEDS),\
   $(eval $(call MT_RUN,en-de,en,de,runs/mt-multi30k-en-de-seeds/define-s$(s),--seed $(s) $(MT_DEFINE_FLAGS))))
 
 # $(1) = direction: results/mt-multi30k-DIR-seeds.json from the seeds' run dirs and the single pair's record
+mt_single_pair = $(wildcard results/mt-multi30k-$(1).json)
 define mt_seeds_record
 	@mkdir -p $(@D)
 	$(PYTHON) bench/mt_seeds.py runs/mt-multi30k-$(1)-seeds --seeds $(MT_SEEDS) \
-	  $(if $(wildcard results/mt-multi30k-$(1).json),--recorded 1234=results/mt-multi30k-$(1).json) \
+	  $(if $(call mt_single_pair,$(1)),--recorded 1234=$(call mt_single_pair,$(1))) \
 	  --json runs/mt-multi30k-$(1)-seeds/paired.json > runs/mt-multi30k-$(1)-seeds/paired.md
 	$(RECORD) mt-multi30k-$(1)-seeds --command '$(call made_by,mt-multi30k-$(1)-seeds)' \
 	  $(foreach r,$(call mt_seed_runs,$(1)),--train $(notdir $(r))=$(r).train.json) \
 	  --json paired=runs/mt-multi30k-$(1)-seeds/paired.json --markdown runs/mt-multi30k-$(1)-seeds/paired.md \
-	  --seed '$(if $(wildcard results/mt-multi30k-$(1).json),1234 )$(MT_SEEDS)'
+	  --seed '$(if $(call mt_single_pair,$(1)),1234 )$(MT_SEEDS)'
 	$(RESULTS_DOC)
 endef
 results/mt-multi30k-de-en-seeds.json: $(call mt_outputs,$(call mt_seed_runs,de-en))

@@ -131,10 +131,9 @@ def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint_whole(tmp_path,
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)}, "lm")
     before = path.read_bytes()
-    real_open, real_fdopen = builtins.open, os.fdopen
-    for name, real in (("open", real_open), ("fdopen", real_fdopen)):  # whichever way the writer opens the file
-        target = builtins if name == "open" else os
-        monkeypatch.setattr(target, name, lambda *a, _real=real, **k: _DiesHalfway(_real(*a, **k))
+    for module, name in ((builtins, "open"), (os, "fdopen")):  # whichever way the writer opens the file
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **k: _DiesHalfway(_real(*a, **k))
                             if "w" in (a[1] if len(a) > 1 else k.get("mode", "r")) else _real(*a, **k))
     with pytest.raises(LmlabError, match="cannot write"):
         save_checkpoint(path, {"step": 2, "w": torch.ones(1000)}, "lm")
