@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import typer
@@ -17,6 +18,7 @@ from lmlab.core.errors import LmlabError
 # `git pull` or `pip install -e` beside it) must still print its summary with the modules it started with
 from lmlab.core.records import strict
 from lmlab.core.reporting import Reporter
+from lmlab.core.runstatus import SUMMARY_NAME
 
 DEBUG_ENV = "LMLAB_DEBUG"
 
@@ -24,6 +26,22 @@ DEBUG_ENV = "LMLAB_DEBUG"
 def fail(message: str, code: int = 2) -> None:
     print(f"lmlab: error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(code)
+
+
+def finish_run(summary: dict, run_dir: str) -> None:
+    """The end of a training command: rank 0 prints the summary (one JSON line on stdout) and keeps it as
+    RUN_DIR/summary.json, which `lmlab runs` reads; then exit 130 if Ctrl-C stopped the run."""
+    from lmlab.core import distributed  # both loaded by the trainer already: no read of code that changed since
+    from lmlab.core.checkpoint import atomic_write_text
+    if distributed.detect()[0] == 0:  # one summary per job: ranks sharing a pipe could interleave theirs
+        text = strict_json(summary, default=str)  # null, never a bare Infinity/NaN
+        print(text, flush=True)
+        try:
+            atomic_write_text(Path(run_dir) / SUMMARY_NAME, text + "\n")
+        except OSError as exc:
+            print(f"lmlab: warning: could not write {Path(run_dir) / SUMMARY_NAME} ({exc.strerror}); the checkpoints "
+                  "are saved", file=sys.stderr, flush=True)
+    exit_if_interrupted(summary)
 
 
 def exit_if_interrupted(summary: dict) -> None:

@@ -14,6 +14,7 @@ from lmlab.cli.common import config_epilog, handle_errors
 from lmlab.cli.eval_ppl import eval_ppl
 from lmlab.cli.plot import plot
 from lmlab.cli.prep import prep
+from lmlab.cli.runs import runs
 from lmlab.cli.sample import sample
 from lmlab.cli.train_ebm import train_ebm
 from lmlab.cli.train_lm import train_lm
@@ -25,7 +26,7 @@ from lmlab.core.train.config import TrainConfig
 app = typer.Typer(
     name="lmlab",
     help="Language-model and energy-based-model research from the shell: "
-         "prep -> train-lm -> eval-ppl / sample; train-ebm; bleu; plot. Every command takes --help.",
+         "prep -> train-lm -> eval-ppl / sample; train-ebm; bleu; plot; runs. Every command takes --help.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -44,6 +45,7 @@ app.command("bleu")(bleu)
 app.command("plot")(plot)
 app.command("cache-define")(cache_define)
 app.command("average")(average)
+app.command("runs")(runs)
 
 
 @app.command("presets")

@@ -6,10 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from lmlab.cli.common import (PRESET_HELP, SET_HELP, exit_if_interrupted, handle_errors, make_reporter, nested, print_config,
-                              resolve_config, strict_json)
+from lmlab.cli.common import (PRESET_HELP, SET_HELP, finish_run, handle_errors, make_reporter, nested, print_config,
+                              resolve_config)
 from lmlab.cli.train_lm import _load
-from lmlab.core import distributed
 from lmlab.core.errors import LmlabError
 
 KINDS = {"residual": ("lmlab.core.residual.train:Config", "lmlab.core.residual.train:train"),
@@ -55,6 +54,4 @@ def train_ebm(
         print_config(cfg)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet, getattr(cfg.run, "log_interval_s", 10.0)))
-    if distributed.detect()[0] == 0:  # one summary line per job: ranks sharing a pipe could interleave theirs
-        print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
-    exit_if_interrupted(result)
+    finish_run(result, cfg.run.dir)

@@ -8,9 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, exit_if_interrupted, handle_errors, make_reporter,
-                              nested, print_config, resolve_config, strict_json)
-from lmlab.core import distributed
+from lmlab.cli.common import (PRESET_HELP, SET_HELP, config_epilog, finish_run, handle_errors, make_reporter,
+                              nested, print_config, resolve_config)
 from lmlab.core.config import parse_overrides
 from lmlab.core.errors import LmlabError
 from lmlab.core.train.config import TrainConfig
@@ -83,9 +82,7 @@ def train_lm(
         _print_with_params(cfg, task)
         return
     result = _load(fn_ref)(cfg, make_reporter(quiet, getattr(cfg.run, "log_interval_s", 10.0)))
-    if distributed.detect()[0] == 0:  # one summary line per job, not one per process under torchrun
-        print(strict_json(result, default=str))  # null, never a bare Infinity/NaN
-    exit_if_interrupted(result)
+    finish_run(result, cfg.run.dir)
 
 
 def _print_with_params(cfg, task: str) -> None:

@@ -1,4 +1,5 @@
-"""One run directory: `config.json`, `metrics.jsonl`, `checkpoints/{last,best,step-N}.pt`, `curves.png`.
+"""One run directory: `config.json`, `metrics.jsonl`, `checkpoints/{last,best,step-N}.pt`, `curves.png`, and
+`summary.json` once the run has ended cleanly (its command's summary; removed while it trains again).
 
 `resume="auto"` continues a run whose config matches; `"never"` refuses a non-empty run dir unless
 `force` (then the old contents are moved aside to `<dir>.old-<time>`, never deleted).
@@ -19,6 +20,7 @@ from typing import Any
 from lmlab.core import runlock
 from lmlab.core.checkpoint import CorruptCheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from lmlab.core.errors import LmlabError
+from lmlab.core.runstatus import SUMMARY_NAME
 
 RESUME_CHOICES = ("auto", "never", "must")
 # Keys that may change between a run and its resumption without changing the experiment: where and
@@ -40,6 +42,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_NAME
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -111,6 +117,7 @@ class RunDir:
             if not os.access(self.path, os.W_OK):
                 raise LmlabError(f"run dir {self.path} is not writable")
             runlock.acquire(self.path)  # a run dir created (or moved aside) just now; held already otherwise
+            self.summary_path.unlink(missing_ok=True)  # an earlier end's summary: this run has not ended yet
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             if can_resume and resume != "never":
                 self._pending_config = text  # written once last.pt has loaded: a failed resume changes nothing
@@ -125,7 +132,7 @@ class RunDir:
 
     def _started_without_checkpoint(self) -> bool:
         """Only what lmlab writes before the first checkpoint: config.json, metrics.jsonl, checkpoints/ without .pt."""
-        own = {"config.json", "metrics.jsonl", "checkpoints", runlock.LOCK_NAME}
+        own = {"config.json", "metrics.jsonl", "checkpoints", SUMMARY_NAME, runlock.LOCK_NAME}
         for p in self.path.iterdir():
             if p.name not in own and not (p.name.startswith(".") and p.name.endswith(".tmp")):
                 return False

@@ -25,11 +25,11 @@ def assert_one_line_error(result, *fragments):
 
 def test_root_help_lists_the_working_commands():
     out = invoke("--help").stdout
-    for command in ("prep", "train-lm", "train-ebm", "sample", "eval-ppl"):
+    for command in ("prep", "train-lm", "train-ebm", "sample", "eval-ppl", "runs"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["prep", "train-lm", "train-ebm", "sample", "eval-ppl", "presets", "cache-define"])
+@pytest.mark.parametrize("command", ["prep", "train-lm", "train-ebm", "sample", "eval-ppl", "presets", "cache-define", "runs"])
 def test_every_command_help_runs(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.stdout

@@ -332,6 +332,10 @@ ROWS = [
     Row("bleu-empty", "bleu", "empty hypotheses and reference", lambda c, t, m: ((t / "e.txt").write_text("") and None) or (["bleu", str(t / "e.txt"), "-i", str(t / "e.txt")], None, [t / "e.txt"]), ("no sentence",)),
     Row("bleu-paired-one", "bleu", "--paired-bs with one system", lambda c, t, m: (["bleu", str(c["text"]["valid"]), "-i", str(c["text"]["valid"]), "--paired-bs"], None, []), ("--paired-bs",)),
     Row("presets-unknown", "presets", "unknown preset", lambda c, t, m: (["presets", "no-such-preset"], None, []), ("unknown preset",)),
+    # runs
+    Row("runs-missing", "runs", "missing path", lambda c, t, m: (["runs", str(t / "nope")], None, []), ("nope", "not a directory")),
+    Row("runs-no-runs", "runs", "a folder holding no run dirs", lambda c, t, m: (["runs", str(c["root"] / "other")], None, [c["root"] / "other"]), ("no run dirs",)),
+    Row("runs-state", "runs", "unknown --state", lambda c, t, m: (["runs", "--state", "done", str(c["run"])], None, [c["run"]]), ("--state", "finished")),
 ]
 
 OBSERVED: dict[str, dict] = {}
