@@ -101,6 +101,13 @@ def train_tiny_lm(data_dir: Path, run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints"
 
 
+def tiny_lm_argv(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`python -m lmlab train-lm` on the tiny one-layer 16-wide LSTM, one thread, constant lr, for a subprocess."""
+    return [sys.executable, "-m", "lmlab", "train-lm", "--data", str(data_dir), "--run-dir", str(run_dir), "--device", "cpu",
+            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16", "--set", "model.n_layers=1",
+            "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1", "--set", "schedule.name=constant", *extra]
+
+
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `lmlab ...` in a subprocess (what a shell user does)."""

@@ -7,13 +7,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tiny_lm_argv
 from lmlab.core.runstatus import find_run_dirs, run_status
 
 
@@ -32,10 +31,7 @@ def _wait_for(predicate, timeout: float = 120) -> None:
 
 def test_a_run_is_training_then_stopped_then_killed_then_finished(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "lmlab", "train-lm", "--data", str(tiny_data), "--run-dir", str(run_dir), "--device", "cpu",
-            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16", "--set", "model.n_layers=1",
-            "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1", "--set", "run.eval_interval=5",
-            "--set", "schedule.name=constant", "-q", "--steps"]
+    argv = tiny_lm_argv(tiny_data, run_dir, "--set", "run.eval_interval=5", "-q", "--steps")
     metrics = run_dir / "metrics.jsonl"
 
     def train(steps: int) -> subprocess.Popen:

@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import torch
 
-from conftest import tiny_train_config
+from conftest import tiny_lm_argv, tiny_train_config
 from lmlab.core.checkpoint import load_checkpoint
 from lmlab.core.reporting import NullReporter
 from lmlab.core.train import lm_trainer
@@ -67,10 +66,7 @@ def test_an_ignored_sigint_stays_ignored():
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "lmlab", "train-lm", "--data", str(tiny_data), "--run-dir", str(run_dir), "--device", "cpu",
-            "--set", "data.batch_size=4", "--set", "data.bptt=8", "--set", "model.d_model=16", "--set", "model.n_layers=1",
-            "--set", "model.lstm.hidden_size=16", "--set", "hardware.threads=1", "--set", "run.eval_interval=1000000",
-            "--set", "schedule.name=constant", "--steps", "100000"]
+    argv = tiny_lm_argv(tiny_data, run_dir, "--set", "run.eval_interval=1000000", "--steps", "100000")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([*argv, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
