@@ -129,27 +129,28 @@ def _holder_alive(holder: dict) -> bool:
 
 
 def _total_steps(config: dict, rows: list[dict]) -> tuple[int | None, bool]:
-    """The run's length in updates: schedule.max_steps, or schedule.epochs x the updates an epoch took so far
-    (an estimate while the first epoch runs or where epochs differ in length). train-lm's language models train
-    schedule.epochs alone when it is set; other trainers stop at whichever bound comes first."""
+    """The run's length in updates and whether it is an estimate: schedule.max_steps, or schedule.epochs x the
+    updates of an epoch as the metrics tell them. train-lm's language models train schedule.epochs alone when it is
+    set; translation stops at whichever bound comes first."""
     schedule = config.get("schedule") or {}
     max_steps, epochs = schedule.get("max_steps") or None, schedule.get("epochs") or 0
     if not epochs:
         return max_steps, False
-    per_epoch = _updates_per_epoch(rows)
+    language_model = "objective" in config  # train-lm's TrainConfig
+    per_epoch, exact = (_lm_updates_per_epoch if language_model else _fixed_updates_per_epoch)(rows)
+    if language_model and (config.get("data") or {}).get("variable_bptt"):
+        exact = False  # windows of random length: epochs differ in updates
     by_epochs = round(epochs * per_epoch) if per_epoch else None
-    language_model = "objective" in config  # train-lm's TrainConfig: schedule.epochs overrides max_steps
     bounds = [b for b in (by_epochs, None if language_model else max_steps) if b]
     if not bounds:
         return None, False
     total = min(bounds)
-    # a language model's fixed-length windows make every epoch the same number of updates
-    exact = language_model and not (config.get("data") or {}).get("variable_bptt") and per_epoch
     return total, total == by_epochs and not exact
 
 
-def _updates_per_epoch(rows: list[dict]) -> float | None:
-    """Updates per epoch at the last row that starts a new epoch count (step / epochs done)."""
+def _lm_updates_per_epoch(rows: list[dict]) -> tuple[float | None, bool]:
+    """A language model's rows count the epochs done: step / epoch where that count last grew (fixed windows make
+    every epoch the same length)."""
     last_epoch, at = None, None
     for r in rows:
         epoch, step = r.get("epoch"), r.get("step")
@@ -157,7 +158,24 @@ def _updates_per_epoch(rows: list[dict]) -> float | None:
             at = step / epoch
         if isinstance(epoch, int):
             last_epoch = epoch
-    return at
+    return at, at is not None
+
+
+def _fixed_updates_per_epoch(rows: list[dict]) -> tuple[int | None, bool]:
+    """Translation's rows give the epoch (from 0) that update `step` was in, and every epoch is the same N updates
+    (fixed token batches), so each row bounds N: step / (epoch + 1) <= N <= (step - 1) / epoch. Returns the largest
+    N the rows allow, exact once the bounds meet."""
+    low, high = 1, None
+    for r in rows:
+        epoch, step = r.get("epoch"), r.get("step")
+        if not (isinstance(epoch, int) and isinstance(step, int) and step > 0 and epoch >= 0):
+            continue
+        low = max(low, -(-step // (epoch + 1)))
+        if epoch > 0:
+            high = (step - 1) // epoch if high is None else min(high, (step - 1) // epoch)
+    if high is None or high < low:  # still in the first epoch, or rows that fit no fixed length
+        return None, False
+    return high, high == low
 
 
 def _read_json(path: Path) -> dict | None:

@@ -98,10 +98,13 @@ def test_a_language_models_length_is_its_epochs_and_it_finishes_at_the_last(tmp_
 
 
 def test_other_trainers_stop_at_the_first_bound(tmp_path):
+    # translation logs every 272 updates the epoch (from 0) each update was in; its epochs are 271 updates
     mt = {"task": "translation", "schedule": {"epochs": 20, "max_steps": 100000}}
-    rows = [{"step": 272 * e, "epoch": e, "valid_ppl": 9.0} for e in (1, 2)]
+    rows = [{"step": 272 * e, "epoch": e, "valid_ppl": 9.0} for e in (1, 2)]  # 136..271, then 182..271 updates
     s = run_status(_run_dir(tmp_path / "mt", mt, rows))
-    assert (s.total_steps, s.total_is_estimate) == (20 * 272, True)
+    assert (s.total_steps, s.total_is_estimate, s.state) == (20 * 271, True, "ended")
+    done = run_status(_run_dir(tmp_path / "mt-done", mt, rows + [{"step": 5420, "epoch": 19, "valid_ppl": 8.0}]))
+    assert (done.total_steps, done.total_is_estimate, done.state) == (5420, False, "finished")  # 5420 / 20 = 271 exactly
     short = {"task": "translation", "schedule": {"epochs": 20, "max_steps": 300}}
     assert run_status(_run_dir(tmp_path / "short", short, rows)).total_steps == 300
     gebm = run_status(_run_dir(tmp_path / "gebm", {"schedule": {"max_steps": 8}}, [{"step": 8, "kale_nats": 1.0}]))
