@@ -136,10 +136,13 @@ def _describe(holder: dict) -> str:
 def _alive_here(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
-    if holder["pid"] == os.getpid():
-        return False
+    return holder["pid"] != os.getpid() and pid_alive(holder["pid"])
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists on this host (one owned by another user counts)."""
     try:
-        os.kill(holder["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -17,14 +17,13 @@ States:
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmlab.core.errors import LmlabError
-from lmlab.core.runlock import LOCK_NAME
+from lmlab.core.runlock import LOCK_NAME, pid_alive
 
 SUMMARY_NAME = "summary.json"  # written by the training commands (cli/common.finish_run), removed by RunDir.prepare
 
@@ -116,12 +115,8 @@ def _holder_alive(holder: dict) -> bool:
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:  # a pid reused by another program since the holder died
         return b"lmlab" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -34,9 +34,13 @@ def test_a_run_is_training_then_stopped_then_killed_then_finished(tmp_path, tiny
     argv = tiny_lm_argv(tiny_data, run_dir, "--set", "run.eval_interval=5", "-q", "--steps")
     metrics = run_dir / "metrics.jsonl"
 
-    def train(steps: int) -> subprocess.Popen:
+    def evals() -> int:
+        return metrics.read_text().count('"valid_ppl"') if metrics.exists() else 0
+
+    def train(steps: int) -> subprocess.Popen:  # returns once this process has written a validation row
+        before = evals()
         proc = subprocess.Popen([*argv, str(steps)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: metrics.exists() and '"valid_ppl"' in metrics.read_text() and (run_dir / ".lmlab.lock").exists())
+        _wait_for(lambda: evals() > before and (run_dir / ".lmlab.lock").exists())
         return proc
 
     proc = train(100000)
