@@ -143,6 +143,40 @@ def test_a_holder_on_another_host_is_named_with_the_nfs_lease_advice(tmp_path):
             os.close(fd)
 
 
+def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch, capsys):
+    """Some cluster mounts answer flock with ENOLCK: a live holder on this host keeps the run dir; a dead one, one
+    on another host (uncheckable, a requeued job's usual case) and an unnamed one are taken over, said on stderr."""
+    import errno
+    import socket
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(runlock.fcntl, "flock", no_flock)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / runlock.LOCK_NAME
+    here = socket.gethostname()
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    try:
+        lock.write_text(json.dumps({"host": here, "pid": alive.pid, "since": "then"}))
+        with pytest.raises(LmlabError, match=f"in use by pid {alive.pid} on {here}"):
+            runlock.acquire(run_dir)
+        assert not runlock.held(run_dir)
+        for holder, told in (({"host": here, "pid": dead.pid}, f"pid {dead.pid} on {here}"),
+                             ({"host": "node-gone", "pid": alive.pid}, f"pid {alive.pid} on node-gone"), ({}, None)):
+            lock.write_text(json.dumps(holder) if holder else "")
+            runlock.acquire(run_dir)
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+            err = capsys.readouterr().err
+            assert (f"has no flock; taking over the lock of {told}" in err) if told else err == ""
+            runlock.release(run_dir)
+    finally:
+        alive.stdin.close()
+        alive.wait(timeout=30)
+
+
 @pytest.mark.parametrize("trainer", ["gebm", "translation"])
 def test_a_set_up_failure_after_the_run_dir_opened_releases_its_lock(tmp_path, monkeypatch, trainer):
     """An error between locking the run dir and training (data or model set-up) leaves it unlocked in this process,
