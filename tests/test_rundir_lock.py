@@ -145,7 +145,8 @@ def test_a_holder_on_another_host_is_named_with_the_nfs_lease_advice(tmp_path):
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch, capsys):
     """Some cluster mounts answer flock with ENOLCK: a live holder on this host keeps the run dir; a dead one, one
-    on another host (uncheckable, a requeued job's usual case) and an unnamed one are taken over, said on stderr."""
+    on another host (uncheckable, a requeued job's usual case) and an unnamed one are taken over, each named holder
+    with one stderr line."""
     import errno
     import socket
 
