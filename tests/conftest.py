@@ -70,6 +70,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """one_thread for a whole module, its module-scoped fixtures included (they train or decode before the first
+    test). Use with `pytestmark = pytest.mark.usefixtures("one_thread_module")`: pytest sets up a mark's fixtures
+    before the module-scoped ones a test asks for by name."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_train_config(data_dir: Path, run_dir: Path, **overrides):
     """A seconds-long LSTM config on the tiny data."""
     from lmlab.core.config import merge

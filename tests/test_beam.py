@@ -14,13 +14,7 @@ from lmlab.core.seq2seq.prep import BOS, EOS, PAD
 V = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops: thread hand-offs cost more than they save (and the test machine is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_model(vocab=V, seed=0):

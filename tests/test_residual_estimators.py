@@ -23,13 +23,7 @@ from lmlab.core.residual.sample import joint_sample
 from lmlab.core.residual.windows import Windows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on shared 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_lm(vocab: int = 5, kind: str = "transformer", seed: int = 0, sharpen: float = 40.0):

@@ -20,7 +20,9 @@ from lmlab.core.residual.negatives import NegativeSampler, write_negatives
 from lmlab.core.residual.train import ResidualTrainer, train
 from lmlab.core.residual.windows import Windows
 from lmlab.core.textio import sha256_file
-from test_residual_train import _one_thread, make_cfg, setup  # noqa: F401  (fixtures)
+from test_residual_train import make_cfg, setup  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class CopyLastLM(nn.Module):

@@ -24,7 +24,9 @@ from lmlab.core.residual.energy import build_energy
 from lmlab.core.residual.joint import ResidualModel, base_lm_record, load_residual
 from lmlab.core.residual.sample import joint_sample, propose, sample_lines
 from test_residual_estimators import TableEnergy
-from test_residual_train import _one_thread, make_cfg, setup  # noqa: F401  (fixtures)
+from test_residual_train import make_cfg, setup  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class BigramLM(nn.Module):

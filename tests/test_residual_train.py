@@ -27,13 +27,8 @@ from lmlab.core.residual.sample import sample_lines
 from lmlab.core.residual.train import train
 from lmlab.core.textio import TextSource, sha256_file
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on shared 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()

@@ -13,12 +13,7 @@ from lmlab.core.seq2seq.prep import EOS, PAD
 from lmlab.core.seq2seq.train import inverse_sqrt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def small(**kw):
