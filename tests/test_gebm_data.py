@@ -12,7 +12,8 @@ import pytest
 from lmlab.core.errors import LmlabError
 from lmlab.core.gebm import data as gd
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import needs_shared
+
 
 
 def _write_batch(path, n, seed):
@@ -79,9 +80,7 @@ def test_image_folder_and_tarball(tmp_path):
 
 @pytest.mark.slow
 def test_shared_cifar_jpeg_tarball():
-    path = SHARED / "cifar10" / "CIFAR-10-images.tar.gz"
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
+    path = needs_shared("cifar10", "CIFAR-10-images.tar.gz")
     pytest.importorskip("PIL", reason="Pillow decodes JPEG (pip install 'lmlab[images]')")
     x = gd.load_cifar10(path, "test", subset=16)
     assert x.shape == (16, 3, 32, 32) and 20 < x.mean() < 235
@@ -150,9 +149,7 @@ def test_wine_and_hepmass_and_miniboone_files(tmp_path):
 
 
 def test_shared_wine_sizes():
-    path = SHARED / "uci-wine" / "winequality-red.csv"
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
+    path = needs_shared("uci-wine", "winequality-red.csv")
     s = gd.preprocess_uci(gd.load_uci_raw("redwine", path))
     assert (len(s["train"]), len(s["valid"]), len(s["test"])) == (1296, 144, 159)
 

@@ -1,7 +1,6 @@
 """Interpolated modified KN bigram: hand-computed values, normalisation, storage, an independent reference on PTB."""
 
 import os
-from collections import Counter, defaultdict
 from fractions import Fraction as Fr
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 import torch
 
 from lmlab.core.imm.kn_bigram import KNBigram, bigram_counts, modified_kn_discounts
+
+from conftest import load_bench, needs_shared
 
 # a b a b a b c a c b (ids a=0 b=1 c=2; d=3 is in the vocabulary but never seen)
 # bigrams: ab x3, ba x2, bc, ca, ac, cb -> n1=4, n2=1, n3=1, n4=0
@@ -82,38 +83,11 @@ def test_save_load_roundtrip_is_sparse(tmp_path: Path):
     assert back.vocab_size == V
 
 
-def _slow_reference(train: list[str], test: list[str]) -> float:
-    """Independent modified-KN bigram from the textbook formulas with dicts (Chen & Goodman 1998)."""
-    c = Counter(zip(train[:-1], train[1:]))
-    coc = Counter(c.values())
-    n1, n2, n3, n4 = (coc[r] for r in (1, 2, 3, 4))
-    y = n1 / (n1 + 2 * n2)
-    D = {1: 1 - 2 * y * n2 / n1, 2: 2 - 3 * y * n3 / n2, 3: 3 - 4 * y * n4 / n3}
-    ctx, mass, preds = Counter(), defaultdict(float), defaultdict(set)
-    for (v, w), n in c.items():
-        ctx[v] += n
-        mass[v] += D[min(n, 3)]
-        preds[w].add(v)
-    total = sum(len(s) for s in preds.values())
-    nll = 0.0
-    for v, w in zip(test[:-1], test[1:]):
-        pc = len(preds[w]) / total
-        if ctx[v] == 0:
-            p = pc
-        else:
-            n = c.get((v, w), 0)
-            p = max(n - D[min(n, 3)], 0) / ctx[v] + mass[v] / ctx[v] * pc if n else mass[v] / ctx[v] * pc
-        nll -= np.log(p)
-    return float(np.exp(nll / (len(test) - 1)))
-
-
-PTB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptb"
-
-
-@pytest.mark.skipif(not (PTB / "ptb.train.txt").exists(), reason="PTB not at ../shared/data/ptb (dev machines only)")
 def test_ptb_subset_matches_slow_reference():
+    ptb = needs_shared("ptb")
+
     def words(split, n):
-        return (PTB / f"ptb.{split}.txt").read_text().replace("\n", " <eos> ").split()[:n]
+        return (ptb / f"ptb.{split}.txt").read_text().replace("\n", " <eos> ").split()[:n]
 
     train, valid = words("train", 100_000), words("valid", 10_000)
     vocab = {w: i for i, w in enumerate(sorted(set(train)))}
@@ -121,7 +95,9 @@ def test_ptb_subset_matches_slow_reference():
     kn = KNBigram.from_tokens(np.array([vocab[w] for w in train]), len(vocab), start=vocab["<eos>"])
     ours = kn.perplexity(np.array([vocab[w] for w in kept]))
     assert 150 < ours < 400
-    assert ours == pytest.approx(_slow_reference(["<eos>"] + train, kept), rel=1e-9)
+    # bench/imm_kn_ptb.py's reference: Chen & Goodman's formulas over Python dicts, no code shared with the library
+    reference, _ = load_bench("imm_kn_ptb").reference_ppl(train, [kept], set(vocab))
+    assert ours == pytest.approx(reference[0], rel=1e-9)
 
 
 def _no_bigram(directory, names):
