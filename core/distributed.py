@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -175,5 +178,39 @@ def gather_columns(state):
 def lost_process_error(rank: int, exc: RuntimeError, last_checkpoint) -> LmlabError:
     """The one error line for a collective that failed because another process of the job died or timed out."""
     first = " ".join(str(exc).split())[:200]
-    return LmlabError(f"rank {rank}: lost another process of the job ({first}); the last complete "
-                      f"checkpoint is {last_checkpoint}: rerun the same command to resume")
+    return LmlabError(f"rank {rank}: lost another process of the job ({first}){_resume_from(last_checkpoint)}")
+
+
+def _resume_from(last_checkpoint) -> str:
+    """The end of an error line: where a rerun resumes from, if the run has saved a checkpoint yet."""
+    if not Path(last_checkpoint).is_file():
+        return ""
+    return f"; the last complete checkpoint is {last_checkpoint}: rerun the same command to resume"
+
+
+@contextlib.contextmanager
+def job(last_checkpoint: Path | str, smaller_batch: str) -> Iterator[None]:
+    """Around a trainer's whole run, launched alone or by torchrun/srun: what ends it in error leaves as one line
+    naming the checkpoint to resume from, not a traceback (per rank). Device memory running out is said as such; in a
+    job of several processes any other RuntimeError is a collective that failed because another process died or timed
+    out. The process group is shut down on the way out, whatever ended the run. smaller_batch: the trainer's advice
+    for memory, e.g. "lower data.batch_size"."""
+    rank, _, world = detect()
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise out_of_memory_error(rank, world, exc, last_checkpoint, smaller_batch) from exc
+    except RuntimeError as exc:
+        if world <= 1:
+            raise
+        raise lost_process_error(rank, exc, last_checkpoint) from exc
+    finally:
+        if world > 1:
+            shutdown()
+
+
+def out_of_memory_error(rank: int, world: int, exc: RuntimeError, last_checkpoint, smaller_batch: str) -> LmlabError:
+    """The one error line for a device that ran out of memory (the first line of torch's message says how much)."""
+    first = " ".join(str(exc).split("\n")[0].split())[:200]
+    where = f"rank {rank}: " if world > 1 else ""
+    return LmlabError(f"{where}out of device memory ({first}); {smaller_batch}{_resume_from(last_checkpoint)}")

@@ -139,17 +139,11 @@ def lr_factor(updates: int, steps: list[int], decay: float, events: int = 0) -> 
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train a GEBM (or its base by MLE); returns a summary dict. Under torchrun/srun every process calls this;
     they train one model data-parallel and rank 0 writes."""
-    launched_distributed = distributed.detect()[2] > 1
-    try:
-        return _train(cfg, reporter)
-    except RuntimeError as exc:
-        if not launched_distributed:
-            raise
-        raise distributed.lost_process_error(distributed.detect()[0], exc, Path(cfg.run.dir) / "checkpoints" / "last.pt") from exc
-    finally:
-        runlock.release(Path(cfg.run.dir))  # also when data or model set-up fails after the run dir was locked
-        if launched_distributed:
-            distributed.shutdown()
+    with distributed.job(RunDir(cfg.run.dir).last, "lower data.batch_size (the latent batch is optim.noise_factor x it)"):
+        try:
+            return _train(cfg, reporter)
+        finally:
+            runlock.release(Path(cfg.run.dir))  # also when data or model set-up fails after the run dir was locked
 
 
 def _train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:

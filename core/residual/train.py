@@ -355,15 +355,5 @@ class ResidualTrainer:
 def train(cfg: Config, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train a residual energy on `cfg.base_lm`; returns a summary dict (run dir, updates, best valid NCE loss).
     Under torchrun/srun every process calls this; they train one model data-parallel and rank 0 writes."""
-    launched_distributed = distributed.detect()[2] > 1
-    try:
-        trainer = ResidualTrainer(cfg, reporter)
-        try:
-            return trainer.fit()
-        except RuntimeError as exc:
-            if not trainer.dist.distributed:
-                raise
-            raise distributed.lost_process_error(trainer.dist.rank, exc, trainer.run.last) from exc
-    finally:
-        if launched_distributed:
-            distributed.shutdown()
+    with distributed.job(RunDir(cfg.run.dir).last, "lower data.batch_size or negatives.per_prefix"):
+        return ResidualTrainer(cfg, reporter).fit()

@@ -87,17 +87,21 @@ class Position:
     last: dict = dataclasses.field(default_factory=dict)  # the last update's metrics row
     saved: int = -1  # the update last.pt holds
 
+
 def train(cfg: Config, reporter: Reporter) -> dict[str, Any]:
-    dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
-    if cfg.hardware.threads > 0:
-        torch.set_num_threads(cfg.hardware.threads)
-    config_dict = to_dict(cfg)
-    run = RunDir(cfg.run.dir, is_main=dist.is_main)
-    resuming = run.prepare(config_dict, cfg.run.resume, cfg.run.force)
-    try:
-        return _train(cfg, reporter, dist, run, resuming, config_dict)
-    finally:
-        run.release()  # also when data or model set-up fails: the corrected command may start at once
+    """Train a translation model; returns a summary dict. Under torchrun/srun every process calls this; they train
+    one model data-parallel and rank 0 writes."""
+    with distributed.job(RunDir(cfg.run.dir).last, "lower data.max_tokens, or split the batch with optim.grad_accum"):
+        dist = distributed.init(cfg.hardware.device, cfg.hardware.dist_timeout_s)
+        if cfg.hardware.threads > 0:
+            torch.set_num_threads(cfg.hardware.threads)
+        config_dict = to_dict(cfg)
+        run = RunDir(cfg.run.dir, is_main=dist.is_main)
+        resuming = run.prepare(config_dict, cfg.run.resume, cfg.run.force)
+        try:
+            return _train(cfg, reporter, dist, run, resuming, config_dict)
+        finally:
+            run.release()  # also when data or model set-up fails: the corrected command may start at once
 
 
 def _train(cfg: Config, reporter: Reporter, dist: distributed.DistInfo, run: RunDir, resuming: bool,

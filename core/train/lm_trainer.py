@@ -390,13 +390,9 @@ class LMTrainer:
 
 
 def train_lm(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    trainer = LMTrainer(cfg, reporter)
-    try:
-        return trainer.fit()
-    except RuntimeError as exc:
-        if not trainer.dist.distributed:
-            raise
-        raise distributed.lost_process_error(trainer.dist.rank, exc, trainer.run.last) from exc
-    finally:
-        trainer.run.release()
-        distributed.shutdown()
+    with distributed.job(RunDir(cfg.run.dir).last, "lower data.batch_size, or split the batch with optim.grad_accum"):
+        trainer = LMTrainer(cfg, reporter)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.run.release()
