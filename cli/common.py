@@ -53,8 +53,8 @@ def exit_if_interrupted(summary: dict) -> None:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn LmlabError (and common OS errors) into one stderr line and a non-zero exit; with LMLAB_DEBUG=1
-    the traceback is printed before it. Ctrl-C outside a training loop (KeyboardInterrupt) exits 130 with one line."""
+    """Turn LmlabError (and common OS errors, and a device out of memory) into one stderr line and a non-zero exit;
+    with LMLAB_DEBUG=1 the traceback is printed before it. Ctrl-C outside a training loop (KeyboardInterrupt) exits 130 with one line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -74,6 +74,14 @@ def handle_errors(fn: Callable) -> Callable:
             except OSError:
                 pass
             raise typer.Exit(0)
+        except RuntimeError as exc:
+            torch = sys.modules.get("torch")  # not imported (e.g. --help): the error cannot be torch's
+            if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+                raise
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            first = " ".join(str(exc).split("\n")[0].split())[:200]
+            fail(f"out of device memory ({first}); lower --batch-size, or run on a device with more memory")
         except OSError as exc:
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()

@@ -248,3 +248,18 @@ def test_a_finished_run_prints_its_summary_with_the_modules_it_started_with():
     from lmlab.core.train import lm_trainer
     assert common.strict is records.strict
     assert lm_trainer.write_curves_png is plot.write_curves_png and lm_trainer.load_checkpoint is checkpoint.load_checkpoint
+
+
+def _raise(exc):
+    raise exc
+
+
+def test_a_device_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(trained, monkeypatch):
+    import lmlab.core.evaluate as evaluate
+    monkeypatch.setattr(evaluate, "evaluate_lm", lambda *a, **k: _raise(torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 8.00 GiB.\nGPU 0 has 1.2 GiB free")))
+    assert_one_line_error(invoke("eval-ppl", "-c", str(trained), "--split", "valid"),
+                          "out of device memory (CUDA out of memory. Tried to allocate 8.00 GiB.);", "--batch-size")
+    monkeypatch.setattr(evaluate, "evaluate_lm", lambda *a, **k: _raise(RuntimeError("a bug, not a resource")))
+    with pytest.raises(RuntimeError, match="a bug"):  # a traceback for what lmlab cannot explain
+        invoke("eval-ppl", "-c", str(trained), "--split", "valid")
