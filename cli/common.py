@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -81,7 +82,10 @@ def handle_errors(fn: Callable) -> Callable:
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()
             first = " ".join(str(exc).split("\n")[0].split())[:200]
-            fail(f"out of device memory ({first}); lower --batch-size, or run on a device with more memory")
+            advice = "run on a device with more memory"
+            if "batch_size" in inspect.signature(fn).parameters:
+                advice = f"lower --batch-size, or {advice}"
+            fail(f"out of device memory ({first}); {advice}")
         except OSError as exc:
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()
