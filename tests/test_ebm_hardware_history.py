@@ -2,12 +2,15 @@
 checkpoints and summary ([first update, hardware] per stretch), and its summary names this process's machine, so a
 record made from it says what each stretch ran on."""
 
+import signal
+
 import pytest
 
 from lmlab.core.gebm import train as gebm_train
 from lmlab.core.reporting import NullReporter
 from lmlab.core.residual import train as residual_train
-from test_gebm_train import StopAt, tiny_density_cfg
+from reporters import StopAt
+from test_gebm_train import tiny_density_cfg
 from test_residual_train import StopInPhase, make_cfg, setup  # noqa: F401 (fixture: a tiny data dir and a seeded base LM)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +33,7 @@ def _torches(summary):
 
 def test_gebm_run_resumed_on_another_build_lists_both_stretches(tmp_path, monkeypatch):
     use = _builds(monkeypatch, gebm_train)
-    first = gebm_train.train(tiny_density_cfg(tmp_path / "run"), StopAt(3))
+    first = gebm_train.train(tiny_density_cfg(tmp_path / "run"), StopAt(3, signal.SIGUSR1))
     assert first["stopped_by"] == "SIGUSR1" and _torches(first) == [(0, "2.13.0+cpu")]
     use(1)
     second = gebm_train.train(tiny_density_cfg(tmp_path / "run"), NullReporter())

@@ -2,7 +2,6 @@
 plateau test, its state machine, the fixed decays beside it, and an image run that evaluates, decays and resumes."""
 
 import io
-import os
 import signal
 import statistics
 
@@ -17,6 +16,7 @@ from lmlab.core.gebm.train import train
 from lmlab.core.reporting import NullReporter
 from lmlab.core.rundir import RunDir
 
+from reporters import StopAt
 from test_gebm_train import tiny_image_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,12 +111,7 @@ def test_an_image_run_evaluates_decays_and_resumes_bitwise(tmp_path, monkeypatch
     for key in ("opt_energy", "opt_base"):  # the last update (step 10) ran before its evaluation decayed
         assert st[key]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.8 ** 2)
 
-    class StopAt(NullReporter):
-        def update(self, done, metrics=None):
-            if done == 5:
-                os.kill(os.getpid(), signal.SIGUSR1)
-
-    assert train(_plateau_cfg(tmp_path / "cut"), StopAt())["stopped_by"] == "SIGUSR1"
+    assert train(_plateau_cfg(tmp_path / "cut"), StopAt(5, signal.SIGUSR1))["stopped_by"] == "SIGUSR1"
     assert train(_plateau_cfg(tmp_path / "cut"), NullReporter())["completed"]
     cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt", "gebm")
     for part in ("base", "energy"):

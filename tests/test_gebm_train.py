@@ -15,6 +15,7 @@ from lmlab.core.gebm.fid import InceptionV3, SmallExtractor, features, frechet_d
 from lmlab.core.gebm.sample import sample, write_samples
 from lmlab.core.gebm.train import Config, train
 from lmlab.core.reporting import NullReporter
+from reporters import StopAt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,16 +43,6 @@ def tiny_density_cfg(run_dir, max_steps=6, **optim):
         "run": {"dir": str(run_dir), "log_every": 1, "eval_interval": 3}, "hardware": {"device": "cpu"}})
 
 
-class StopAt(NullReporter):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def update(self, done, metrics=None):
-        if done == self.step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
 def _weights(path):
     st = load_checkpoint(path, "gebm")
     return st, {**{f"b.{k}": v for k, v in st["base"].items()}, **{f"e.{k}": v for k, v in st["energy"].items()}}
@@ -60,7 +51,7 @@ def _weights(path):
 def test_killed_run_resumes_identically(tmp_path):
     full = train(tiny_density_cfg(tmp_path / "full"), NullReporter())
     assert full["completed"] and full["step"] == 6 and full["updates"] == 6 + 3 + 3 + 4  # base + energy updates
-    first = train(tiny_density_cfg(tmp_path / "cut"), StopAt(3))
+    first = train(tiny_density_cfg(tmp_path / "cut"), StopAt(3, signal.SIGUSR1))
     assert not first["completed"] and first["step"] == 3 and first["stopped_by"] == "SIGUSR1"
     second = train(tiny_density_cfg(tmp_path / "cut"), NullReporter())
     assert second["completed"] and second["step"] == 6 and second["updates"] == full["updates"]

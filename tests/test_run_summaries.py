@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import signal
 
 import pytest
-import torch
 
 from conftest import REPO, tiny_train_config
 from lmlab.core.config import merge
@@ -24,19 +22,8 @@ from lmlab.core.models.builders import build_language_model
 from lmlab.core.models.config import ModelConfig
 from lmlab.core.models.lm import count_parameters
 from lmlab.core.reporting import NullReporter
+from reporters import StopAt
 from test_residual_train import setup  # noqa: F401 (the residual tests' fixture: a tiny data dir and base LM)
-
-
-class StopAt(NullReporter):
-    """Sends `sig` to this process once `step` updates are done, as a scheduler would."""
-
-    def __init__(self, step, sig=signal.SIGTERM):
-        super().__init__()
-        self.step, self.sig = step, sig
-
-    def update(self, done, metrics=None):
-        if done == self.step:
-            os.kill(os.getpid(), self.sig)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,8 +1,6 @@
 """Training: a killed run resumes to the same weights; the checkpoint alone translates, in input order."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from lmlab.core.seq2seq.generate import translate_lines, translate_lines_scored
 from lmlab.core.seq2seq.prep import prep_parallel
 from lmlab.core.seq2seq.train import train
 
+from reporters import StopAt
 from seq2seq_fixtures import write_corpus
 
 
@@ -34,18 +33,6 @@ def config(data_dir, run_dir, steps=6):
                                       "dropout": 0.2, "normalize_before": True},
                             "schedule": {"max_steps": steps, "warmup_steps": 2}, "optim": {"lr": 3e-3},
                             "run": {"dir": str(run_dir), "eval_interval": 3}, "hardware": {"device": "cpu"}, "seed": 7})
-
-
-class StopAt(NullReporter):
-    """Sends SIGTERM to this process once `step` updates are done, as a scheduler would."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def update(self, done, metrics=None):
-        if done == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_sigterm_then_resume_equals_uninterrupted(data_dir, tmp_path):
