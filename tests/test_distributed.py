@@ -39,12 +39,17 @@ def _one_and_two_processes(tmp_path, data, extra: list[str], port: int):
             load_checkpoint(tmp_path / "one/checkpoints/last.pt", "lm"), load_checkpoint(tmp_path / "two/checkpoints/last.pt", "lm"))
 
 
-def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
-    one, two, a, b = _one_and_two_processes(tmp_path, tiny_data, [], 29571)
+def _assert_same_training(one, two, a, b, loss_tol: float) -> None:
+    """Both runs made 8 updates with per-update train losses within loss_tol and end on the same weights."""
     assert len(one) == len(two) == 8
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+    assert max(abs(x - y) for x, y in zip(one, two)) < loss_tol, (one, two)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4)
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
+    one, two, a, b = _one_and_two_processes(tmp_path, tiny_data, [], 29571)
+    _assert_same_training(one, two, a, b, loss_tol=1e-4)
     # the carried LSTM state of all columns is gathered into the checkpoint
     assert b["carried_state"][0][0].shape == a["carried_state"][0][0].shape
     (tmp_path / "figure.json").write_text(json.dumps({"max_abs_diff_train_loss": max(abs(x - y) for x, y in zip(one, two))}))
@@ -55,12 +60,7 @@ def test_torchrun_transformer_with_gradient_accumulation_matches_one_process(tmp
                    "--set", "model.transformer.dropout=0.0", "--set", "optim.grad_accum=2", "--set", "optim.lr=0.5"]
     # SGD (COMMON's optimizer): Adam's division by sqrt(v) would blow float-rounding differences of near-zero
     # gradients up to lr-sized steps, hiding whether the two runs computed the same update
-    one, two, a, b = _one_and_two_processes(tmp_path, tiny_data, transformer, 29577)
-    a, b = a["model"], b["model"]
-    assert len(one) == len(two) == 8
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    _assert_same_training(*_one_and_two_processes(tmp_path, tiny_data, transformer, 29577), loss_tol=1e-5)
 
 
 def _banded_corpus(tmp_path):
@@ -87,12 +87,7 @@ def test_torchrun_adaptive_softmax_with_untouched_tail_band(tmp_path):
     data = _banded_corpus(tmp_path)
     adaptive = ["--set", "model.output.kind=adaptive", "--set", "model.output.adaptive.cutoffs=[12]",
                 "--set", "model.output.tie=false"]
-    one, two, a, b = _one_and_two_processes(tmp_path, data, adaptive, 29573)
-    a, b = a["model"], b["model"]
-    assert len(one) == len(two) == 8
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    _assert_same_training(*_one_and_two_processes(tmp_path, data, adaptive, 29573), loss_tol=1e-4)
 
 
 def test_torchrun_translation_with_a_batch_count_not_divisible_by_the_world_size(tmp_path):
