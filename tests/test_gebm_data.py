@@ -15,7 +15,6 @@ from lmlab.core.gebm import data as gd
 from conftest import needs_shared
 
 
-
 def _write_batch(path, n, seed):
     rng = np.random.RandomState(seed)
     batch = {b"batch_label": b"test", b"labels": list(rng.randint(0, 10, n)),
