@@ -81,11 +81,11 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()
-            first = " ".join(str(exc).split("\n")[0].split())[:200]
+            from lmlab.core.distributed import out_of_memory_message  # torch is imported by now
             advice = "run on a device with more memory"
             if "batch_size" in inspect.signature(fn).parameters:
                 advice = f"lower --batch-size, or {advice}"
-            fail(f"out of device memory ({first}); {advice}")
+            fail(out_of_memory_message(exc, advice))
         except OSError as exc:
             if os.environ.get(DEBUG_ENV):
                 traceback.print_exc()

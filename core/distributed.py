@@ -210,7 +210,13 @@ def job(last_checkpoint: Path | str, smaller_batch: str) -> Iterator[None]:
 
 
 def out_of_memory_error(rank: int, world: int, exc: RuntimeError, last_checkpoint, smaller_batch: str) -> LmlabError:
-    """The one error line for a device that ran out of memory (the first line of torch's message says how much)."""
-    first = " ".join(str(exc).split("\n")[0].split())[:200]
+    """The one error line for a training process whose device ran out of memory."""
     where = f"rank {rank}: " if world > 1 else ""
-    return LmlabError(f"{where}out of device memory ({first}); {smaller_batch}{_resume_from(last_checkpoint)}")
+    return LmlabError(f"{where}{out_of_memory_message(exc, smaller_batch)}{_resume_from(last_checkpoint)}")
+
+
+def out_of_memory_message(exc: RuntimeError, advice: str) -> str:
+    """Every command's wording for a device out of memory: the first line of torch's message (it says how much), then
+    what to do."""
+    first = " ".join(str(exc).split("\n")[0].split())[:200]
+    return f"out of device memory ({first}); {advice}"
