@@ -197,7 +197,7 @@ IMM_FULL_IMM_ARGS = --set imm.start_below_ppl=$(or $(IMM_FULL_START_BELOW),$(cal
 # every IMM arm waits for the gate's stamp (none when the gate is read from the record or the threshold is given)
 $(foreach s,$(IMM_CPU_SEEDS),$(eval $(IMM_FULL_RUNS)/imm-s$(s).train.json: $(if $(IMM_FULL_START_BELOW),,$(filter %.train.json,$(IMM_FULL_GATE)))))
 $(eval $(call imm_cpu_tier,imm-ptb-cpu-full,$(IMM_FULL_RUNS),ptb ptb-lstm-small-dropout,ptb-lstm-small-imm,IMM_PTB_PAPER,data/ptb,$$(IMM_FULL_IMM_ARGS)))
-imm-ptb-cpu-full:  ## dropout-only vs + IMM, 2x200 LSTM on all of PTB, seeds 1-3 paired (CPU, many hours; a seed at a time: docs/imm.md) [IMM_CPU_SEEDS='1 2 3' IMM_CPU_RECORDED_SEEDS='1' IMM_FULL_START_BELOW=x]
+imm-ptb-cpu-full:  ## dropout-only vs + IMM, 2x200 LSTM on all of PTB, seeds 1-3 paired (CPU, about 16 h of one core a seed, so not in one session; or HW=gpu: docs/imm.md) [IMM_CPU_SEEDS='1 2 3' IMM_CPU_RECORDED_SEEDS='1' IMM_FULL_START_BELOW=x]
 .PHONY: imm-ptb-cpu-full
 
 # The control arm: dropout-only with IMM's switch-on lr event alone (ptb-lstm-small-lrcontrol), paired with both
