@@ -53,8 +53,10 @@ bench-fused-ce: results/bench-fused-ce.json  ## fused chunked output layer + los
 # Beam decoding against fairseq-generate: the Multi30k de-en standard system's last-5 average converted to a fairseq
 # transformer that computes the same function (bench/fairseq_convert_mt.py), the 1,000 test_2016_flickr sentences,
 # beam 5, batches of 64, arms alternated (bench/beam_vs_fairseq.py). Needs the fairseq env and quiet cores (~10 min).
+# BEAM_RUN names another de-en system of the same preset, e.g. one of mt-multi30k-de-en-seeds' standard runs.
 BEAM_WORK ?= $(BENCH_DIR)/beam
-results/bench-beam.json: runs/multi30k-de-en/checkpoints/average.json | .installed
+BEAM_RUN ?= runs/multi30k-de-en
+results/bench-beam.json: $(BEAM_RUN)/checkpoints/average.json | .installed
 	@mkdir -p $(@D) $(BEAM_WORK)
 	$(PYTHON) -m lmlab.core.machine > $(BEAM_WORK)/start.json
 	$(PYTHON) bench/beam_vs_fairseq.py $(<D)/average.pt $(LMLAB_MULTI30K)/test_2016_flickr.de $(LMLAB_MULTI30K)/test_2016_flickr.en \
@@ -62,7 +64,7 @@ results/bench-beam.json: runs/multi30k-de-en/checkpoints/average.json | .install
 	$(RECORD) bench-beam --command '$(call made_by,bench-beam)' --since $(BEAM_WORK)/start.json --json beam-5=$(BEAM_WORK)/beam.json
 	$(RESULTS_DOC)
 
-bench-beam: results/bench-beam.json  ## beam-5 decoding vs fairseq-generate on the same converted weights (needs make fairseq-env and the Multi30k de-en run; quiet cores, ~10 min)
+bench-beam: results/bench-beam.json  ## beam-5 decoding vs fairseq-generate on the same converted weights (needs make fairseq-env and the Multi30k de-en run; quiet cores, ~10 min) [BEAM_RUN=runs/multi30k-de-en]
 	@$(RESULTS_DOC) --print bench-beam
 
 .PHONY: bench fairseq-env bench-fused-ce bench-beam
