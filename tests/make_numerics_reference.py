@@ -18,7 +18,7 @@ byte-identical to REV's (`git show REV:core/...`) before it writes anything.
 Bitwise equality holds only on one torch build and CPU kernel set, so tests/data/ keeps one file per build
 (numerics_reference*.json; the test uses the one whose `environment` is this machine's and skips without one).
 For a new build, record every case from the commit the existing file names for it (`case_commits`, else
-`commit`) with --case and --out, and merge them into numerics_reference-torch-VERSION.json.
+`commit`) with --case and --out, and merge them into numerics_reference-torch-VERSION[-CAPABILITY].json.
 """
 
 from __future__ import annotations
